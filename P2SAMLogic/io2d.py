@@ -6,7 +6,7 @@ images ``H x W x 3`` uint8 RGB, masks ``H x W`` bool.
 from __future__ import annotations
 
 import os
-import tempfile
+import uuid
 from pathlib import Path
 from typing import Tuple, Union
 
@@ -62,7 +62,7 @@ def image_to_rgb(array: np.ndarray, source: str = "image") -> np.ndarray:
 def read_image(path: PathLike) -> np.ndarray:
     """Read a grey / RGB / RGBA / palette image, 8- or 16-bit, as ``H x W x 3`` uint8 RGB."""
     im = _open(path)
-    if getattr(im, "n_frames", 1) > 1:
+    if getattr(im, "n_frames", 1) > 1 and im.format != "MPO":  # MPO: camera JPEG + preview; frame 0 is the photo
         raise InputError(path, f"holds {im.n_frames} frames; give a single 2D image")
     if im.mode == "P":
         im = im.convert("RGBA" if "transparency" in im.info else "RGB")
@@ -108,12 +108,18 @@ def check_mask(mask: np.ndarray, image_shape: Tuple[int, ...], source: str, imag
     return m
 
 
+def _create_temp(path: Path, suffix: str) -> Tuple[int, str]:
+    """A new, exclusive temporary file beside ``path``, mode 0o666 so the umask applies as for a plain write."""
+    tmp = str(path.parent / f".tmp-{os.getpid()}-{uuid.uuid4().hex}{suffix}")
+    return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666), tmp
+
+
 def write_png_atomic(path: PathLike, array: np.ndarray) -> None:
     """Write ``array`` (uint8 ``H x W`` or ``H x W x 3``) as PNG via a temporary file + rename."""
     from PIL import Image
 
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=str(path.parent))
+    fd, tmp = _create_temp(path, ".png")
     os.close(fd)
     try:
         Image.fromarray(np.ascontiguousarray(array)).save(tmp, format="PNG")
@@ -127,7 +133,7 @@ def write_png_atomic(path: PathLike, array: np.ndarray) -> None:
 def write_text_atomic(path: PathLike, text: str) -> None:
     """Write a text file via a temporary file + rename."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=path.suffix, dir=str(path.parent))
+    fd, tmp = _create_temp(path, path.suffix)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)

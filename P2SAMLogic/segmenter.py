@@ -46,6 +46,12 @@ class P2SAMConfig:
             fraction of its size on each side (feature grid).
         box_scales: box-model candidates: reference box size times these.
         transposed_boxes: box-model candidates also with width and height swapped.
+        locators: where box-model candidates are centred: ``median`` of the
+            part peaks (per part count), ``density`` = peak of the part-similarity
+            map averaged over a reference-sized window (per part count),
+            ``prior`` = the reference box's relative position in the target.
+        stage_two_centres: box models: the best centres of stage one (one
+            reference-sized box each) that get every scale/aspect in stage two.
         refine: box models: a second decoder call with the box of the first
             mask and its logits as ``mask_input``.
         crop_pass: re-encode a crop around the chosen mask and decode again at
@@ -62,6 +68,8 @@ class P2SAMConfig:
     background_context: float = 1.0
     box_scales: Tuple[float, ...] = (0.8, 1.0, 1.25)
     transposed_boxes: bool = True
+    locators: Tuple[str, ...] = ("median", "density", "prior")
+    stage_two_centres: int = 2
     refine: bool = True
     crop_pass: bool = True
     crop_context: float = 1.0
@@ -114,6 +122,7 @@ class Candidate:
     """One prompt set tried on a target, and how it scored."""
 
     parts: int
+    locator: str = "points"
     scale: float = 1.0
     transposed: bool = False
     positive_points: List[List[float]] = field(default_factory=list)
@@ -255,27 +264,144 @@ class P2SAMSegmenter:
         t = time.perf_counter()
         emb = self.model.encode([image])[0]
         timings["encode"] = time.perf_counter() - t
-        t = time.perf_counter()
-        candidates = self._candidates(ref, emb, image.shape[:2])
-        timings["match"] = time.perf_counter() - t
-        t = time.perf_counter()
-        logits, iou = self._cascade(emb, candidates)
-        timings["decode"] = time.perf_counter() - t
-        t = time.perf_counter()
-        best = self._retrieve(ref, emb, candidates, logits, iou)
-        timings["retrieval"] = time.perf_counter() - t
+        if self.model.prompt_modality == "points":
+            candidates, logits = self._point_search(ref, emb, timings)
+        else:
+            candidates, logits = self._box_search(ref, emb, timings)
+        best = int(np.argmin([c.score for c in candidates]))
         chosen = candidates[best]
         mask = emb.frame.logits_to_original(logits[best:best + 1])[0, 0].cpu().numpy() > 0
         if self.config.negative_filter:
-            mask &= self._negative_keep(ref, emb, chosen.parts)
+            mask &= self._negative_keep(ref, emb, max(1, chosen.parts))
         crop_box = None
         if self.config.crop_pass and mask.any():
             t = time.perf_counter()
             mask, crop_box = self._crop_pass(image, mask, timings)
             timings["crop_total"] = time.perf_counter() - t
-        timings["total"] = sum(v for k, v in timings.items() if k in ("encode", "match", "decode", "retrieval", "crop_total"))
+        timings["total"] = sum(v for k, v in timings.items()
+                               if k in ("encode", "match", "decode", "retrieval", "crop_total"))
         return SegmentationResult(mask=mask, chosen=chosen, candidates=candidates, score=chosen.score,
                                   crop_box=None if crop_box is None else crop_box.tolist(), timings=timings)
+
+    def _negative_points(self, ref: ReferenceState, emb: Embedding) -> np.ndarray:
+        feats = emb.features[0]
+        if self.config.method == "persam":
+            return peak_points(similarity_maps(self._prototypes(ref, 1), feats), emb.frame, lowest=True)
+        neg = self._negatives(ref, self.config.negative_parts)
+        if neg is None:
+            return np.zeros((0, 2))
+        return peak_points(similarity_maps(neg, feats), emb.frame)
+
+    def _point_search(self, ref: ReferenceState, emb: Embedding, timings: Dict[str, float]):
+        """Point-prompt models: one candidate per part count, the three-call cascade, retrieval."""
+        t = time.perf_counter()
+        negatives = self._negative_points(ref, emb).tolist()
+        feats = emb.features[0]
+        cands = []
+        for n in self.part_counts():
+            protos = self._prototypes(ref, n)
+            pos = peak_points(similarity_maps(protos, feats), emb.frame)
+            cands.append(Candidate(parts=len(protos), positive_points=pos.tolist(), negative_points=negatives))
+        timings["match"] = time.perf_counter() - t
+        t = time.perf_counter()
+        logits, iou = self._cascade(emb, cands)
+        timings["decode"] = time.perf_counter() - t
+        t = time.perf_counter()
+        self._score(ref, emb, cands, logits, iou)
+        timings["retrieval"] = time.perf_counter() - t
+        return cands, logits
+
+    def _box_centres(self, ref: ReferenceState, emb: Embedding, size: Tuple[float, float]):
+        """Candidate box centres ``(xy, locator, parts, part_peaks)`` for box-prompt models, de-duplicated."""
+        c = self.config
+        feats = emb.features[0]
+        frame = emb.frame
+        out = []
+        for n in self.part_counts():
+            protos = self._prototypes(ref, n)
+            sims = similarity_maps(protos, feats)
+            pos = peak_points(sims, frame)
+            if c.method == "persam":
+                out.append((pos[0], "peak", len(protos), pos))
+                continue
+            if "median" in c.locators or c.method == "no-retrieval":
+                out.append((np.median(pos, axis=0), "median", len(protos), pos))
+            if "density" in c.locators and c.method == "p2sam":
+                out.append((self._density_peak(sims, frame, size), "density", len(protos), pos))
+        if "prior" in c.locators and c.method == "p2sam":
+            hh, ww = ref.mask.shape
+            th, tw = frame.original_size
+            rc = np.array([(ref.box[0] + ref.box[2]) / 2.0 / ww * tw, (ref.box[1] + ref.box[3]) / 2.0 / hh * th])
+            out.append((rc, "prior", 0, np.zeros((0, 2))))
+        unique = []
+        radius = 0.2 * min(size)
+        for item in out:
+            if all(np.linalg.norm(item[0] - u[0]) > radius for u in unique):
+                unique.append(item)
+        return unique
+
+    @staticmethod
+    def _density_peak(sims: torch.Tensor, frame, size: Tuple[float, float]) -> np.ndarray:
+        """Centre of the reference-sized window with the highest mean best-part similarity."""
+        g = sims.shape[-1]
+        stride = frame.input_size / g
+        kw = max(1, int(round(size[0] * frame.scale / stride))) | 1
+        kh = max(1, int(round(size[1] * frame.scale / stride))) | 1
+        best = sims.max(0).values * frame.grid_valid(g).to(sims.device)
+        dens = torch.nn.functional.avg_pool2d(best[None, None], (kh, kw), stride=1, padding=(kh // 2, kw // 2))
+        return peak_points(dens[0], frame)[0]
+
+    def _box_search(self, ref: ReferenceState, emb: Embedding, timings: Dict[str, float]):
+        """Box-prompt models: part peaks place boxes; two-stage retrieval over centre, then size/aspect."""
+        c = self.config
+        shape = emb.frame.original_size
+        longest = float(max(shape))
+        size = (ref.relative_size[0] * longest, ref.relative_size[1] * longest)
+        t = time.perf_counter()
+        negatives = self._negative_points(ref, emb).tolist()
+        centres = self._box_centres(ref, emb, size)
+        timings["match"] = time.perf_counter() - t
+
+        def make(centre, locator, parts, pos, s, tr):
+            wh = (size[1] * s, size[0] * s) if tr else (size[0] * s, size[1] * s)
+            return Candidate(parts=parts, locator=locator, scale=s, transposed=tr, positive_points=pos.tolist(),
+                             negative_points=negatives, box=_box_around(centre, wh, shape).tolist())
+
+        decode_t = score_t = 0.0
+        t = time.perf_counter()
+        cands = [make(*cen, 1.0, False) for cen in centres]
+        logits, iou = self._decode_boxes(emb, cands)
+        decode_t += time.perf_counter() - t
+        t = time.perf_counter()
+        self._score(ref, emb, cands, logits, iou)
+        score_t += time.perf_counter() - t
+        if c.method == "p2sam":
+            variants = [(s, False) for s in c.box_scales if s != 1.0]
+            if c.transposed_boxes and abs(size[0] - size[1]) > 0.1 * max(size):
+                variants += [(s, True) for s in c.box_scales]
+            order = np.argsort([cd.score for cd in cands])[: c.stage_two_centres]
+            more = [make(*centres[i], s, tr) for i in order if np.isfinite(cands[i].score) for s, tr in variants]
+            if more:
+                t = time.perf_counter()
+                more_logits, more_iou = self._decode_boxes(emb, more)
+                decode_t += time.perf_counter() - t
+                t = time.perf_counter()
+                self._score(ref, emb, more, more_logits, more_iou)
+                score_t += time.perf_counter() - t
+                cands += more
+                logits = torch.cat([logits, more_logits])
+                iou = torch.cat([iou, more_iou])
+        best = int(np.argmin([cd.score for cd in cands]))
+        if c.refine and np.isfinite(cands[best].score):
+            t = time.perf_counter()
+            nb = self._boxes_of(emb, logits[best:best + 1])[0]
+            out = self.model.decode(emb, boxes=nb[None], mask_input=logits[best:best + 1])
+            if bool((out.low_res_logits > 0).any()):
+                logits[best:best + 1] = out.low_res_logits
+            decode_t += time.perf_counter() - t
+        timings["decode"] = decode_t
+        timings["retrieval"] = score_t
+        return cands, logits
 
     def segment_with_box(self, image: np.ndarray, box: Sequence[float]) -> SegmentationResult:
         """Decode one given box (``x0, y0, x1, y1`` original pixels) with the same cascade and crop pass.
@@ -284,8 +410,13 @@ class P2SAMSegmenter:
         """
         timings: Dict[str, float] = {}
         emb = self.model.encode([image])[0]
-        cand = Candidate(parts=0, box=[float(v) for v in box])
-        logits, iou = self._cascade(emb, [cand], force_box=True)
+        cand = Candidate(parts=0, locator="given box", box=[float(v) for v in box])
+        logits, iou = self._decode_boxes(emb, [cand])
+        if self.config.refine:
+            nb = self._boxes_of(emb, logits)[0]
+            if nb is not None:
+                out = self.model.decode(emb, boxes=nb[None], mask_input=logits)
+                logits, iou = out.low_res_logits, out.iou
         mask = emb.frame.logits_to_original(logits[:1])[0, 0].cpu().numpy() > 0
         crop_box = None
         if self.config.crop_pass and mask.any():
@@ -294,59 +425,22 @@ class P2SAMSegmenter:
         return SegmentationResult(mask, cand, [cand], math.nan, None if crop_box is None else crop_box.tolist(), timings)
 
     # -- steps -------------------------------------------------------------------
-    def _candidates(self, ref: ReferenceState, emb: Embedding, shape: Tuple[int, int]) -> List[Candidate]:
-        c = self.config
-        feats = emb.features[0]
-        frame = emb.frame
-        negatives: np.ndarray = np.zeros((0, 2))
-        if c.method == "persam":
-            mean_map = similarity_maps(self._prototypes(ref, 1), feats)
-            negatives = peak_points(mean_map, frame, lowest=True)
-        else:
-            neg_protos = self._negatives(ref, c.negative_parts)
-            if neg_protos is not None:
-                negatives = peak_points(similarity_maps(neg_protos, feats), frame)
-        out: List[Candidate] = []
-        longest = float(max(shape))
-        ref_w, ref_h = ref.relative_size[0] * longest, ref.relative_size[1] * longest
-        for n in self.part_counts():
-            protos = self._prototypes(ref, n)
-            pos = peak_points(similarity_maps(protos, feats), frame)
-            if self.model.prompt_modality == "points":
-                out.append(Candidate(parts=len(protos), positive_points=pos.tolist(), negative_points=negatives.tolist()))
-                continue
-            centre = np.median(pos, axis=0)
-            variants = [(1.0, False)]
-            if c.method == "p2sam":
-                variants = [(s, False) for s in c.box_scales]
-                if c.transposed_boxes and abs(ref_w - ref_h) > 0.1 * max(ref_w, ref_h):
-                    variants += [(s, True) for s in c.box_scales]
-            for s, tr in variants:
-                size = (ref_h * s, ref_w * s) if tr else (ref_w * s, ref_h * s)
-                box = _box_around(centre, size, shape)
-                out.append(Candidate(parts=len(protos), scale=s, transposed=tr, positive_points=pos.tolist(),
-                                     negative_points=negatives.tolist(), box=box.tolist()))
-        return out
-
     def _boxes_of(self, emb: Embedding, logits: torch.Tensor) -> List[Optional[np.ndarray]]:
         masks = emb.frame.logits_to_original(logits)[:, 0] > 0
         return [mask_box(m) for m in masks.cpu().numpy()]
 
-    def _cascade(self, emb: Embedding, cands: List[Candidate], force_box: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Decode every candidate in one batch per cascade step; returns final ``B x 1 x L x L`` logits and ``B`` IoUs."""
+    def _decode_boxes(self, emb: Embedding, cands: List[Candidate]) -> Tuple[torch.Tensor, torch.Tensor]:
+        """One batched decoder call with each candidate's box; ``B x 1 x L x L`` logits and ``B`` IoUs."""
+        out = self.model.decode(emb, boxes=np.array([cd.box for cd in cands], dtype=np.float64))
+        return out.low_res_logits, out.iou
+
+    def _cascade(self, emb: Embedding, cands: List[Candidate]) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Point prompts: the three-call cascade, every candidate batched per call.
+
+        (a) points; (b) points + (a)'s logits as ``mask_input``; (c) points +
+        the box of (b)'s mask + (b)'s logits. Returns ``B x 1 x L x L`` logits and ``B`` IoUs.
+        """
         model = self.model
-        if model.prompt_modality == "box" or force_box:
-            boxes = np.array([cd.box for cd in cands], dtype=np.float64)
-            out = model.decode(emb, boxes=boxes)
-            if self.config.refine:
-                nxt = self._boxes_of(emb, out.low_res_logits)
-                keep = [i for i, b in enumerate(nxt) if b is not None]
-                if keep:
-                    ref_out = model.decode(emb, boxes=np.stack([nxt[i] for i in keep]),
-                                           mask_input=out.low_res_logits[keep])
-                    out.low_res_logits[keep] = ref_out.low_res_logits
-                    out.iou[keep] = ref_out.iou
-            return out.low_res_logits, out.iou
         # point prompts: the reference method's three-call cascade, padded to a common length
         n_max = max(len(cd.positive_points) + len(cd.negative_points) for cd in cands)
         pts = np.zeros((len(cands), n_max, 2))
@@ -370,26 +464,21 @@ class P2SAMSegmenter:
                 cands[i].box = boxes[i].tolist()
         return logits, iou
 
-    def _retrieve(self, ref: ReferenceState, emb: Embedding, cands: List[Candidate],
-                  logits: torch.Tensor, iou: torch.Tensor) -> int:
+    def _score(self, ref: ReferenceState, emb: Embedding, cands: List[Candidate],
+               logits: torch.Tensor, iou: torch.Tensor) -> None:
+        """Set each candidate's Wasserstein score (lower is better; empty masks get ``inf``)."""
         g = emb.grid
         valid = emb.frame.grid_valid(g).to(logits.device)
         cover = torch.nn.functional.adaptive_avg_pool2d((logits > 0).float(), g)[:, 0] * valid
         feats = emb.features[0]
-        single = len(cands) == 1
         for i, cd in enumerate(cands):
             cd.predicted_iou = float(iou[i])
             cd.area_cells = float(cover[i].sum())
             if cd.area_cells <= 0:
                 cd.score = math.inf
                 continue
-            if single:
-                cd.score = 0.0
-                continue
             pooled = foreground_features(feats, cover[i])
             cd.score = wasserstein_distance(pooled.features, ref.foreground.features, pooled.weights, ref.foreground.weights)
-        scores = [cd.score for cd in cands]
-        return int(np.argmin(scores))
 
     def _negative_keep(self, ref: ReferenceState, emb: Embedding, parts: int) -> np.ndarray:
         neg = self._negatives(ref, max(1, self.config.negative_parts))
