@@ -59,6 +59,8 @@ class P2SAMConfig:
         crop_context: crop = chosen box grown by this fraction of its size per side.
         negative_filter: drop predicted cells whose features match a background
             part better than every foreground part.
+        prompts: ``auto`` (the model's own modality: points for SAM, boxes for
+            LiteMedSAM), or force ``points`` / ``box`` (for comparisons).
         kmeans_init: k-means++ restarts; seed: their random seed.
     """
 
@@ -74,6 +76,7 @@ class P2SAMConfig:
     crop_pass: bool = True
     crop_context: float = 1.0
     negative_filter: bool = False
+    prompts: str = "auto"
     kmeans_init: int = 10
     seed: int = 0
 
@@ -84,6 +87,8 @@ class P2SAMConfig:
             raise InputError("--max-parts", f"must be between 1 and 16, got {self.max_parts}")
         if not 0 <= int(self.negative_parts) <= 16:
             raise InputError("--negative-parts", f"must be between 0 and 16, got {self.negative_parts}")
+        if self.prompts not in ("auto", "points", "box"):
+            raise InputError("prompts", f"must be auto, points or box, got '{self.prompts}'")
         if not self.box_scales or min(self.box_scales) <= 0:
             raise InputError("box_scales", f"must be positive numbers, got {self.box_scales}")
         return self
@@ -249,6 +254,11 @@ class P2SAMSegmenter:
             ref.timings["cluster"] = ref.timings.get("cluster", 0.0) + time.perf_counter() - t
         return ref.negatives[m]
 
+    @property
+    def prompt_modality(self) -> str:
+        """``points`` or ``box``: the config's choice, else the model's own."""
+        return self.model.prompt_modality if self.config.prompts == "auto" else self.config.prompts
+
     def part_counts(self) -> List[int]:
         c = self.config
         if c.method == "persam":
@@ -264,7 +274,7 @@ class P2SAMSegmenter:
         t = time.perf_counter()
         emb = self.model.encode([image])[0]
         timings["encode"] = time.perf_counter() - t
-        if self.model.prompt_modality == "points":
+        if self.prompt_modality == "points":
             candidates, logits = self._point_search(ref, emb, timings)
         else:
             candidates, logits = self._box_search(ref, emb, timings)
