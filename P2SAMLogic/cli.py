@@ -97,8 +97,15 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--max-parts", type=int, default=5, metavar="N", help="largest foreground part count (default 5)")
     m.add_argument("--negative-parts", type=int, default=1, metavar="M",
                    help="background parts, one negative prompt each (default 1)")
-    m.add_argument("--no-crop-pass", action="store_true",
-                   help="skip the second pass that re-encodes a crop around the first result")
+    m.add_argument("--search-context", type=float, default=2.0, metavar="C",
+                   help="search each target in a window around the reference structure's position: the "
+                        "structure's box grown by C times its size per side (default 2; for follow-ups and "
+                        "videos, where the structure moves but stays near its prior place)")
+    m.add_argument("--whole-image", action="store_true",
+                   help="search the whole target instead of a window (objects that can be anywhere)")
+    m.add_argument("--crop-pass", action="store_true",
+                   help="add a second pass that re-encodes a crop around the first result (off by default: "
+                        "it did not help on the development data, see README)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_segment_image)
     return parser
@@ -128,12 +135,14 @@ def _segment_image(args: argparse.Namespace) -> int:
     from .segmenter import P2SAMConfig, P2SAMSegmenter
 
     config = P2SAMConfig(method=args.method, max_parts=args.max_parts, negative_parts=args.negative_parts,
-                         crop_pass=not args.no_crop_pass).validate()
+                         crop_pass=args.crop_pass,
+                         search_context=None if args.whole_image else args.search_context).validate()
     # read and check every input before loading the model or writing anything
     ref_image = read_image(args.reference)
     ref_mask = check_mask(read_mask(args.reference_mask), ref_image.shape, args.reference_mask, args.reference)
     stems = [Path(t).stem for t in args.target]
-    dupes = sorted({s for s in stems if stems.count(s) > 1})
+    folded = [s.casefold() for s in stems]  # case-insensitive file systems
+    dupes = sorted({s for s, f in zip(stems, folded) if folded.count(f) > 1})
     if dupes:
         raise InputError("--target", f"several targets share the file stem '{dupes[0]}'; their masks would "
                          "overwrite each other")

@@ -82,11 +82,16 @@ def read_mask(path: PathLike) -> np.ndarray:
     if im.mode == "P":
         a = np.array(im)  # palette indices
         return a > 0
+    if getattr(im, "n_frames", 1) > 1:
+        raise InputError(path, f"holds {im.n_frames} frames; give a single 2D mask")
     a = np.array(im)
     if a.ndim == 3:
         if a.shape[2] in (2, 4):
-            a = a[..., :-1]
-        a = a.max(axis=2)
+            colour, alpha = a[..., :-1], a[..., -1]
+            # a mask drawn as opaque strokes on a transparent layer: the alpha channel is the mask
+            a = alpha if colour.min() == colour.max() and alpha.min() != alpha.max() else colour
+        if a.ndim == 3:
+            a = a.max(axis=2)
     a = a.astype(np.float64)
     top = float(a.max()) if a.size else 0.0
     if top <= 1.0:

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 #: Cap on feature cells per side of one transport problem (deterministic subsample above it).
-MAX_CELLS = 600
+MAX_CELLS = 200
 
 
 def _subsample(x: torch.Tensor, w: torch.Tensor, cap: int, seed: int):

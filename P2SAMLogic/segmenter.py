@@ -21,6 +21,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
+from scipy.stats import rankdata
 
 from .errors import InputError
 from .matching import peak_points, similarity_maps
@@ -40,6 +41,11 @@ class P2SAMConfig:
         method: ``p2sam`` (retrieval over part counts and, for box models, box
             sizes), ``persam`` (one prototype, one positive and one negative
             prompt), or ``no-retrieval`` (fixed ``max_parts`` parts, one candidate).
+        search_context: search a window instead of the whole image: the
+            reference is cropped to its structure's box grown by this many times
+            its size on each side, and each target is searched in a window of the
+            same pixel size at the same relative position (a follow-up of the same
+            patient or scene). ``None``: whole images (objects anywhere).
         max_parts: largest number of foreground parts ``n`` (candidates ``1..n``).
         negative_parts: number of background parts ``m`` (negative prompts).
         background_context: background region = structure box grown by this
@@ -61,22 +67,31 @@ class P2SAMConfig:
             part better than every foreground part.
         prompts: ``auto`` (the model's own modality: points for SAM, boxes for
             LiteMedSAM), or force ``points`` / ``box`` (for comparisons).
+        selection: how retrieval picks the winner. ``wasserstein``: the smallest
+            Wasserstein distance to the reference foreground (the paper's rule).
+            ``rank``: the best rank sum of three measures -- that distance, the
+            same distance divided by the distance to the reference *background*
+            parts (the negatives act as contrast), and the decoder's predicted
+            IoU. ``auto``: ``rank`` for box prompts (measured better for
+            LiteMedSAM, see README), ``wasserstein`` for point prompts.
         kmeans_init: k-means++ restarts; seed: their random seed.
     """
 
     method: str = "p2sam"
+    search_context: Optional[float] = 2.0
     max_parts: int = 5
     negative_parts: int = 1
     background_context: float = 1.0
     box_scales: Tuple[float, ...] = (0.8, 1.0, 1.25)
     transposed_boxes: bool = True
     locators: Tuple[str, ...] = ("median", "density", "prior")
-    stage_two_centres: int = 2
+    stage_two_centres: int = 3
     refine: bool = True
-    crop_pass: bool = True
+    crop_pass: bool = False
     crop_context: float = 1.0
     negative_filter: bool = False
     prompts: str = "auto"
+    selection: str = "auto"
     kmeans_init: int = 10
     seed: int = 0
 
@@ -89,6 +104,10 @@ class P2SAMConfig:
             raise InputError("--negative-parts", f"must be between 0 and 16, got {self.negative_parts}")
         if self.prompts not in ("auto", "points", "box"):
             raise InputError("prompts", f"must be auto, points or box, got '{self.prompts}'")
+        if self.search_context is not None and not 0 <= self.search_context <= 50:
+            raise InputError("--search-context", f"must be between 0 and 50, got {self.search_context}")
+        if self.selection not in ("auto", "rank", "wasserstein"):
+            raise InputError("selection", f"must be auto, rank or wasserstein, got '{self.selection}'")
         if not self.box_scales or min(self.box_scales) <= 0:
             raise InputError("box_scales", f"must be positive numbers, got {self.box_scales}")
         return self
@@ -105,6 +124,10 @@ class ReferenceState:
         foreground / background: pooled features inside the mask / around it.
         box: ``(x0, y0, x1, y1)`` of the mask, original pixels (inclusive extent + 1).
         relative_size: ``(w, h)`` of the box divided by the image's longest side.
+        window: ``(x0, y0, x1, y1)`` of the reference crop in the full reference
+            image when a search window is used (``mask``, ``box``, ``embedding`` are
+            then those of the crop), else None.
+        full_shape / full_box: the full reference image's ``(H, W)`` and the mask's box in it.
         prototypes / negatives: part prototypes per part count, filled lazily.
         clusterings: how many k-means runs were made (one per part count, ever).
     """
@@ -116,6 +139,9 @@ class ReferenceState:
     background: Optional[PooledFeatures]
     box: np.ndarray
     relative_size: Tuple[float, float]
+    window: Optional[np.ndarray] = None
+    full_shape: Tuple[int, int] = (0, 0)
+    full_box: Optional[np.ndarray] = None
     prototypes: Dict[int, torch.Tensor] = field(default_factory=dict)
     negatives: Dict[int, torch.Tensor] = field(default_factory=dict)
     clusterings: int = 0
@@ -134,12 +160,23 @@ class Candidate:
     negative_points: List[List[float]] = field(default_factory=list)
     box: Optional[List[float]] = None
     score: float = math.inf
+    background_distance: float = math.inf
     predicted_iou: float = 0.0
     area_cells: float = 0.0
+    rank: float = math.inf
+
+    def shift(self, offset: np.ndarray) -> None:
+        """Move the prompts by ``offset`` (dx, dy) pixels (from a window's frame to the full image's)."""
+        dx, dy = float(offset[0]), float(offset[1])
+        self.positive_points = [[p[0] + dx, p[1] + dy] for p in self.positive_points]
+        self.negative_points = [[p[0] + dx, p[1] + dy] for p in self.negative_points]
+        if self.box is not None:
+            self.box = [self.box[0] + dx, self.box[1] + dy, self.box[2] + dx, self.box[3] + dy]
 
     def summary(self) -> dict:
         d = asdict(self)
-        d["score"] = None if not math.isfinite(self.score) else round(self.score, 4)
+        for k in ("score", "background_distance", "rank"):
+            d[k] = None if not math.isfinite(d[k]) else round(d[k], 4)
         d["predicted_iou"] = round(self.predicted_iou, 4)
         for k in ("positive_points", "negative_points"):
             d[k] = [[round(v, 1) for v in p] for p in d[k]]
@@ -167,6 +204,7 @@ class SegmentationResult:
     score: float
     crop_box: Optional[List[float]]
     timings: Dict[str, float]
+    window: Optional[List[float]] = None
 
     def summary(self) -> dict:
         return {
@@ -174,6 +212,7 @@ class SegmentationResult:
             "score": None if not math.isfinite(self.score) else round(self.score, 4),
             "area_pixels": int(self.mask.sum()),
             "crop_box": None if self.crop_box is None else [round(v, 1) for v in self.crop_box],
+            "search_window": None if self.window is None else [round(v, 1) for v in self.window],
             "candidates": [c.summary() for c in self.candidates],
             "timings_s": {k: round(v, 4) for k, v in self.timings.items()},
         }
@@ -186,6 +225,17 @@ def mask_box(mask: np.ndarray) -> Optional[np.ndarray]:
         return None
     cols = np.flatnonzero(mask.any(axis=0))
     return np.array([cols[0], rows[0], cols[-1] + 1, rows[-1] + 1], dtype=np.float64)
+
+
+def square_window(box: np.ndarray, context: float, shape: Tuple[int, int], minimum: float = 32.0) -> np.ndarray:
+    """Square ``(x0, y0, x1, y1)`` around ``box``, grown by ``context`` times its larger side per side, clipped to ``shape``."""
+    side = max(minimum, max(box[2] - box[0], box[3] - box[1]) * (1.0 + 2.0 * context))
+    cx, cy = (box[0] + box[2]) / 2.0, (box[1] + box[3]) / 2.0
+    x0 = int(max(0, np.floor(cx - side / 2)))
+    y0 = int(max(0, np.floor(cy - side / 2)))
+    x1 = int(min(shape[1], np.ceil(cx + side / 2)))
+    y1 = int(min(shape[0], np.ceil(cy + side / 2)))
+    return np.array([x0, y0, x1, y1], dtype=np.float64)
 
 
 def _box_around(centre: np.ndarray, size: Tuple[float, float], shape: Tuple[int, int]) -> np.ndarray:
@@ -212,12 +262,23 @@ class P2SAMSegmenter:
             image: ``H x W x 3`` uint8 RGB.
             mask: ``H x W`` bool, non-empty.
             source: name used in error messages (e.g. the mask's file path).
+
+        With ``config.search_context`` set, the reference is cropped to a square
+        window around the structure (see :class:`P2SAMConfig`) before encoding.
         """
         mask = np.asarray(mask).astype(bool)
         if mask.shape != image.shape[:2]:
             raise InputError(source, f"mask shape {mask.shape} differs from image shape {image.shape[:2]}")
         if not mask.any():
             raise InputError(source, "mask is empty")
+        full_shape = mask.shape
+        full_box = mask_box(mask)
+        window = None
+        context = self.config.search_context
+        if context is not None:
+            window = square_window(full_box, context, full_shape)
+            x0, y0, x1, y1 = window.astype(int)
+            image, mask = np.ascontiguousarray(image[y0:y1, x0:x1]), mask[y0:y1, x0:x1]
         t0 = time.perf_counter()
         emb = self.model.encode([image])[0]
         t1 = time.perf_counter()
@@ -231,6 +292,7 @@ class P2SAMSegmenter:
         ref = ReferenceState(
             embedding=emb, mask=mask, coverage=coverage, foreground=fg, background=bg, box=box,
             relative_size=((box[2] - box[0]) / longest, (box[3] - box[1]) / longest),
+            window=window, full_shape=full_shape, full_box=full_box,
         )
         ref.timings["reference_encode"] = t1 - t0
         ref.timings["pooling"] = time.perf_counter() - t1
@@ -268,17 +330,73 @@ class P2SAMSegmenter:
         return list(range(1, c.max_parts + 1))
 
     # -- target ------------------------------------------------------------------
-    def segment(self, ref: ReferenceState, image: np.ndarray) -> SegmentationResult:
-        """Segment the reference's structure in one target image (``H x W x 3`` uint8 RGB)."""
+    def prior_window(self, ref: ReferenceState, shape: Tuple[int, int]) -> Optional[np.ndarray]:
+        """The target search window for a windowed reference: the reference window's size, centred
+        at the reference structure's relative position in an image of ``shape`` ``(H, W)``."""
+        if ref.window is None:
+            return None
+        centre = self._prior_centre(ref, shape)
+        w, h = ref.window[2] - ref.window[0], ref.window[3] - ref.window[1]
+        x0 = int(np.clip(round(centre[0] - w / 2.0), 0, max(0, shape[1] - w)))
+        y0 = int(np.clip(round(centre[1] - h / 2.0), 0, max(0, shape[0] - h)))
+        return np.array([x0, y0, min(shape[1], x0 + w), min(shape[0], y0 + h)], dtype=np.float64)
+
+    @staticmethod
+    def _prior_centre(ref: ReferenceState, shape: Tuple[int, int]) -> np.ndarray:
+        """Centre of the reference box at the same relative position in an image of ``shape`` (x, y)."""
+        hh, ww = ref.full_shape
+        b = ref.full_box
+        return np.array([(b[0] + b[2]) / 2.0 / ww * shape[1], (b[1] + b[3]) / 2.0 / hh * shape[0]])
+
+    def segment(self, ref: ReferenceState, image: np.ndarray,
+                window: Optional[Sequence[float]] = None) -> SegmentationResult:
+        """Segment the reference's structure in one target image (``H x W x 3`` uint8 RGB).
+
+        Args:
+            window: ``(x0, y0, x1, y1)`` region of the target to search (target pixels);
+                default: the whole image, or :meth:`prior_window` for a windowed reference.
+        """
+        full_shape = image.shape[:2]
+        if window is None:
+            window = self.prior_window(ref, full_shape)
+        offset = np.zeros(2)
+        if window is not None:
+            x0, y0, x1, y1 = [int(round(v)) for v in window]
+            x0, y0 = max(0, x0), max(0, y0)
+            x1, y1 = min(full_shape[1], x1), min(full_shape[0], y1)
+            if x1 - x0 < 2 or y1 - y0 < 2:
+                raise InputError("window", f"search window {list(window)} does not overlap the target image")
+            image = np.ascontiguousarray(image[y0:y1, x0:x1])
+            offset = np.array([x0, y0], dtype=np.float64)
+        result = self._segment_view(ref, image, full_shape, offset)
+        if window is not None:
+            full = np.zeros(full_shape, dtype=bool)
+            full[y0:y1, x0:x1] = result.mask
+            result.mask = full
+            result.window = [float(x0), float(y0), float(x1), float(y1)]
+            for cd in result.candidates:
+                cd.shift(offset)
+            if result.crop_box is not None:
+                result.crop_box = (np.array(result.crop_box) + np.tile(offset, 2)).tolist()
+        return result
+
+    def _segment_view(self, ref: ReferenceState, image: np.ndarray, full_shape: Tuple[int, int],
+                      offset: np.ndarray) -> SegmentationResult:
         timings: Dict[str, float] = {}
         t = time.perf_counter()
         emb = self.model.encode([image])[0]
         timings["encode"] = time.perf_counter() - t
+        if ref.window is not None:  # same pixel size as the reference crop
+            size = (ref.box[2] - ref.box[0], ref.box[3] - ref.box[1])
+        else:
+            longest = float(max(image.shape[:2]))
+            size = (ref.relative_size[0] * longest, ref.relative_size[1] * longest)
+        prior = self._prior_centre(ref, full_shape) - offset
         if self.prompt_modality == "points":
             candidates, logits = self._point_search(ref, emb, timings)
         else:
-            candidates, logits = self._box_search(ref, emb, timings)
-        best = int(np.argmin([c.score for c in candidates]))
+            candidates, logits = self._box_search(ref, emb, timings, size, prior)
+        best = self._select(candidates)
         chosen = candidates[best]
         mask = emb.frame.logits_to_original(logits[best:best + 1])[0, 0].cpu().numpy() > 0
         if self.config.negative_filter:
@@ -321,7 +439,7 @@ class P2SAMSegmenter:
         timings["retrieval"] = time.perf_counter() - t
         return cands, logits
 
-    def _box_centres(self, ref: ReferenceState, emb: Embedding, size: Tuple[float, float]):
+    def _box_centres(self, ref: ReferenceState, emb: Embedding, size: Tuple[float, float], prior: np.ndarray):
         """Candidate box centres ``(xy, locator, parts, part_peaks)`` for box-prompt models, de-duplicated."""
         c = self.config
         feats = emb.features[0]
@@ -339,10 +457,7 @@ class P2SAMSegmenter:
             if "density" in c.locators and c.method == "p2sam":
                 out.append((self._density_peak(sims, frame, size), "density", len(protos), pos))
         if "prior" in c.locators and c.method == "p2sam":
-            hh, ww = ref.mask.shape
-            th, tw = frame.original_size
-            rc = np.array([(ref.box[0] + ref.box[2]) / 2.0 / ww * tw, (ref.box[1] + ref.box[3]) / 2.0 / hh * th])
-            out.append((rc, "prior", 0, np.zeros((0, 2))))
+            out.append((np.asarray(prior, dtype=np.float64), "prior", 0, np.zeros((0, 2))))
         unique = []
         radius = 0.2 * min(size)
         for item in out:
@@ -361,15 +476,18 @@ class P2SAMSegmenter:
         dens = torch.nn.functional.avg_pool2d(best[None, None], (kh, kw), stride=1, padding=(kh // 2, kw // 2))
         return peak_points(dens[0], frame)[0]
 
-    def _box_search(self, ref: ReferenceState, emb: Embedding, timings: Dict[str, float]):
-        """Box-prompt models: part peaks place boxes; two-stage retrieval over centre, then size/aspect."""
+    def _box_search(self, ref: ReferenceState, emb: Embedding, timings: Dict[str, float],
+                    size: Tuple[float, float], prior: np.ndarray):
+        """Box-prompt models: part peaks place boxes; two-stage retrieval over centre, then size/aspect.
+
+        ``size`` is the reference box's ``(w, h)`` in this image's pixels; ``prior`` the
+        reference structure's position here (x, y).
+        """
         c = self.config
         shape = emb.frame.original_size
-        longest = float(max(shape))
-        size = (ref.relative_size[0] * longest, ref.relative_size[1] * longest)
         t = time.perf_counter()
         negatives = self._negative_points(ref, emb).tolist()
-        centres = self._box_centres(ref, emb, size)
+        centres = self._box_centres(ref, emb, size, prior)
         timings["match"] = time.perf_counter() - t
 
         def make(centre, locator, parts, pos, s, tr):
@@ -389,7 +507,8 @@ class P2SAMSegmenter:
             variants = [(s, False) for s in c.box_scales if s != 1.0]
             if c.transposed_boxes and abs(size[0] - size[1]) > 0.1 * max(size):
                 variants += [(s, True) for s in c.box_scales]
-            order = np.argsort([cd.score for cd in cands])[: c.stage_two_centres]
+            self._select(cands)
+            order = np.argsort([cd.rank for cd in cands])[: c.stage_two_centres]
             more = [make(*centres[i], s, tr) for i in order if np.isfinite(cands[i].score) for s, tr in variants]
             if more:
                 t = time.perf_counter()
@@ -401,7 +520,7 @@ class P2SAMSegmenter:
                 cands += more
                 logits = torch.cat([logits, more_logits])
                 iou = torch.cat([iou, more_iou])
-        best = int(np.argmin([cd.score for cd in cands]))
+        best = self._select(cands)
         if c.refine and np.isfinite(cands[best].score):
             t = time.perf_counter()
             nb = self._boxes_of(emb, logits[best:best + 1])[0]
@@ -489,6 +608,31 @@ class P2SAMSegmenter:
                 continue
             pooled = foreground_features(feats, cover[i])
             cd.score = wasserstein_distance(pooled.features, ref.foreground.features, pooled.weights, ref.foreground.weights)
+            if ref.background is not None:
+                cd.background_distance = wasserstein_distance(pooled.features, ref.background.features,
+                                                              pooled.weights, ref.background.weights)
+
+    def _select(self, cands: List[Candidate]) -> int:
+        """Index of the winning candidate; sets each candidate's ``rank`` (lower is better, ``inf`` = empty)."""
+        mode = self.config.selection
+        if mode == "auto":
+            mode = "wasserstein" if self.prompt_modality == "points" else "rank"
+        ok = [i for i, cd in enumerate(cands) if math.isfinite(cd.score)]
+        for cd in cands:
+            cd.rank = math.inf
+        if not ok:
+            return 0
+        w = np.array([cands[i].score for i in ok])
+        if mode == "wasserstein":
+            ranks = rankdata(w)
+        else:
+            bg = np.array([cands[i].background_distance for i in ok])
+            contrast = np.where(np.isfinite(bg), w / np.maximum(bg, 1e-12), w)
+            iou = np.array([cands[i].predicted_iou for i in ok])
+            ranks = rankdata(w) + rankdata(contrast) + rankdata(-iou)
+        for i, r in zip(ok, ranks):
+            cands[i].rank = float(r)
+        return ok[int(np.argmin(ranks))]
 
     def _negative_keep(self, ref: ReferenceState, emb: Embedding, parts: int) -> np.ndarray:
         neg = self._negatives(ref, max(1, self.config.negative_parts))
@@ -505,13 +649,8 @@ class P2SAMSegmenter:
         """Re-encode a crop around ``mask`` and decode its box there; returns the new mask and the crop box."""
         box = mask_box(mask)
         h, w = mask.shape
-        bw, bh = box[2] - box[0], box[3] - box[1]
-        side = max(bw, bh) * (1.0 + 2.0 * self.config.crop_context)
-        side = max(side, 32.0)
-        cx, cy = (box[0] + box[2]) / 2.0, (box[1] + box[3]) / 2.0
-        x0, x1 = int(max(0, np.floor(cx - side / 2))), int(min(w, np.ceil(cx + side / 2)))
-        y0, y1 = int(max(0, np.floor(cy - side / 2))), int(min(h, np.ceil(cy + side / 2)))
-        crop_box = np.array([x0, y0, x1, y1], dtype=np.float64)
+        crop_box = square_window(box, self.config.crop_context, (h, w))
+        x0, y0, x1, y1 = crop_box.astype(int)
         # no gain when the crop is (almost) the whole image
         if (x1 - x0) * (y1 - y0) > 0.7 * h * w:
             return mask, None

@@ -22,6 +22,9 @@ def load_model(model: str = "litemedsam", model_type: Optional[str] = None, devi
         model_type: ``vit_b``, ``vit_l`` or ``vit_h`` for a SAM checkpoint (inferred when None).
         device: ``auto``, ``cpu``, ``cuda`` or ``mps``.
     """
+    if model_type is not None and model_type not in SAM_ARCHITECTURES:
+        raise InputError("--model-type", f"unknown model type '{model_type}'; expected one of "
+                         + ", ".join(SAM_ARCHITECTURES))
     dev = resolve_device(device)
     if model.lower() == "litemedsam":
         if model_type is not None:

@@ -35,7 +35,8 @@ DEFAULT = P2SAMConfig()
 
 #: name -> (description, config or "oracle")
 VARIANTS: Dict[str, Tuple[str, object]] = {
-    "p2sam": ("P²SAM, box adaptation (default)", DEFAULT),
+    "p2sam": ("P²SAM, box adaptation, window around the prior position (default)", DEFAULT),
+    "p2sam whole-image": ("same, searching the whole image", replace(DEFAULT, search_context=None)),
     "persam": ("PerSAM: one prototype, box at its peak", replace(DEFAULT, method="persam")),
     "no-retrieval": ("fixed 5 parts, box at the median of their peaks", replace(DEFAULT, method="no-retrieval")),
     "p2sam-points": ("P²SAM with point prompts (paper's cascade)", replace(DEFAULT, prompts="points")),
@@ -45,6 +46,8 @@ VARIANTS: Dict[str, Tuple[str, object]] = {
     "box:no-prior": ("median + density, no prior-position box", replace(DEFAULT, locators=("median", "density"))),
     "box:+crop": ("default + crop re-encode pass", replace(DEFAULT, crop_pass=True)),
     "box:+negative-filter": ("default + background-part pixel filter", replace(DEFAULT, negative_filter=True)),
+    "whole:persam": ("PerSAM, whole image", replace(DEFAULT, method="persam", search_context=None)),
+    "whole:no-retrieval": ("no-retrieval, whole image", replace(DEFAULT, method="no-retrieval", search_context=None)),
     "oracle box": ("box of the true target mask (ceiling)", "oracle"),
     "oracle box +crop": ("oracle box + crop re-encode pass", "oracle-crop"),
 }

