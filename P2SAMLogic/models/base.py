@@ -6,7 +6,7 @@ from abc import ABC, abstractmethod
 from collections import OrderedDict
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import List, Literal, Optional, Sequence
+from typing import List, Literal, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -217,6 +217,7 @@ class PromptableModel(ABC):
         point_labels: Optional[np.ndarray] = None,
         boxes: Optional[np.ndarray] = None,
         mask_input: Optional[torch.Tensor] = None,
+        region: Optional[Tuple[int, int, int, int]] = None,
     ) -> DecodeOutput:
         """Run the prompt encoder and mask decoder for ``B`` prompt sets on one image.
 
@@ -226,6 +227,11 @@ class PromptableModel(ABC):
             point_labels: int ``B x N``; 1 = foreground, 0 = background.
             boxes: float ``B x 4`` (x0, y0, x1, y1) in original pixels, or None.
             mask_input: float ``B x 1 x L x L`` low-res logits of a previous call, or None.
+            region: ``(row0, row1, col0, col1)`` feature-grid cells (half-open) to decode
+                on, or None for the whole grid. The decoder then attends only to the
+                image tokens of that region (same embeddings and positional encoding,
+                sliced), which costs in proportion to its area; logits outside it are
+                set to ``-20``. For prompts well inside the region.
         Returns:
             :class:`DecodeOutput` with ``B`` single-mask predictions
             (``multimask_output=False``, as the method prescribes for medical images).
@@ -253,11 +259,22 @@ class PromptableModel(ABC):
         sparse, dense = pe(points=pts, boxes=bx, masks=mask_input)
         if sparse.shape[0] != batch:
             sparse = sparse.expand(batch, -1, -1)
+        feats, image_pe = embedding.features, pe.get_dense_pe()
+        if region is not None:
+            r0, r1, c0, c1 = region
+            feats, image_pe = feats[..., r0:r1, c0:c1], image_pe[..., r0:r1, c0:c1]
+            dense = dense[..., r0:r1, c0:c1]
         logits, iou = self.net.mask_decoder(
-            image_embeddings=embedding.features,
-            image_pe=pe.get_dense_pe(),
+            image_embeddings=feats,
+            image_pe=image_pe,
             sparse_prompt_embeddings=sparse,
             dense_prompt_embeddings=dense,
             multimask_output=False,
         )
+        if region is not None:
+            up = logits.shape[-1] // (c1 - c0)
+            g = embedding.grid
+            full = torch.full((batch, 1, g * up, g * up), -20.0, dtype=torch.float32, device=logits.device)
+            full[..., r0 * up:r1 * up, c0 * up:c1 * up] = logits.float()
+            logits = full
         return DecodeOutput(low_res_logits=logits.float(), iou=iou[:, 0].float())

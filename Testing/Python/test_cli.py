@@ -261,9 +261,9 @@ def test_4dlung_pair_p2sam(tmp_path, capsys):
     assert entry["mask"] == "test_image.png" and entry["size"] == [512, 512]
     assert entry["area_pixels"] == int(mask.sum())
     assert report["reference"]["area_pixels"] == int((np.array(Image.open(LUNG / "ref_mask.png")) > 0).sum())
-    # one reference encode + one target encode; the crop pass (a 41-px structure on 512 px) adds one crop encode,
-    # which results.json reports through the target's crop_box
-    assert encodes_excluding_crops(report) == 2, (report["encoder_calls"], entry["crop_box"])
+    # one reference encode + one target encode (the crop pass is off by default)
+    assert entry["crop_box"] is None
+    assert report["encoder_calls"] == 2
 
 
 def test_multi_target_one_reference_encode_and_clustering(synth, single_run, tmp_path, capsys):
@@ -321,7 +321,7 @@ def test_mask_and_image_formats(synth, tmp_path, capsys, case):
         assert Image.open(mask).mode == "P"
     out = tmp_path / "out"
     r = run_cli(segment_argv(ref, mask, [target], out, "--method", "no-retrieval", "--max-parts", "2",
-                             "--no-crop-pass", "--quiet"), capsys)
+                             "--quiet"), capsys)
     assert r.rc == 0, r.err
     report = json.loads((out / "results.json").read_text())
     # the mask was read as the ellipse, whatever its encoding
