@@ -96,7 +96,7 @@ class P2SAMConfig:
     crop_context: float = 1.0
     negative_filter: bool = False
     prompts: str = "auto"
-    local_decode: bool = False
+    local_decode: bool = True
     selection: str = "auto"
     kmeans_init: int = 10
     seed: int = 0
@@ -235,12 +235,12 @@ def mask_box(mask: np.ndarray) -> Optional[np.ndarray]:
 
 def square_window(box: np.ndarray, context: float, shape: Tuple[int, int], minimum: float = 32.0) -> np.ndarray:
     """Square ``(x0, y0, x1, y1)`` around ``box``, grown by ``context`` times its larger side per side, clipped to ``shape``."""
-    side = max(minimum, max(box[2] - box[0], box[3] - box[1]) * (1.0 + 2.0 * context))
+    side = int(np.ceil(max(minimum, max(box[2] - box[0], box[3] - box[1]) * (1.0 + 2.0 * context))))
     cx, cy = (box[0] + box[2]) / 2.0, (box[1] + box[3]) / 2.0
-    x0 = int(max(0, np.floor(cx - side / 2)))
-    y0 = int(max(0, np.floor(cy - side / 2)))
-    x1 = int(min(shape[1], np.ceil(cx + side / 2)))
-    y1 = int(min(shape[0], np.ceil(cy + side / 2)))
+    x0 = int(np.floor(cx - side / 2.0))
+    y0 = int(np.floor(cy - side / 2.0))
+    x0, x1 = max(0, x0), min(shape[1], x0 + side)
+    y0, y1 = max(0, y0), min(shape[0], y0 + side)
     return np.array([x0, y0, x1, y1], dtype=np.float64)
 
 
@@ -302,6 +302,11 @@ class P2SAMSegmenter:
         )
         ref.timings["reference_encode"] = t1 - t0
         ref.timings["pooling"] = time.perf_counter() - t1
+        # cluster now, once per part count, so that no target pays for it
+        for n in self.part_counts():
+            self._prototypes(ref, n)
+        if self.config.method != "persam":
+            self._negatives(ref, self.config.negative_parts)
         return ref
 
     def _prototypes(self, ref: ReferenceState, n: int) -> torch.Tensor:

@@ -44,6 +44,7 @@ VARIANTS: Dict[str, Tuple[str, object]] = {
     "box:median-only": ("boxes at part medians only", replace(DEFAULT, locators=("median",))),
     "box:density-only": ("boxes at similarity-density peaks only", replace(DEFAULT, locators=("density",))),
     "box:no-prior": ("median + density, no prior-position box", replace(DEFAULT, locators=("median", "density"))),
+    "box:whole-grid-decode": ("default, decoding each box on the whole feature grid", replace(DEFAULT, local_decode=False)),
     "box:+crop": ("default + crop re-encode pass", replace(DEFAULT, crop_pass=True)),
     "box:+negative-filter": ("default + background-part pixel filter", replace(DEFAULT, negative_filter=True)),
     "whole:persam": ("PerSAM, whole image", replace(DEFAULT, method="persam", search_context=None)),

@@ -85,7 +85,7 @@ def test_segmenter_points_cascade_and_reuse(fresh_tiny_sam, make_disc, monkeypat
     counter = DecoderCallCounter(model.net.mask_decoder)
     monkeypatch.setattr(model.net.mask_decoder, "forward", counter)
     max_parts = 3
-    seg = P2SAMSegmenter(model, P2SAMConfig(max_parts=max_parts, crop_pass=False))
+    seg = P2SAMSegmenter(model, P2SAMConfig(max_parts=max_parts, crop_pass=False, search_context=None))
     ref_img, ref_mask = make_disc(70, 60)
     ref = seg.prepare_reference(ref_img, ref_mask)
     assert model.encode_calls == 1
@@ -127,7 +127,7 @@ def test_segmenter_points_cascade_and_reuse(fresh_tiny_sam, make_disc, monkeypat
 
 
 def test_segmenter_persam_single_candidate(fresh_tiny_sam, make_disc):
-    seg = P2SAMSegmenter(fresh_tiny_sam, P2SAMConfig(method="persam", crop_pass=False))
+    seg = P2SAMSegmenter(fresh_tiny_sam, P2SAMConfig(method="persam", crop_pass=False, search_context=None))
     ref_img, ref_mask = make_disc(70, 60)
     ref = seg.prepare_reference(ref_img, ref_mask)
     res = seg.segment(ref, make_disc(100, 55)[0])
@@ -138,7 +138,7 @@ def test_segmenter_persam_single_candidate(fresh_tiny_sam, make_disc):
 
 
 def test_segmenter_reference_errors(tiny_sam, make_disc):
-    seg = P2SAMSegmenter(tiny_sam, P2SAMConfig(crop_pass=False))
+    seg = P2SAMSegmenter(tiny_sam, P2SAMConfig(crop_pass=False, search_context=None))
     img, mask = make_disc(70, 60)
     with pytest.raises(InputError, match="empty"):
         seg.prepare_reference(img, np.zeros_like(mask), source="ref_mask.png")
@@ -270,3 +270,32 @@ def test_incomplete_checkpoint_strict_load(vit_b_shaped_checkpoint):
     _assert_names_file(err, path)
     msg = str(err.value)
     assert "missing" in msg and "vit_b" in msg
+
+
+def test_search_window_frames(fresh_tiny_sam, make_disc):
+    """With a search window the reference is a crop around the structure, the target is searched in a
+    window of the same size at the same relative position, and everything comes back in full-image pixels."""
+    model = fresh_tiny_sam
+    seg = P2SAMSegmenter(model, P2SAMConfig(max_parts=2, search_context=0.5))
+    ref_img, ref_mask = make_disc(70, 60)  # box [45, 35, 96, 86]: 51 px, window side 51 * 2 = 102
+    ref = seg.prepare_reference(ref_img, ref_mask)
+    x0, y0, x1, y1 = ref.window
+    assert (x1 - x0, y1 - y0) == (102, 102)
+    assert x0 <= 45 and y0 <= 35 and x1 >= 96 and y1 >= 86
+    assert ref.mask.shape == (102, 102) and ref.embedding.frame.original_size == (102, 102)
+    np.testing.assert_array_equal(ref.full_box, [45, 35, 96, 86])
+    target = make_disc(80, 60)[0]
+    res = seg.segment(ref, target)
+    assert res.mask.shape == target.shape[:2]
+    wx0, wy0, wx1, wy1 = res.window
+    assert (wx1 - wx0, wy1 - wy0) == (102, 102)
+    # nothing outside the window; every prompt inside it, in full-image pixels
+    outside = res.mask.copy()
+    outside[int(wy0):int(wy1), int(wx0):int(wx1)] = False
+    assert not outside.any()
+    for c in res.candidates:
+        for x, y in c.positive_points + c.negative_points:
+            assert wx0 <= x <= wx1 and wy0 <= y <= wy1
+    # an explicit window that misses the image is refused, naming the window
+    with pytest.raises(InputError, match="window"):
+        seg.segment(ref, target, window=(500, 500, 600, 600))
