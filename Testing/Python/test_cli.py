@@ -343,13 +343,21 @@ def test_tiny_structure_uses_feature_fallback(tmp_path, capsys):
     tgt[119:122, 89:92] = 230
     ref, m, t = (save(tmp_path / "tiny_ref.png", img), save(tmp_path / "tiny_mask.png", mask),
                  save(tmp_path / "tiny_t.png", tgt))
+    # whole image: 3 px of 200 become ~4 px of the 256-px input, so the fallback must act
     out = tmp_path / "out"
-    r = run_cli(segment_argv(ref, m, [t], out, "--quiet"), capsys)
+    r = run_cli(segment_argv(ref, m, [t], out, "--quiet", "--whole-image"), capsys)
     assert r.rc == 0, r.err
     report = json.loads((out / "results.json").read_text())
     assert report["reference"]["feature_fallback"] is True
     assert report["reference"]["area_pixels"] == 9
     assert read_mask_png(out / "tiny_t.png").shape == (200, 200)
+    # the default search window (32 px at least) magnifies the structure 8x: no fallback needed
+    out2 = tmp_path / "out2"
+    r = run_cli(segment_argv(ref, m, [t], out2, "--quiet"), capsys)
+    assert r.rc == 0, r.err
+    report = json.loads((out2 / "results.json").read_text())
+    assert report["reference"]["feature_fallback"] is False
+    assert read_mask_png(out2 / "tiny_t.png").shape == (200, 200)
 
 
 # -- bad inputs: exit status 2, a message naming the input and the problem, nothing written ------------------
