@@ -585,7 +585,7 @@ class P2SAMSegmenter:
         outs = [self._decode_box_local(emb, b) for b in boxes]
         return torch.cat([o.low_res_logits for o in outs]), torch.cat([o.iou for o in outs])
 
-    def _decode_box_local(self, emb: Embedding, box: np.ndarray, mask_input: Optional[torch.Tensor] = None):
+    def _decode_box_local(self, emb: Embedding, box: np.ndarray):
         """Decode one box (original pixels) on the grid region around it."""
         g = emb.grid
         stride = emb.frame.input_size / g
@@ -606,7 +606,7 @@ class P2SAMSegmenter:
 
         r0, r1 = span(r0, r1)
         c0, c1 = span(c0, c1)
-        return self.model.decode(emb, boxes=box[None], mask_input=mask_input, region=(r0, r1, c0, c1))
+        return self.model.decode(emb, boxes=box[None], region=(r0, r1, c0, c1))
 
     def _cascade(self, emb: Embedding, cands: List[Candidate]) -> Tuple[torch.Tensor, torch.Tensor]:
         """Point prompts: the three-call cascade, every candidate batched per call.
