@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import uuid
 from pathlib import Path
-from typing import Tuple, Union
+from typing import Callable, Tuple, Union
 
 import numpy as np
 
@@ -119,31 +119,36 @@ def _create_temp(path: Path, suffix: str) -> Tuple[int, str]:
     return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666), tmp
 
 
+def _write_atomic(path: PathLike, suffix: str, write: Callable[[int, str], None]) -> None:
+    """Create a temporary file beside ``path``, let ``write(fd, tmp_path)`` fill it (and close ``fd``),
+    then rename it over ``path``; on any failure the temporary file is removed and ``path`` is untouched."""
+    path = Path(path)
+    fd, tmp = _create_temp(path, suffix)
+    try:
+        write(fd, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
 def write_png_atomic(path: PathLike, array: np.ndarray) -> None:
     """Write ``array`` (uint8 ``H x W`` or ``H x W x 3``) as PNG via a temporary file + rename."""
     from PIL import Image
 
-    path = Path(path)
-    fd, tmp = _create_temp(path, ".png")
-    os.close(fd)
-    try:
+    def write(fd: int, tmp: str) -> None:
+        os.close(fd)
         Image.fromarray(np.ascontiguousarray(array)).save(tmp, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+
+    _write_atomic(path, ".png", write)
 
 
 def write_text_atomic(path: PathLike, text: str) -> None:
     """Write a text file via a temporary file + rename."""
-    path = Path(path)
-    fd, tmp = _create_temp(path, path.suffix)
-    try:
+
+    def write(fd: int, tmp: str) -> None:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+
+    _write_atomic(path, Path(path).suffix, write)

@@ -25,7 +25,7 @@ from scipy.stats import rankdata
 
 from .errors import InputError
 from .matching import peak_points, similarity_maps
-from .models.base import Embedding, PromptableModel
+from .models.base import DecodeOutput, Embedding, PromptableModel
 from .models.frames import coverage_on_grid
 from .parts import PooledFeatures, background_features, foreground_features, part_prototypes
 from .retrieval import wasserstein_distance
@@ -535,11 +535,8 @@ class P2SAMSegmenter:
         if c.refine and np.isfinite(cands[best].score):
             t = time.perf_counter()
             for _ in range(c.refine_steps):
-                nb = self._boxes_of(emb, logits[best:best + 1])[0]
-                if nb is None:
-                    break
-                out = self.model.decode(emb, boxes=nb[None], mask_input=logits[best:best + 1])
-                if not bool((out.low_res_logits > 0).any()):
+                out = self._refine(emb, logits[best:best + 1])
+                if out is None or not bool((out.low_res_logits > 0).any()):
                     break
                 logits[best:best + 1] = out.low_res_logits
             decode_t += time.perf_counter() - t
@@ -557,9 +554,8 @@ class P2SAMSegmenter:
         cand = Candidate(parts=0, locator="given box", box=[float(v) for v in box])
         logits, iou = self._decode_boxes(emb, [cand])
         if self.config.refine:
-            nb = self._boxes_of(emb, logits)[0]
-            if nb is not None:
-                out = self.model.decode(emb, boxes=nb[None], mask_input=logits)
+            out = self._refine(emb, logits)
+            if out is not None:
                 logits, iou = out.low_res_logits, out.iou
         mask = emb.frame.logits_to_original(logits[:1])[0, 0].cpu().numpy() > 0
         crop_box = None
@@ -569,6 +565,14 @@ class P2SAMSegmenter:
         return SegmentationResult(mask, cand, [cand], math.nan, None if crop_box is None else crop_box.tolist(), timings)
 
     # -- steps -------------------------------------------------------------------
+    def _refine(self, emb: Embedding, logits: torch.Tensor) -> Optional[DecodeOutput]:
+        """One refinement of a ``1 x 1 x L x L`` prediction: its mask's box plus its logits as
+        ``mask_input``. None when the prediction is empty (no box to give)."""
+        box = self._boxes_of(emb, logits)[0]
+        if box is None:
+            return None
+        return self.model.decode(emb, boxes=box[None], mask_input=logits)
+
     def _boxes_of(self, emb: Embedding, logits: torch.Tensor) -> List[Optional[np.ndarray]]:
         masks = emb.frame.logits_to_original(logits)[:, 0] > 0
         return [mask_box(m) for m in masks.cpu().numpy()]
@@ -707,9 +711,7 @@ class P2SAMSegmenter:
         local = box - np.array([x0, y0, x0, y0])
         out = self.model.decode(emb, boxes=local[None])
         if self.config.refine:
-            nb = self._boxes_of(emb, out.low_res_logits)[0]
-            if nb is not None:
-                out = self.model.decode(emb, boxes=nb[None], mask_input=out.low_res_logits)
+            out = self._refine(emb, out.low_res_logits) or out
         local_mask = emb.frame.logits_to_original(out.low_res_logits)[0, 0].cpu().numpy() > 0
         timings["crop_decode"] = time.perf_counter() - t
         if not local_mask.any():
