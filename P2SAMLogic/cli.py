@@ -1,5 +1,6 @@
 """The ``p2sam`` command line.
 
+``p2sam propagate``: carry a prior CT's segmentation onto a follow-up CT (3D, the main job).
 ``p2sam segment-image``: carry a reference image's mask onto target images (2D).
 """
 from __future__ import annotations
@@ -68,6 +69,51 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
                         "CUDA only")
 
 
+_PROPAGATE_HELP = """\
+Carry the segments of a prior-visit scan onto a follow-up scan of the same patient.
+
+  1. rigid registration of the follow-up to the prior (mutual information,
+     multi-resolution, weighted to a region around the structures);
+  2. each prior segment is carried onto the follow-up by that transform; its
+     slices, plus a margin, are the slices to segment; every native prior
+     slice holding the structure is one reference, resampled on the
+     follow-up's slice grid, and cropped with the follow-up slice to a region
+     of interest (ROI) around the structure;
+  3. P²SAM on each (reference crop, follow-up crop) pair with the model
+     (default: the embedded LiteMedSAM): parts of the reference structure
+     place prompts on the follow-up crop, the decoder proposes masks,
+     Wasserstein retrieval picks one;
+  4. presence check on the slices beyond the registered extent, 3D clean-up
+     (connected components consistent with the prior, hole filling);
+  5. report: volumes, change, per-slice QA score and slices flagged for review.
+
+Inputs
+  P, F  a volume file (.nrrd .nhdr .nii .nii.gz .mha .mhd) or a DICOM series
+        folder (the CT series; if the folder holds several, the error lists
+        them: choose with --series-uid)
+  S     a Slicer .seg.nrrd (segment names and colours kept), a labelmap
+        volume (each label a segment), a DICOM RTSTRUCT (rasterised on P) or
+        a DICOM SEG
+
+Output O, by extension
+  .seg.nrrd  Slicer segmentation on F's voxel grid: names, colours, provenance
+             tags (model, SHA-256, parameters, version, date, status)
+  .nii.gz    labelmap (label i = i-th segment) + O.labels.json beside it
+  .dcm       DICOM SEG referencing F's series (F must be a DICOM folder)
+Every output is marked as an UNREVIEWED PROPOSAL. Outputs are written only
+after the whole run succeeded, each atomically; inputs are never modified.
+
+Exit status: 0 on success, 2 on a bad input or option (the message names
+it), 130 when interrupted.
+
+Examples
+  p2sam propagate --prior-image plan_ct.nrrd --prior-segmentation plan.seg.nrrd \\
+      --followup week3_ct/ --output week3.seg.nrrd --report week3.json --overlay week3.png
+  p2sam propagate --prior-image plan/ --prior-segmentation plan/RS.dcm \\
+      --followup fu/ --series-uid 1.2.3.4 --output fu_seg.dcm --segments GTV,Lung_L
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="p2sam",
@@ -78,6 +124,39 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    q = sub.add_parser("propagate", help="carry a prior scan's segments onto a follow-up scan (3D, main job)",
+                       description=_PROPAGATE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    io = q.add_argument_group("inputs and outputs")
+    io.add_argument("--prior-image", required=True, metavar="P", help="prior (planning) scan: file or DICOM folder")
+    io.add_argument("--prior-segmentation", required=True, metavar="S",
+                    help="segments on P: .seg.nrrd, labelmap, RTSTRUCT or DICOM SEG")
+    io.add_argument("--followup", required=True, metavar="F", help="follow-up scan: file or DICOM folder")
+    io.add_argument("--output", required=True, metavar="O", help="output segmentation (.seg.nrrd, .nii.gz or .dcm)")
+    io.add_argument("--segments", default=None, metavar="NAME,...",
+                    help="comma-separated names of the segments to propagate (default: all)")
+    io.add_argument("--series-uid", action="append", default=None, metavar="UID",
+                    help="DICOM series to read where a folder holds several (may be given twice: one for P, "
+                         "one for F)")
+    io.add_argument("--report", default=None, metavar="R.json", help="write the QA report as JSON")
+    io.add_argument("--overlay", default=None, metavar="R.png",
+                    help="write a PNG montage of follow-up slices with the proposed and registered prior contours")
+    io.add_argument("--overwrite", action="store_true", help="replace existing output files (default: refuse)")
+    _add_model_options(q)
+    m = q.add_argument_group("method")
+    m.add_argument("--method", default="p2sam", choices=["p2sam", "registered-box", "rigid"],
+                   help="p2sam (default); registered-box: the model prompted with the registered prior's box "
+                        "on each slice; rigid: registration only, no model (baselines)")
+    m.add_argument("--max-parts", type=int, default=5, metavar="N", help="largest foreground part count (default 5)")
+    m.add_argument("--negative-parts", type=int, default=1, metavar="M", help="background parts (default 1)")
+    m.add_argument("--roi-margin", type=float, default=15.0, metavar="MM",
+                   help="ROI = structure box grown by MM per side (default 15)")
+    m.add_argument("--slice-margin", type=float, default=5.0, metavar="MM",
+                   help="also examine slices up to MM beyond the registered prior's extent (default 5)")
+    m.add_argument("--window", default=None, metavar="LOW,HIGH",
+                   help="intensity window for the model (default: CT -910,590 HU; MR 0.5-99.5 percentiles)")
+    q.add_argument("--quiet", action="store_true", help="no progress bar and no table")
+    q.set_defaults(func=_propagate)
 
     p = sub.add_parser("segment-image", help="segment 2D target images from one reference image and mask",
                        description=_SEGMENT_IMAGE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -194,6 +273,121 @@ def _segment_image(args: argparse.Namespace) -> int:
             print(f"{entry['target']}: {entry['area_pixels']} px, parts={ch['parts']} scale={ch['scale']}"
                   f"{' (transposed)' if ch['transposed'] else ''} score={entry['score']}")
         print(f"wrote {len(results)} mask(s) and results.json to {out_dir}")
+    return 0
+
+
+def _pick_series(path: str, uids: Optional[List[str]]) -> Optional[str]:
+    """The --series-uid that belongs to the DICOM folder ``path`` (None: let the reader decide)."""
+    if not uids or not os.path.isdir(path):
+        return None
+    from .io3d import list_dicom_series
+
+    present = {s["series_uid"] for s in list_dicom_series(path)}
+    for uid in uids:
+        if uid in present:
+            return uid
+    return uids[0] if len(uids) == 1 else None
+
+
+def _check_side_output(path: Optional[str], overwrite: bool, option: str) -> None:
+    from .errors import InputError
+
+    if path is None:
+        return
+    p = Path(path)
+    if p.exists() and not overwrite:
+        raise InputError(option, f"{path} already exists; pass --overwrite to replace it")
+    parent = p.parent if str(p.parent) else Path(".")
+    if not parent.is_dir():
+        raise InputError(option, f"folder {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise InputError(option, f"folder {parent} is not writable")
+
+
+def _propagate(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .errors import InputError
+    from .io3d import check_output_path, read_segmentation, read_volume, write_segmentation
+    from .propagate import PropagationConfig, propagate
+    from .report import overlay_montage, write_report
+    from .io2d import write_png_atomic
+
+    window = None
+    if args.window:
+        try:
+            lo, hi = (float(v) for v in args.window.split(","))
+        except ValueError:
+            raise InputError("--window", f"'{args.window}' is not LOW,HIGH (two numbers)") from None
+        window = (lo, hi)
+    names = [n.strip() for n in args.segments.split(",") if n.strip()] if args.segments else None
+    config = PropagationConfig(segments=names, method=args.method, max_parts=args.max_parts,
+                               negative_parts=args.negative_parts, roi_margin_mm=args.roi_margin,
+                               slice_margin_mm=args.slice_margin, intensity_window=window).validate()
+    # every input and output path is checked before anything heavy runs
+    outs = [os.path.abspath(p) for p in (args.output, args.report, args.overlay) if p]
+    if len(set(outs)) != len(outs):
+        raise InputError("--output", "--output, --report and --overlay must be different files")
+    inputs = {os.path.abspath(p) for p in (args.prior_image, args.prior_segmentation, args.followup)}
+    for o in outs:
+        if o in inputs:
+            raise InputError(o, "is one of the inputs; outputs never overwrite inputs")
+    if os.path.abspath(args.prior_image) == os.path.abspath(args.followup):
+        raise InputError("--followup", "is the same file as --prior-image")
+    prior, prior_src = read_volume(args.prior_image, _pick_series(args.prior_image, args.series_uid))
+    follow, follow_src = read_volume(args.followup, _pick_series(args.followup, args.series_uid))
+    kind = check_output_path(args.output, args.overwrite, follow_src)
+    _check_side_output(args.report, args.overwrite, "--report")
+    _check_side_output(args.overlay, args.overwrite, "--overlay")
+    segments = read_segmentation(args.prior_segmentation, prior, prior_src, names)
+
+    bar = tqdm(total=1000, desc="propagating", unit="‰", disable=args.quiet, file=sys.stderr,
+               bar_format="{l_bar}{bar}| {elapsed}<{remaining} {postfix}")
+    state = {"last": 0}
+
+    def progress(fraction: float, message: str) -> None:
+        n = int(fraction * 1000)
+        if n > state["last"]:
+            bar.update(n - state["last"])
+            state["last"] = n
+        bar.set_postfix_str(message[:60], refresh=False)
+
+    net = None
+    if config.method != "rigid":
+        from .models import load_model
+        net = load_model(args.model, args.model_type, args.device)
+    try:
+        result = propagate(prior, segments, follow, model=net, device=args.device, config=config, prior_source=prior_src,
+                           followup_source=follow_src, progress=progress)
+    finally:
+        bar.close()
+    overlay = overlay_montage(follow, result, window=window) if args.overlay else None
+    # write: segmentation, report, overlay; each atomically; on a failure, remove what this run wrote
+    written: List[str] = []
+    try:
+        write_segmentation(args.output, result.segments, follow, result.provenance, follow_src,
+                           overwrite=args.overwrite)
+        written.append(args.output)
+        if args.report:
+            write_report(args.report, result, {"inputs": {
+                "prior_image": args.prior_image, "prior_segmentation": args.prior_segmentation,
+                "followup": args.followup}, "output": {"path": args.output, "kind": kind}})
+            written.append(args.report)
+        if overlay is not None:
+            write_png_atomic(args.overlay, overlay)
+            written.append(args.overlay)
+    except BaseException:
+        for w in written:
+            try:
+                os.remove(w)
+            except OSError:
+                pass
+        raise
+    if not args.quiet:
+        print(result.report_table())
+        for w in result.warnings:
+            print(f"warning: {w}", file=sys.stderr)
+        print("wrote " + ", ".join(written))
     return 0
 
 

@@ -360,12 +360,17 @@ class P2SAMSegmenter:
         return np.array([(b[0] + b[2]) / 2.0 / ww * shape[1], (b[1] + b[3]) / 2.0 / hh * shape[0]])
 
     def segment(self, ref: ReferenceState, image: np.ndarray,
-                window: Optional[Sequence[float]] = None) -> SegmentationResult:
+                window: Optional[Sequence[float]] = None,
+                prior_box: Optional[Sequence[float]] = None) -> SegmentationResult:
         """Segment the reference's structure in one target image (``H x W x 3`` uint8 RGB).
 
         Args:
             window: ``(x0, y0, x1, y1)`` region of the target to search (target pixels);
                 default: the whole image, or :meth:`prior_window` for a windowed reference.
+            prior_box: ``(x0, y0, x1, y1)`` where the structure is expected in the target
+                (target pixels; e.g. the registered prior contour's box in 3D). Box models
+                centre their "prior" candidate on it and take its size as the base box size;
+                default: the reference box's relative position and size.
         """
         full_shape = image.shape[:2]
         if window is None:
@@ -379,7 +384,7 @@ class P2SAMSegmenter:
                 raise InputError("window", f"search window {list(window)} does not overlap the target image")
             image = np.ascontiguousarray(image[y0:y1, x0:x1])
             offset = np.array([x0, y0], dtype=np.float64)
-        result = self._segment_view(ref, image, full_shape, offset)
+        result = self._segment_view(ref, image, full_shape, offset, prior_box)
         if window is not None:
             full = np.zeros(full_shape, dtype=bool)
             full[y0:y1, x0:x1] = result.mask
@@ -392,7 +397,7 @@ class P2SAMSegmenter:
         return result
 
     def _segment_view(self, ref: ReferenceState, image: np.ndarray, full_shape: Tuple[int, int],
-                      offset: np.ndarray) -> SegmentationResult:
+                      offset: np.ndarray, prior_box: Optional[Sequence[float]] = None) -> SegmentationResult:
         timings: Dict[str, float] = {}
         t = time.perf_counter()
         emb = self.model.encode([image])[0]
@@ -403,6 +408,10 @@ class P2SAMSegmenter:
             longest = float(max(image.shape[:2]))
             size = (ref.relative_size[0] * longest, ref.relative_size[1] * longest)
         prior = self._prior_centre(ref, full_shape) - offset
+        if prior_box is not None:
+            pb = np.asarray(prior_box, dtype=np.float64)
+            prior = np.array([(pb[0] + pb[2]) / 2.0, (pb[1] + pb[3]) / 2.0]) - offset
+            size = (max(1.0, pb[2] - pb[0]), max(1.0, pb[3] - pb[1]))
         if self.prompt_modality == "points":
             candidates, logits = self._point_search(ref, emb, timings)
         else:

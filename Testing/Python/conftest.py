@@ -56,3 +56,34 @@ def disc_image(cx: float, cy: float, r: float = 25.0, shape=(120, 200), fg: int 
 def make_disc():
     """Factory: ``make_disc(cx, cy, r=25, shape=(120, 200))`` -> (image, mask)."""
     return disc_image
+
+
+# -- 3D: the bundled lung CT crop and simulated follow-ups ------------------------------------------
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+TESTING = Path(__file__).resolve().parents[1]
+LUNG_CROP = TESTING / "Data" / "lung1_crop"
+if str(TESTING / "Tools") not in sys.path:
+    sys.path.insert(0, str(TESTING / "Tools"))
+
+
+@pytest.fixture(scope="session")
+def lung_crop():
+    """``(prior_ct, {"GTV": mask, "Bone": mask})`` from Testing/Data/lung1_crop (see its README)."""
+    import SimpleITK as sitk
+
+    ct = sitk.ReadImage(str(LUNG_CROP / "prior_ct.nrrd"), sitk.sitkFloat32)
+    labels = sitk.ReadImage(str(LUNG_CROP / "prior_labels.nrrd"))
+    masks = {"GTV": sitk.Cast(labels == 1, sitk.sitkUInt8), "Bone": sitk.Cast(labels == 2, sitk.sitkUInt8)}
+    return ct, masks
+
+
+@pytest.fixture(scope="session")
+def simulated_followup(lung_crop):
+    """The default simulated follow-up of the crop (seed 0: 25 % GTV shrinkage, rigid motion, smooth
+    deformation, 0.7 x 0.7 x 3 mm grid, noise): ``(followup_ct, true_masks, info)``."""
+    from simulate_followup import simulate_followup
+
+    ct, masks = lung_crop
+    return simulate_followup(ct, masks, seed=0)

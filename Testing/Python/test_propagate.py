@@ -1,0 +1,186 @@
+"""3D propagation on simulated follow-ups of the bundled real lung CT crop.
+
+The simulated follow-ups (Testing/Tools/simulate_followup.py) are the prior CT moved
+rigidly, deformed smoothly, with the GTV shrunk by 25 % in volume, resampled on another
+grid (0.7 x 0.7 x 3 mm instead of 0.57 x 0.57 x 5 mm, other field of view) with noise; the
+true follow-up masks come from the same warp. The Dice floors were measured with
+`Testing/Benchmarks/benchmark_3d.py` and are set a few points below the measured value.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from P2SAMLogic.errors import CancelledError, InputError
+from P2SAMLogic.propagate import PropagationConfig, fuse_contours, propagate
+from P2SAMLogic.volume import PROPOSAL_STATUS, Segment, same_geometry
+
+# measured on the default simulation (seed 0), see README "3D benchmark"
+GTV_DICE_FLOOR = 0.78
+BONE_DICE_FLOOR = 0.75
+RIGID_DICE_FLOOR = 0.75
+
+
+def dice(a: sitk.Image, b: sitk.Image) -> float:
+    x = sitk.GetArrayViewFromImage(a).astype(bool)
+    y = sitk.GetArrayViewFromImage(b).astype(bool)
+    return 2.0 * float((x & y).sum()) / max(1, int(x.sum()) + int(y.sum()))
+
+
+def segments(masks, names=("GTV", "Bone")):
+    colours = {"GTV": (0.9, 0.2, 0.2), "Bone": (0.95, 0.85, 0.55)}
+    return [Segment(n, colours[n], masks[n], segment_id=n) for n in names]
+
+
+@pytest.fixture(scope="module")
+def p2sam_run(lung_crop, simulated_followup, litemedsam):
+    """One P²SAM propagation of both segments onto the default simulated follow-up."""
+    ct, masks = lung_crop
+    fu, truth, info = simulated_followup
+    calls = []
+    result = propagate(ct, segments(masks), fu, model=litemedsam,
+                       progress=lambda f, m: calls.append((f, m)))
+    return result, calls
+
+
+def test_p2sam_reaches_the_dice_floor_on_both_segments(p2sam_run, simulated_followup):
+    result, _ = p2sam_run
+    fu, truth, _ = simulated_followup
+    by_name = {s.name: s for s in result.segments}
+    assert dice(by_name["GTV"].mask, truth["GTV"]) >= GTV_DICE_FLOOR
+    assert dice(by_name["Bone"].mask, truth["Bone"]) >= BONE_DICE_FLOOR
+
+
+def test_output_is_on_the_followup_grid_with_names_colours_and_provenance(p2sam_run, simulated_followup, litemedsam):
+    result, _ = p2sam_run
+    fu = simulated_followup[0]
+    assert [s.name for s in result.segments] == ["GTV", "Bone"]
+    assert result.segments[0].color == (0.9, 0.2, 0.2)
+    for s in result.segments + result.registered_prior:
+        assert same_geometry(s.mask, fu)
+    tags = result.segments[0].tags
+    assert tags["P2SAM.Status"] == PROPOSAL_STATUS
+    assert tags["P2SAM.ModelSHA256"] == litemedsam.sha256
+    assert "|" not in "".join(tags.values())
+    prov = result.provenance
+    assert prov["status"] == PROPOSAL_STATUS and prov["model"]["sha256"] == litemedsam.sha256
+    assert prov["intensity"]["followup"]["rule"] == "CT fixed window"
+    assert prov["parameters"]["method"] == "p2sam"
+
+
+def test_report_counts_are_consistent(p2sam_run, simulated_followup):
+    result, _ = p2sam_run
+    fu, truth, info = simulated_followup
+    d = result.report_dict()
+    assert d["status"] == PROPOSAL_STATUS
+    gtv = result.reports[0]
+    assert gtv.slices_processed == len(gtv.slices) > 0
+    assert gtv.slices_rejected == sum(s.status == "rejected" for s in gtv.slices)
+    assert gtv.flagged_slices == [s.index for s in gtv.slices if s.flagged]
+    # the GTV shrank by 25 % in volume: the proposal's volume change says so (within 15 points)
+    true_change = 100.0 * (info["volume_ratio"]["GTV"] - 1.0)
+    assert abs(gtv.change_percent - true_change) < 15.0
+    assert "GTV" in result.report_table() and PROPOSAL_STATUS in result.report_table()
+    for s in gtv.slices:
+        assert 0.0 <= s.qa <= 1.0
+
+
+def test_progress_is_monotonic_and_complete(p2sam_run):
+    _, calls = p2sam_run
+    fractions = [f for f, _ in calls]
+    assert fractions == sorted(fractions)
+    assert fractions[-1] == 1.0 and len(calls) > 5
+
+
+def test_each_reference_encoded_once(lung_crop, simulated_followup, litemedsam):
+    ct, masks = lung_crop
+    fu = simulated_followup[0]
+    before = litemedsam.encode_calls
+    result = propagate(ct, segments(masks, ("Bone",)), fu, model=litemedsam)
+    processed = result.reports[0].slices_processed
+    references = len({s.reference_index for s in result.reports[0].slices})
+    # one encode per processed follow-up slice and one per reference slice, at most
+    assert litemedsam.encode_calls - before <= processed + references
+
+
+@pytest.mark.parametrize("direction", [
+    None,
+    (1, 0, 0, 0, -1, 0, 0, 0, -1),  # flipped rows and slices
+    tuple(sitk.VersorTransform((0, 0, 1), math.radians(25)).GetMatrix()),  # oblique in-plane
+    tuple(sitk.VersorTransform((1, 0.3, 0), math.radians(12)).GetMatrix()),  # oblique slices
+])
+def test_registration_only_propagation_lands_in_physical_space(lung_crop, direction):
+    """Whatever the follow-up's orientation, the output sits on its grid and on the true structure."""
+    from simulate_followup import simulate_followup
+
+    ct, masks = lung_crop
+    fu, truth, _ = simulate_followup(ct, {"GTV": masks["GTV"]}, seed=1, direction=direction, spacing=(0.8, 0.75, 2.5))
+    result = propagate(ct, segments(masks, ("GTV",)), fu, config=PropagationConfig(method="rigid"))
+    assert same_geometry(result.segments[0].mask, fu)
+    assert dice(result.segments[0].mask, truth["GTV"]) >= RIGID_DICE_FLOOR
+
+
+def test_cancel_stops_cleanly(lung_crop, simulated_followup, litemedsam):
+    ct, masks = lung_crop
+    fu = simulated_followup[0]
+    seen = []
+
+    def cancel():
+        seen.append(1)
+        return len(seen) > 3
+
+    with pytest.raises(CancelledError):
+        propagate(ct, segments(masks, ("GTV",)), fu, model=litemedsam, cancel=cancel)
+
+
+def test_bad_inputs_name_the_problem(lung_crop, simulated_followup):
+    ct, masks = lung_crop
+    fu = simulated_followup[0]
+    empty = sitk.Image(masks["GTV"].GetSize(), sitk.sitkUInt8)
+    empty.CopyInformation(masks["GTV"])
+    with pytest.raises(InputError, match="'Empty'.*empty"):
+        propagate(ct, [Segment("Empty", (1, 0, 0), empty)], fu, config=PropagationConfig(method="rigid"))
+    with pytest.raises(InputError, match="no segment named 'Liver'"):
+        propagate(ct, segments(masks, ("GTV",)), fu, config=PropagationConfig(method="rigid", segments=["Liver"]))
+    shifted = sitk.Image(masks["GTV"])
+    shifted.SetOrigin([v + 1.0 for v in shifted.GetOrigin()])
+    with pytest.raises(InputError, match="not on the prior image's voxel grid"):
+        propagate(ct, [Segment("GTV", (1, 0, 0), shifted)], fu, config=PropagationConfig(method="rigid"))
+    flat = sitk.Image([64, 64, 1], sitk.sitkFloat32)
+    with pytest.raises(InputError, match="3D volume"):
+        propagate(ct, segments(masks, ("GTV",)), flat, config=PropagationConfig(method="rigid"))
+    with pytest.raises(InputError, match="prior_weight"):
+        PropagationConfig(prior_weight=2.0).validate()
+
+
+def test_followup_without_the_structure_is_refused(lung_crop, simulated_followup):
+    """A follow-up whose field of view stops short of the structure: an error, not a guess."""
+    ct, masks = lung_crop
+    fu, truth, _ = simulated_followup
+    ks = np.flatnonzero(sitk.GetArrayViewFromImage(truth["GTV"]).any(axis=(1, 2)))
+    part = fu[:, :, : max(2, int(ks[0]) - 6)]  # slices well below the GTV only
+    with pytest.raises(InputError, match="does not cover segment 'GTV'|overlap"):
+        propagate(ct, segments(masks, ("GTV",)), part, config=PropagationConfig(method="rigid"))
+
+
+def test_modality_mismatch_warns(lung_crop, simulated_followup):
+    ct, masks = lung_crop
+    fu = simulated_followup[0]
+    mr_like = sitk.Cast(sitk.RescaleIntensity(fu, 0.0, 1500.0), sitk.sitkFloat32)
+    with pytest.warns(UserWarning, match="CT but follow-up is MR"):
+        result = propagate(ct, segments(masks, ("GTV",)), mr_like, config=PropagationConfig(method="rigid"))
+    assert any("MR" in w for w in result.warnings)
+
+
+def test_fuse_contours_is_between_its_inputs():
+    yy, xx = np.mgrid[:64, :64]
+    big = (yy - 32) ** 2 + (xx - 32) ** 2 <= 20 ** 2
+    small = (yy - 32) ** 2 + (xx - 32) ** 2 <= 10 ** 2
+    mid = fuse_contours(small, big, 0.5, (1.0, 1.0))
+    r = math.sqrt(mid.sum() / math.pi)
+    assert 14.0 <= r <= 16.0
+    assert (fuse_contours(small, big, 0.0, (1.0, 1.0)) == small).all()
+    assert (fuse_contours(small, big, 1.0, (1.0, 1.0)) == big).all()
