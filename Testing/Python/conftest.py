@@ -70,12 +70,12 @@ if str(TESTING / "Tools") not in sys.path:
 
 @pytest.fixture(scope="session")
 def lung_crop():
-    """``(prior_ct, {"GTV": mask, "Bone": mask})`` from Testing/Data/lung1_crop (see its README)."""
+    """``(prior_ct, {"GTV": mask, "VertebralBody": mask})`` from Testing/Data/lung1_crop (see its README)."""
     import SimpleITK as sitk
 
     ct = sitk.ReadImage(str(LUNG_CROP / "prior_ct.nrrd"), sitk.sitkFloat32)
     labels = sitk.ReadImage(str(LUNG_CROP / "prior_labels.nrrd"))
-    masks = {"GTV": sitk.Cast(labels == 1, sitk.sitkUInt8), "Bone": sitk.Cast(labels == 2, sitk.sitkUInt8)}
+    masks = {"GTV": sitk.Cast(labels == 1, sitk.sitkUInt8), "VertebralBody": sitk.Cast(labels == 2, sitk.sitkUInt8)}
     return ct, masks
 
 
