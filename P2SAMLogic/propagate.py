@@ -507,8 +507,11 @@ def _make_segmenter(net, cfg: PropagationConfig):
     if net is None:
         return None
     from .segmenter import P2SAMConfig, P2SAMSegmenter
+    # In 3D the registered prior already gives the structure's place, size and aspect on each slice:
+    # no transposed-aspect boxes, and the second stage (box scales) at the two best centres only.
     return P2SAMSegmenter(net, P2SAMConfig(method="p2sam", search_context=None, max_parts=cfg.max_parts,
-                                           negative_parts=cfg.negative_parts, seed=cfg.seed))
+                                           negative_parts=cfg.negative_parts, seed=cfg.seed,
+                                           transposed_boxes=False, stage_two_centres=2))
 
 
 def _references(prior_image: sitk.Image, seg: Segment, followup: sitk.Image, transform: sitk.Transform,
@@ -684,7 +687,7 @@ def segment_tags(provenance: dict, report: Optional[SegmentReport] = None) -> Di
     model = provenance.get("model") or {}
     tags = {
         "P2SAM.Status": PROPOSAL_STATUS,
-        "Segmentation.Status": "inProgress",
+        "Segmentation.Status": "inprogress",
         "P2SAM.Method": str(provenance.get("method", "")),
         "P2SAM.Model": str(model.get("name", "none (registration only)")),
         "P2SAM.ModelSHA256": str(model.get("sha256", "")),

@@ -1,0 +1,12 @@
+"""Helpers of the P2SAMSlicer module that run without Slicer's GUI.
+
+* :mod:`.mrml_bridge` -- MRML volume and segmentation nodes <-> SimpleITK images and
+  :class:`P2SAMLogic.volume.Segment` (imports ``slicer`` and ``vtk``, never ``qt``).
+* :mod:`.logic` -- :class:`~.logic.PropagationLogic`, the module's blocking ``process()``.
+* :mod:`.background` -- runs a propagation in a separate Python process (progress, cancel).
+* :mod:`.runner` -- the program that process runs (pure Python: SimpleITK + P2SAMLogic).
+* :mod:`.dependencies` -- which Python packages the engine needs and how to install them.
+
+This ``__init__`` imports nothing, so the background process can import
+``P2SAMSlicerLib.runner`` without loading Slicer's libraries.
+"""

@@ -1,0 +1,240 @@
+"""Click correction of propagated segments: the Segment Editor effect's logic, without Qt.
+
+:class:`CorrectionSession` holds one source volume (the follow-up, in the segmentation's
+geometry) and, per ``(segment, slice)``, one :class:`P2SAMLogic.interactive.SliceCorrector`
+seeded with P²SAM's ROI window and box for that slice from the propagation report that
+:mod:`.mrml_bridge` keeps on the output node. The effect converts a click to ``(k, x, y)``,
+calls :meth:`CorrectionSession.click`, and writes the returned slice mask with the Segment
+Editor (which applies its masking and overlap settings).
+
+Frames: ``volume`` is ``[k, j, i]``; a click is ``(x, y)`` = ``(i, j)`` on slice ``k``;
+masks returned are bool ``[j, i]`` slices.
+"""
+from __future__ import annotations
+
+from typing import Dict, Optional, Sequence, Tuple
+
+import numpy as np
+import SimpleITK as sitk
+import vtk
+from vtk.util import numpy_support
+
+import slicer
+
+from . import mrml_bridge
+
+MODEL_ATTRIBUTE = mrml_bridge.MODEL_ATTRIBUTE
+
+
+def oriented_image_array(oriented) -> Tuple[np.ndarray, np.ndarray]:
+    """``(array [k, j, i], IJKToRAS 4 x 4)`` of a ``vtkOrientedImageData``; the matrix maps array
+    index ``(0, 0, 0)`` (the extent's first voxel) to RAS."""
+    shape, m = oriented_image_array_geometry(oriented)
+    array = numpy_support.vtk_to_numpy(oriented.GetPointData().GetScalars()).reshape(shape)
+    return array, m
+
+
+class SliceSource:
+    """Slices of a ``[k, j, i]`` array read on demand, as float32 copies (one slice at a time).
+
+    Wraps a view of a VTK image's voxels without copying the whole volume; ``owner`` keeps
+    the VTK object alive as long as the view is used.
+    """
+
+    def __init__(self, array: np.ndarray, owner=None) -> None:
+        self._array = array
+        self._owner = owner
+        self.shape = tuple(int(v) for v in array.shape)
+
+    def __getitem__(self, k: int) -> np.ndarray:
+        return np.array(self._array[int(k)], dtype=np.float32)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+
+def segment_mask_on(segmentation_node, segment_id: str, reference) -> np.ndarray:
+    """The segment as bool ``[k, j, i]`` on the grid of ``reference`` (a ``vtkOrientedImageData``)."""
+    oriented = slicer.vtkOrientedImageData()
+    segmentation_node.GetBinaryLabelmapRepresentation(segment_id, oriented)
+    return mrml_bridge.oriented_image_to_mask(oriented, geometry_image(reference))
+
+
+def geometry_image(oriented) -> sitk.Image:
+    """A SimpleITK image (uint8, zeros) with the grid of a ``vtkOrientedImageData`` (LPS)."""
+    ext = oriented.GetExtent()
+    _, ijk_to_ras = oriented_image_array_geometry(oriented)
+    image = sitk.Image([ext[1] - ext[0] + 1, ext[3] - ext[2] + 1, ext[5] - ext[4] + 1], sitk.sitkUInt8)
+    return mrml_bridge.set_image_geometry_from_ijk_to_ras(image, ijk_to_ras)
+
+
+def oriented_image_array_geometry(oriented) -> Tuple[Tuple[int, int, int], np.ndarray]:
+    """``(shape [k, j, i], IJKToRAS of array index (0, 0, 0))`` of a ``vtkOrientedImageData``."""
+    ext = oriented.GetExtent()
+    matrix = vtk.vtkMatrix4x4()
+    oriented.GetImageToWorldMatrix(matrix)
+    m = np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
+    m[:3, 3] = m[:3, :3] @ np.array([ext[0], ext[2], ext[4]], dtype=np.float64) + m[:3, 3]
+    return (ext[5] - ext[4] + 1, ext[3] - ext[2] + 1, ext[1] - ext[0] + 1), m
+
+
+def _same_geometry(geometry: Optional[dict], shape_kji: Sequence[int], ijk_to_ras: np.ndarray) -> bool:
+    if not geometry:
+        return False
+    size = geometry.get("size")
+    if list(size) != [int(shape_kji[2]), int(shape_kji[1]), int(shape_kji[0])]:
+        return False
+    return bool(np.allclose(np.array(geometry["ijk_to_ras"], dtype=np.float64), ijk_to_ras, atol=1e-3))
+
+
+class CorrectionSession:
+    """Click corrections on one source volume.
+
+    Args:
+        volume: ``[k, j, i]`` scanner values (the Segment Editor's source volume, in the
+            segmentation's geometry): an array or a :class:`SliceSource`.
+        ijk_to_ras: its 4 x 4 IJKToRAS (array index -> RAS).
+        report: the propagation report kept on the segmentation node (None: no P²SAM prompts;
+            a box around the clicks is used).
+        report_geometry: the follow-up geometry that report's slice indices refer to; the
+            report is used only when it equals the volume's.
+        model_choice: ``{"model", "model_type", "device"}`` the propagation used
+            (default: the embedded LiteMedSAM on ``auto``).
+    """
+
+    def __init__(self, volume, ijk_to_ras: np.ndarray, report: Optional[dict] = None,
+                 report_geometry: Optional[dict] = None, model_choice: Optional[dict] = None) -> None:
+        self.volume = volume if isinstance(volume, SliceSource) else SliceSource(np.asarray(volume))
+        self.ijk_to_ras = np.asarray(ijk_to_ras, dtype=np.float64)
+        self.report = report if _same_geometry(report_geometry, self.volume.shape, self.ijk_to_ras) else None
+        self.model_choice = dict(model_choice or {})
+        self.intensity = self._intensity(report)
+        self._correctors: Dict[Tuple[str, int], object] = {}
+        self.last: Optional[Tuple[str, int]] = None
+
+    @property
+    def uses_report(self) -> bool:
+        return self.report is not None
+
+    def _intensity(self, report: Optional[dict]) -> Tuple[float, float]:
+        """The follow-up window the propagation used, else the engine's choice for this volume."""
+        try:
+            w = report["provenance"]["intensity"]["followup"]
+            return float(w["low"]), float(w["high"])
+        except (TypeError, KeyError, ValueError):
+            pass
+        from P2SAMLogic.intensity import CT_WINDOW, MR_PERCENTILES
+
+        n = self.volume.shape[0]
+        sample = np.stack([self.volume[k] for k in range(0, n, max(1, n // 16))])
+        if float(np.percentile(sample, 1)) < -500:
+            return CT_WINDOW
+        lo, hi = np.percentile(sample, MR_PERCENTILES)
+        return float(lo), float(max(hi, lo + 1.0))
+
+    def model(self):
+        from .runner import load_model_cached
+
+        c = self.model_choice
+        return load_model_cached(c.get("model") or "litemedsam", c.get("model_type"), c.get("device") or "auto")
+
+    def corrector(self, segment_name: str, k: int, current: Optional[np.ndarray] = None):
+        """The :class:`SliceCorrector` of ``(segment, k)``, created on first use from the report's prompts."""
+        from P2SAMLogic.interactive import SliceCorrector
+
+        key = (segment_name, int(k))
+        if key not in self._correctors:
+            window, box = mrml_bridge.slice_prompts(self.report, segment_name, k)
+            if box is None and window is not None:
+                window = None  # a rejected slice: its window may not hold the structure
+            self._correctors[key] = SliceCorrector(self.model(), self.volume[k],
+                                                   self.intensity, window=window, box=box, initial_mask=current)
+        return self._correctors[key]
+
+    def has_corrector(self, segment_name: str, k: int) -> bool:
+        """True once slice ``k`` of the segment has been clicked (its state is kept)."""
+        return (segment_name, int(k)) in self._correctors
+
+    def click(self, segment_name: str, k: int, x: float, y: float, positive: bool,
+              current: Optional[np.ndarray] = None) -> np.ndarray:
+        """Add a click on slice ``k`` and return the slice's new mask (bool ``[j, i]``).
+
+        Args:
+            current: the segment's mask on that slice now (seeds the box when P²SAM has none);
+                needed on the first click of a slice only (see :meth:`has_corrector`).
+        """
+        c = self.corrector(segment_name, k, current)
+        c.add_click(x, y, positive)
+        self.last = (segment_name, int(k))
+        return c.predict()
+
+    def undo(self, segment_name: str, k: int) -> Optional[np.ndarray]:
+        """Remove the last click of that slice; its new mask, or None when there was no click."""
+        c = self._correctors.get((segment_name, int(k)))
+        if c is None or c.undo_click() is None:
+            return None
+        return c.predict()
+
+    def reset(self, segment_name: Optional[str] = None, k: Optional[int] = None) -> None:
+        """Forget the clicks of one slice (or of everything)."""
+        if segment_name is None:
+            self._correctors.clear()
+        else:
+            self._correctors.pop((segment_name, int(k)), None)
+
+    def clicks(self, segment_name: str, k: int) -> Tuple[int, int]:
+        """``(positive, negative)`` click counts on that slice."""
+        c = self._correctors.get((segment_name, int(k)))
+        if c is None:
+            return 0, 0
+        pos = sum(1 for cl in c.clicks if cl.positive)
+        return pos, len(c.clicks) - pos
+
+    def repropagate(self, k: int, reference_mask: np.ndarray, neighbours: int = 2, spacing_xy=(1.0, 1.0),
+                    progress=None, cancel=None) -> Dict[int, np.ndarray]:
+        """Re-segment the ``neighbours`` slices on each side of ``k`` with slice ``k`` as the reference."""
+        from P2SAMLogic.interactive import repropagate_neighbours
+
+        params = {}
+        try:
+            params = dict(self.report["provenance"]["parameters"])
+        except (TypeError, KeyError):
+            pass
+        lo, hi = max(0, int(k) - neighbours), min(self.volume.shape[0] - 1, int(k) + neighbours)
+        stack = np.stack([self.volume[j] for j in range(lo, hi + 1)])
+        masks = repropagate_neighbours(self.model(), stack, self.intensity, int(k) - lo, reference_mask,
+                                       neighbours=neighbours, spacing_xy=spacing_xy,
+                                       roi_margin_mm=float(params.get("roi_margin_mm", 15.0)),
+                                       min_roi_mm=float(params.get("min_roi_mm", 30.0)),
+                                       max_parts=int(params.get("max_parts", 5)),
+                                       negative_parts=int(params.get("negative_parts", 1)),
+                                       seed=int(params.get("seed", 0)), progress=progress, cancel=cancel)
+        return {j + lo: m for j, m in masks.items()}
+
+
+def session_for(segmentation_node, source_image) -> CorrectionSession:
+    """A :class:`CorrectionSession` for the Segment Editor's source volume (``vtkOrientedImageData``)
+    and the output segmentation node (its report and model choice, when P²SAM made it)."""
+    import json
+
+    volume, ijk_to_ras = oriented_image_array(source_image)
+    choice_text = segmentation_node.GetAttribute(MODEL_ATTRIBUTE) if segmentation_node is not None else None
+    choice = json.loads(choice_text) if choice_text else None
+    return CorrectionSession(SliceSource(volume, owner=source_image), ijk_to_ras,
+                             mrml_bridge.stored_report(segmentation_node),
+                             mrml_bridge.stored_geometry(segmentation_node), choice)
+
+
+def pixel_spacing(ijk_to_ras: np.ndarray) -> Tuple[float, float]:
+    """``(column, row)`` pixel size in mm of a geometry."""
+    norms = np.linalg.norm(np.asarray(ijk_to_ras)[:3, :3], axis=0)
+    return float(norms[0]), float(norms[1])
+
+
+def view_normal_matches_k(slice_to_ras: np.ndarray, ijk_to_ras: np.ndarray, tolerance_deg: float = 1.0) -> bool:
+    """True when a slice view (its SliceToRAS) shows planes of constant ``k`` of the volume."""
+    normal = np.asarray(slice_to_ras, dtype=np.float64)[:3, 2]
+    m = np.asarray(ijk_to_ras, dtype=np.float64)[:3, :3]
+    k_normal = np.cross(m[:, 0], m[:, 1])
+    cos = abs(float(normal @ k_normal)) / max(1e-12, np.linalg.norm(normal) * np.linalg.norm(k_normal))
+    return cos >= np.cos(np.radians(tolerance_deg))

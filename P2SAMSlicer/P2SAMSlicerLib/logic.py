@@ -1,0 +1,196 @@
+"""The P2SAMSlicer module's computation, usable without the GUI (scripts, tests, slicer-core).
+
+:class:`PropagationLogic` turns MRML nodes into the engine's inputs (through
+:mod:`.mrml_bridge`), checks them, runs :func:`P2SAMLogic.propagate.propagate` (through
+:func:`.runner.run_propagation`, the same code the background process runs) and writes the
+result into a new segmentation node next to the follow-up. It never imports Qt; the module's
+``P2SAMSlicerLogic`` adds Slicer's ``ScriptedLoadableModuleLogic`` on top of it.
+
+Nothing is added to or changed in the scene before the engine has succeeded: a bad input,
+a failure or a cancelled run leaves the scene as it was.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Callable, List, Optional, Sequence, Union
+
+import numpy as np
+import SimpleITK as sitk
+
+from . import mrml_bridge
+from .mrml_bridge import BridgeError
+from .runner import load_model_cached, run_propagation
+
+#: defaults shown in the GUI and used by :meth:`PropagationLogic.process`
+DEFAULT_PARAMETERS = {"max_parts": 5, "negative_parts": 1, "roi_margin_mm": 15.0, "slice_margin_mm": 5.0}
+
+
+@dataclass
+class PreparedInputs:
+    """The engine's inputs taken from the scene (copies: the nodes are not referenced).
+
+    Attributes:
+        prior_image, followup_image: 3D SimpleITK images (LPS geometry).
+        prior_segments: the selected prior segments, masks on ``prior_image``'s grid.
+        prior_name, followup_name, segmentation_name: node names (messages, output name).
+    """
+
+    prior_image: sitk.Image
+    prior_segments: List
+    followup_image: sitk.Image
+    prior_name: str = "prior"
+    followup_name: str = "follow-up"
+    segmentation_name: str = "segmentation"
+    warnings: List[str] = field(default_factory=list)
+
+
+@dataclass
+class ProcessOutcome:
+    """What :meth:`PropagationLogic.process` returns: the new node and the engine's report (dict)."""
+
+    output_node: object
+    report: dict
+    result: object = None
+
+
+class PropagationLogic:
+    """Propagate a prior segmentation onto a follow-up volume, node in, node out.
+
+    Args:
+        scene: the MRML scene (default ``slicer.mrmlScene``, resolved when first needed).
+    """
+
+    def __init__(self, scene=None) -> None:
+        self._scene = scene
+
+    @property
+    def scene(self):
+        if self._scene is None:
+            import slicer
+
+            self._scene = slicer.mrmlScene
+        return self._scene
+
+    # -- inputs ---------------------------------------------------------------------------------
+    def prepareInputs(self, priorVolume, priorSegmentation, followupVolume, segmentIds: Optional[Sequence[str]] = None,
+                      outputSegmentation=None) -> PreparedInputs:
+        """Check the nodes and copy them into the engine's types.
+
+        Raises:
+            BridgeError: with a message naming the node and what to do, for: a missing
+                node, no segment selected, follow-up = prior (same node or same voxels),
+                output = prior segmentation, a segment not on the prior volume, a
+                transformed node, a non-scalar volume.
+        """
+        if priorVolume is None:
+            raise BridgeError("select the prior volume (the scan the prior segmentation was drawn on)")
+        if priorSegmentation is None:
+            raise BridgeError("select the prior segmentation")
+        if followupVolume is None:
+            raise BridgeError("select the follow-up volume")
+        if followupVolume is priorVolume or followupVolume.GetID() == priorVolume.GetID():
+            raise BridgeError(f"the follow-up volume '{followupVolume.GetName()}' is the prior volume; "
+                              "select the follow-up scan")
+        if outputSegmentation is not None and outputSegmentation.GetID() == priorSegmentation.GetID():
+            raise BridgeError(f"the output segmentation '{outputSegmentation.GetName()}' is the prior segmentation; "
+                              "the prior is never modified: choose 'Create new segmentation' as output")
+        if segmentIds is not None and len(segmentIds) == 0:
+            raise BridgeError(f"no segment of '{priorSegmentation.GetName()}' is selected; tick at least one")
+        prior = mrml_bridge.volume_node_to_image(priorVolume, "prior volume")
+        followup = mrml_bridge.volume_node_to_image(followupVolume, "follow-up volume")
+        if _identical(prior, followup):
+            raise BridgeError(f"the follow-up volume '{followupVolume.GetName()}' is identical to the prior volume "
+                              f"'{priorVolume.GetName()}' (same grid, same voxels); select the follow-up scan")
+        segments = mrml_bridge.segments_from_segmentation_node(
+            priorSegmentation, prior, segmentIds, reference_name=f"the prior volume '{priorVolume.GetName()}'")
+        return PreparedInputs(prior, segments, followup, priorVolume.GetName(), followupVolume.GetName(),
+                              priorSegmentation.GetName())
+
+    # -- run ------------------------------------------------------------------------------------
+    def process(self, priorVolume, priorSegmentation, followupVolume, outputSegmentation=None,
+                segmentIds: Optional[Sequence[str]] = None, model: Union[str, object] = "litemedsam",
+                modelType: Optional[str] = None, device: str = "auto", parameters: Optional[dict] = None,
+                progress: Optional[Callable[[float, str], None]] = None,
+                cancel: Optional[Callable[[], bool]] = None, outputName: Optional[str] = None) -> ProcessOutcome:
+        """Propagate (blocking) and return the output segmentation node.
+
+        Args:
+            priorVolume, followupVolume: ``vtkMRMLScalarVolumeNode``.
+            priorSegmentation: ``vtkMRMLSegmentationNode`` drawn on ``priorVolume`` (not modified).
+            outputSegmentation: node to fill (its segments are replaced), or None: a new node.
+            segmentIds: prior segment IDs to propagate, in this order (None: all).
+            model: ``"litemedsam"`` (embedded), a SAM checkpoint path, or a loaded model.
+            modelType: ``vit_b``/``vit_l``/``vit_h`` for a checkpoint (None or ``"auto"``: inferred).
+            device: ``auto``, ``cpu``, ``cuda`` or ``mps``.
+            parameters: :class:`P2SAMLogic.propagate.PropagationConfig` fields (defaults otherwise).
+            progress: ``(fraction 0-1, message)`` callback; cancel: polled, True stops the run.
+            outputName: name of the output node (default: ``"<follow-up> P2SAM"`` for a new node; a
+                given ``outputSegmentation`` keeps its name).
+        Returns:
+            :class:`ProcessOutcome` with the node (reference geometry = the follow-up's,
+            placed next to the follow-up in the subject hierarchy, the report on the node).
+        Raises:
+            BridgeError / P2SAMLogic.errors.InputError: bad input (message names it);
+            P2SAMLogic.errors.CancelledError: ``cancel`` returned True (scene unchanged).
+        """
+        inputs = self.prepareInputs(priorVolume, priorSegmentation, followupVolume, segmentIds, outputSegmentation)
+        result = run_propagation(inputs.prior_image, inputs.prior_segments, inputs.followup_image, model=model,
+                                 model_type=modelType, device=device, config=parameters, progress=progress,
+                                 cancel=cancel)
+        report = result.report_dict()
+        choice = {"model": model if isinstance(model, str) else "litemedsam", "model_type": modelType,
+                  "device": device}
+        node = self.createOutput(result.segments, report, inputs.followup_image, followupVolume, outputSegmentation,
+                                 outputName, choice)
+        return ProcessOutcome(node, report, result)
+
+    def createOutput(self, segments: Sequence, report: dict, followupImage: sitk.Image, followupVolume,
+                     outputSegmentation=None, outputName: Optional[str] = None, modelChoice: Optional[dict] = None):
+        """Write the engine's segments into the output node (new unless given); returns the node.
+
+        The node also keeps the report, the follow-up geometry it refers to and the model
+        choice (node attributes), for the flagged-slice list and the Segment Editor effect.
+        """
+        if followupVolume is None or not self.scene.IsNodePresent(followupVolume):
+            raise BridgeError("the follow-up volume was removed from the scene during the run; nothing was written")
+        # a new node is named after the follow-up; a node the user chose keeps its name
+        name = outputName or (None if outputSegmentation is not None else f"{followupVolume.GetName()} P2SAM")
+        node = mrml_bridge.segments_to_segmentation_node(self.scene, segments, followupImage, name,
+                                                         reference_volume_node=followupVolume, node=outputSegmentation)
+        mrml_bridge.store_report(node, report, followupImage)
+        node.SetAttribute(mrml_bridge.MODEL_ATTRIBUTE, json.dumps(modelChoice or {"model": "litemedsam"}))
+        return node
+
+    # -- models (shared with the Segment Editor effect) ------------------------------------------
+    @staticmethod
+    def model(model: Union[str, object] = "litemedsam", modelType: Optional[str] = None, device: str = "auto"):
+        """The loaded model, cached for the session (its embeddings too)."""
+        return load_model_cached(model, modelType, device)
+
+    @staticmethod
+    def flaggedSliceLocations(outputNode) -> List[dict]:
+        """Flagged slices of an output node's report, each with the RAS point to jump to.
+
+        Returns:
+            ``[{"segment", "index", "reason", "qa", "window", "ras": (r, a, s)}]`` in report order.
+        """
+        report = mrml_bridge.stored_report(outputNode)
+        geometry = mrml_bridge.stored_geometry(outputNode)
+        if not report or not geometry:
+            return []
+        out = []
+        for entry, ras in mrml_bridge.iter_flagged_points(report, geometry):
+            item = dict(entry)
+            item["ras"] = ras
+            out.append(item)
+        return out
+
+
+def _identical(a: sitk.Image, b: sitk.Image) -> bool:
+    """Same grid and the same voxel values."""
+    from P2SAMLogic.volume import same_geometry
+
+    if not same_geometry(a, b):
+        return False
+    return bool(np.array_equal(sitk.GetArrayViewFromImage(a), sitk.GetArrayViewFromImage(b)))

@@ -1,0 +1,240 @@
+"""Run one propagation from files: the program behind the module's background process.
+
+Pure Python (SimpleITK + P2SAMLogic; no Slicer, Qt or VTK), so that it runs in a plain
+``PythonSlicer`` process while Slicer's GUI stays responsive. :func:`run_propagation` is
+also what the blocking ``process()`` of the module's logic calls in-process: both paths run
+the same code.
+
+Job folder (written by :mod:`.background`, read here)::
+
+    job.json        {"prior": "prior.nrrd", "followup": "followup.nrrd",
+                     "segments": [{"name", "color", "segment_id", "file"}...],
+                     "model": "litemedsam" | checkpoint path, "model_type": null | "vit_b"...,
+                     "device": "auto" | "cpu" | ..., "config": {PropagationConfig fields}}
+    prior.nrrd, followup.nrrd, segment_<n>.nrrd      inputs (masks on the prior's grid)
+
+Written here::
+
+    progress.jsonl  one {"fraction": 0-1, "message": "..."} per line, as the run advances
+    result.json     {"report": PropagationResult.report_dict(),
+                     "segments": [{"name", "color", "segment_id", "tags", "file"}...]}
+    result_<n>.nrrd output masks (uint8 0/1, follow-up grid)
+    error.json      {"type": "InputError" | "CancelledError" | ..., "message": "..."} on failure
+
+The run stops with :class:`~P2SAMLogic.errors.CancelledError` as soon as a file named
+``cancel`` appears in the job folder. Exit status: 0 done, 2 bad input, 3 cancelled, 1 other.
+
+Usage: ``python -m P2SAMSlicerLib.runner JOB_FOLDER``
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import traceback
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import SimpleITK as sitk
+
+EXIT_OK, EXIT_FAILED, EXIT_INPUT, EXIT_CANCELLED = 0, 1, 2, 3
+
+_MODELS: Dict[Tuple[str, Optional[str], str], object] = {}
+
+
+def load_model_cached(model: Union[str, object] = "litemedsam", model_type: Optional[str] = None,
+                      device: str = "auto"):
+    """A loaded :class:`PromptableModel`, reused across calls in this process (its embedding cache too).
+
+    Args:
+        model: ``"litemedsam"``, a SAM checkpoint path, or an already loaded model (returned as is).
+        model_type: ``vit_b`` / ``vit_l`` / ``vit_h`` for a checkpoint; None or ``"auto"``: inferred.
+        device: ``auto``, ``cpu``, ``cuda`` or ``mps``.
+    """
+    if not isinstance(model, str):
+        return model
+    from P2SAMLogic.models import load_model
+
+    if model_type in ("", "auto"):
+        model_type = None
+    key = (model, model_type, device or "auto")
+    if key not in _MODELS:
+        _MODELS[key] = load_model(model, model_type=model_type, device=device or "auto")
+    return _MODELS[key]
+
+
+def make_config(values: Optional[dict] = None):
+    """A :class:`PropagationConfig` from a dict of its fields (unknown keys are an error)."""
+    from P2SAMLogic.errors import InputError
+    from P2SAMLogic.propagate import PropagationConfig
+
+    values = dict(values or {})
+    if values.get("intensity_window") is not None:
+        values["intensity_window"] = tuple(values["intensity_window"])
+    known = set(PropagationConfig.__dataclass_fields__)
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise InputError("propagation parameters", f"unknown parameter(s) {', '.join(unknown)}")
+    return PropagationConfig(**values)
+
+
+def run_propagation(prior_image: sitk.Image, prior_segments: Sequence, followup: sitk.Image, *,
+                    model: Union[str, object] = "litemedsam", model_type: Optional[str] = None,
+                    device: str = "auto", config: Optional[dict] = None,
+                    progress: Optional[Callable[[float, str], None]] = None,
+                    cancel: Optional[Callable[[], bool]] = None):
+    """Load (or reuse) the model and call :func:`P2SAMLogic.propagate.propagate`.
+
+    Args:
+        prior_image, followup: 3D images (LPS); prior_segments: :class:`Segment` on the prior's grid.
+        model, model_type, device: see :func:`load_model_cached`.
+        config: :class:`PropagationConfig` fields as a dict.
+    Returns:
+        The engine's :class:`PropagationResult`.
+    """
+    from P2SAMLogic.propagate import propagate
+
+    cfg = make_config(config)
+    if progress is not None:
+        progress(0.0, "loading the model")
+    net = load_model_cached(model, model_type, device) if cfg.method != "rigid" else None
+    return propagate(prior_image, list(prior_segments), followup, model=net if net is not None else "litemedsam",
+                     device=device or "auto", config=cfg, progress=progress, cancel=cancel)
+
+
+# ------------------------------------------------------------------------------------------
+# job folder I/O (shared with .background)
+
+
+def write_json_atomic(path: str, data) -> None:
+    tmp = path + ".part"
+    with open(tmp, "w", encoding="utf-8") as handle:
+        json.dump(data, handle, default=_json_default)
+    os.replace(tmp, path)
+
+
+def _json_default(o):
+    try:
+        import numpy as np
+
+        if isinstance(o, np.integer):
+            return int(o)
+        if isinstance(o, np.floating):
+            return float(o) if np.isfinite(o) else None
+        if isinstance(o, np.ndarray):
+            return o.tolist()
+    except ImportError:  # pragma: no cover
+        pass
+    return str(o)
+
+
+def write_job(folder: str, prior_image: sitk.Image, prior_segments: Sequence, followup: sitk.Image, *,
+              model: str = "litemedsam", model_type: Optional[str] = None, device: str = "auto",
+              config: Optional[dict] = None) -> str:
+    """Write a job folder for :func:`main`; returns the path of its ``job.json``."""
+    os.makedirs(folder, exist_ok=True)
+    sitk.WriteImage(prior_image, os.path.join(folder, "prior.nrrd"))
+    sitk.WriteImage(followup, os.path.join(folder, "followup.nrrd"))
+    segments = []
+    for n, s in enumerate(prior_segments):
+        name = f"segment_{n}.nrrd"
+        sitk.WriteImage(s.mask, os.path.join(folder, name), True)
+        segments.append({"name": s.name, "color": [float(c) for c in s.color], "segment_id": s.segment_id,
+                         "tags": dict(s.tags or {}), "file": name})
+    job = {"prior": "prior.nrrd", "followup": "followup.nrrd", "segments": segments, "model": model,
+           "model_type": model_type, "device": device, "config": dict(config or {})}
+    path = os.path.join(folder, "job.json")
+    write_json_atomic(path, job)
+    return path
+
+
+def read_result(folder: str) -> Tuple[List, dict]:
+    """``(segments, report)`` written by a finished job: :class:`Segment` list (follow-up grid), report dict."""
+    from P2SAMLogic.volume import Segment
+
+    with open(os.path.join(folder, "result.json"), encoding="utf-8") as handle:
+        result = json.load(handle)
+    segments = []
+    for s in result["segments"]:
+        mask = sitk.ReadImage(os.path.join(folder, s["file"]))
+        segments.append(Segment(s["name"], tuple(s["color"]), mask, s.get("segment_id", ""), dict(s.get("tags", {}))))
+    return segments, result["report"]
+
+
+def read_error(folder: str) -> Optional[dict]:
+    path = os.path.join(folder, "error.json")
+    if not os.path.exists(path):
+        return None
+    with open(path, encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def _read_job(folder: str):
+    from P2SAMLogic.volume import Segment
+
+    with open(os.path.join(folder, "job.json"), encoding="utf-8") as handle:
+        job = json.load(handle)
+    prior = sitk.ReadImage(os.path.join(folder, job["prior"]))
+    followup = sitk.ReadImage(os.path.join(folder, job["followup"]))
+    segments = []
+    for s in job["segments"]:
+        mask = sitk.Cast(sitk.ReadImage(os.path.join(folder, s["file"])), sitk.sitkUInt8)
+        segments.append(Segment(s["name"], tuple(s["color"]), mask, s.get("segment_id", ""), dict(s.get("tags", {}))))
+    return job, prior, segments, followup
+
+
+def run_job(folder: str) -> int:
+    """Run the job in ``folder`` (see the module docstring); returns the exit status."""
+    from P2SAMLogic.errors import CancelledError, InputError
+
+    progress_path = os.path.join(folder, "progress.jsonl")
+    cancel_path = os.path.join(folder, "cancel")
+    last = [0.0]
+
+    def progress(fraction: float, message: str) -> None:
+        now = time.monotonic()
+        if fraction < 1.0 and now - last[0] < 0.2:
+            return  # at most five lines a second
+        last[0] = now
+        with open(progress_path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps({"fraction": round(float(fraction), 4), "message": str(message)}) + "\n")
+
+    def cancel() -> bool:
+        return os.path.exists(cancel_path)
+
+    try:
+        job, prior, segments, followup = _read_job(folder)
+        result = run_propagation(prior, segments, followup, model=job.get("model") or "litemedsam",
+                                 model_type=job.get("model_type"), device=job.get("device") or "auto",
+                                 config=job.get("config"), progress=progress, cancel=cancel)
+        out = []
+        for n, s in enumerate(result.segments):
+            name = f"result_{n}.nrrd"
+            sitk.WriteImage(sitk.Cast(s.mask, sitk.sitkUInt8), os.path.join(folder, name), True)
+            out.append({"name": s.name, "color": [float(c) for c in s.color], "segment_id": s.segment_id,
+                        "tags": dict(s.tags), "file": name})
+        write_json_atomic(os.path.join(folder, "result.json"), {"report": result.report_dict(), "segments": out})
+        progress(1.0, "done")
+        return EXIT_OK
+    except CancelledError as e:
+        write_json_atomic(os.path.join(folder, "error.json"), {"type": "CancelledError", "message": str(e)})
+        return EXIT_CANCELLED
+    except InputError as e:
+        write_json_atomic(os.path.join(folder, "error.json"), {"type": type(e).__name__, "message": str(e)})
+        return EXIT_INPUT
+    except Exception as e:  # reported to the GUI with the traceback
+        write_json_atomic(os.path.join(folder, "error.json"),
+                          {"type": type(e).__name__, "message": str(e), "traceback": traceback.format_exc()})
+        return EXIT_FAILED
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1 or not os.path.isfile(os.path.join(argv[0], "job.json")):
+        print("usage: python -m P2SAMSlicerLib.runner JOB_FOLDER (a folder with job.json)", file=sys.stderr)
+        return EXIT_FAILED
+    return run_job(argv[0])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,128 @@
+"""Hidden module that registers the Segment Editor effect "P²SAM" (click correction of proposals).
+
+Layout of Slicer's ScriptedSegmentEditorEffect template: this module only registers
+``SegmentEditorP2SAMLib/SegmentEditorEffect.py`` once Slicer has started.
+"""
+import os
+
+import slicer
+from slicer.i18n import tr as _
+from slicer.i18n import translate
+from slicer.ScriptedLoadableModule import ScriptedLoadableModule, ScriptedLoadableModuleTest
+
+
+class SegmentEditorP2SAM(ScriptedLoadableModule):
+    """Uses ScriptedLoadableModule base class, available at:
+    https://github.com/Slicer/Slicer/blob/main/Base/Python/slicer/ScriptedLoadableModule.py
+    """
+
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = _("Segment Editor P²SAM")
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]
+        self.parent.dependencies = ["Segmentations"]
+        self.parent.contributors = ["P2SAM for 3D Slicer developers"]
+        self.parent.hidden = True
+        self.parent.helpText = _("This hidden module registers the P²SAM Segment Editor effect (click correction "
+                                 "of propagated segments).")
+        self.parent.acknowledgementText = _("Part of the P2SAM extension (Apache License 2.0).")
+        slicer.app.connect("startupCompleted()", self.registerEditorEffect)
+
+    def registerEditorEffect(self):
+        import qSlicerSegmentationsEditorEffectsPythonQt as qSlicerSegmentationsEditorEffects
+
+        instance = qSlicerSegmentationsEditorEffects.qSlicerSegmentEditorScriptedEffect(None)
+        effectFilename = os.path.join(os.path.dirname(__file__), self.__class__.__name__ + "Lib/SegmentEditorEffect.py")
+        instance.setPythonSource(effectFilename.replace("\\", "/"))
+        instance.self().register()
+
+
+class SegmentEditorP2SAMTest(ScriptedLoadableModuleTest):
+    """Self-test: the effect is registered, and clicks on a slice of the bundled lung CT change the
+    selected segment there through the Segment Editor (undo restores it)."""
+
+    def setUp(self):
+        slicer.mrmlScene.Clear(0)
+
+    def runTest(self):
+        self.setUp()
+        self.test_EffectIsRegistered()
+        self.setUp()
+        self.test_ClickCorrectsASlice()
+
+    def _editor(self):
+        editor = slicer.qMRMLSegmentEditorWidget()
+        editor.setMRMLScene(slicer.mrmlScene)
+        editorNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentEditorNode")
+        editor.setMRMLSegmentEditorNode(editorNode)
+        return editor
+
+    def test_EffectIsRegistered(self):
+        self.delayDisplay("P²SAM effect registration")
+        editor = self._editor()
+        segmentation = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+        segmentation.GetSegmentation().AddEmptySegment("s")
+        editor.setSegmentationNode(segmentation)
+        editor.setActiveEffectByName("P2SAM")
+        effect = editor.activeEffect()
+        self.assertIsNotNone(effect, "the P2SAM effect is not registered")
+        self.assertEqual(effect.name, "P2SAM")
+
+    def test_ClickCorrectsASlice(self):
+        """A GTV contour shifted off the tumour on one slice; a click on the tumour re-computes that slice."""
+        import numpy as np
+        import SimpleITK as sitk
+
+        import sys
+
+        here = os.path.dirname(os.path.abspath(__file__))
+        # installed: everything in qt-scripted-modules; source: <repo>/P2SAMSlicer/SegmentEditorP2SAM
+        libParent = here if os.path.isdir(os.path.join(here, "P2SAMSlicerLib")) else os.path.dirname(here)
+        for path in (libParent, os.path.dirname(libParent)):
+            if path not in sys.path:
+                sys.path.append(path)
+        from P2SAMSlicerLib import dependencies, mrml_bridge
+
+        if not dependencies.everything_installed():
+            self.skipTest("P²SAM's Python packages are not installed (P²SAM module > Python packages)")
+        dataDir = None
+        for candidate in (os.path.join(libParent, "Resources", "P2SAMSlicerTestData"),
+                          os.path.join(os.path.dirname(libParent), "Testing", "Data", "lung1_crop")):
+            if os.path.isfile(os.path.join(candidate, "prior_ct.nrrd")):
+                dataDir = candidate
+        self.assertIsNotNone(dataDir, "P2SAMSlicer test data not found")
+        self.delayDisplay("Click correction on slice 12 of the bundled CT")
+
+        from P2SAMLogic.volume import Segment
+
+        ct = sitk.ReadImage(os.path.join(dataDir, "prior_ct.nrrd"), sitk.sitkFloat32)
+        truth = sitk.GetArrayFromImage(sitk.ReadImage(os.path.join(dataDir, "prior_labels.nrrd"))) == 1
+        wrong = np.zeros_like(truth)
+        wrong[12] = np.roll(truth[12], 12, axis=1)  # the contour 12 pixels off, on slice 12 only
+        image = sitk.GetImageFromArray(wrong.astype(np.uint8))
+        image.CopyInformation(ct)
+        volume = mrml_bridge.image_to_volume_node(ct, slicer.mrmlScene, "CT")
+        segmentation = mrml_bridge.segments_to_segmentation_node(
+            slicer.mrmlScene, [Segment("GTV", (0.9, 0.2, 0.2), image, "GTV")], ct, "GTV to correct",
+            reference_volume_node=volume)
+
+        editor = self._editor()
+        editor.setSegmentationNode(segmentation)
+        editor.setSourceVolumeNode(volume)
+        editor.setCurrentSegmentID("GTV")
+        editor.setActiveEffectByName("P2SAM")
+        effect = editor.activeEffect().self()
+
+        def dice(a, b):
+            return 2.0 * float((a & b).sum()) / max(1, int(a.sum() + b.sum()))
+
+        before = mrml_bridge.masks_from_segmentation_node(segmentation, ct)["GTV"][12]
+        jj, ii = np.nonzero(truth[12])
+        effect.clickAt(12, int(round(jj.mean())), int(round(ii.mean())), positive=True)
+        after = mrml_bridge.masks_from_segmentation_node(segmentation, ct)["GTV"]
+        self.assertGreater(dice(after[12], truth[12]), dice(before, truth[12]) + 0.2)
+        self.assertFalse(after[11].any() or after[13].any(), "only the clicked slice may change")
+        editor.undo()
+        restored = mrml_bridge.masks_from_segmentation_node(segmentation, ct)["GTV"][12]
+        self.assertTrue(np.array_equal(restored, before), "undo must restore the slice")
+        self.delayDisplay("Test passed")

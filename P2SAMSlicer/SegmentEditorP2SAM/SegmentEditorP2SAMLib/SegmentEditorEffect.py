@@ -1,0 +1,272 @@
+"""Segment Editor effect "P²SAM": correct a propagated segment slice by slice with clicks.
+
+On a slice view showing slices of the source volume (the follow-up), a click adds a
+positive point and Ctrl+click a negative one; the model re-decodes that slice from
+P²SAM's own prompts (the ROI window and box it used, kept with the propagation report on
+the segmentation node) plus the user's clicks, on the slice's cached embedding, and the
+slice of the selected segment is replaced. Every write goes through
+``modifySelectedSegmentByLabelmap`` (so the editable area, intensity masking and overlap
+settings apply) after ``saveStateForUndo()`` (Ctrl+Z undoes it).
+
+"Use this slice as reference and re-propagate" re-segments the neighbouring slices with
+the corrected slice as P²SAM's reference.
+
+The logic (no Qt) is ``P2SAMSlicerLib.correction``, tested on slicer-core; this file only
+turns events into calls and results into Segment Editor edits.
+"""
+import logging
+import os
+
+import numpy as np
+import qt
+import vtk
+from vtk.util import numpy_support
+
+import slicer
+from slicer.i18n import tr as _
+
+from SegmentEditorEffects import AbstractScriptedSegmentEditorEffect
+
+
+def _importLib():
+    """Import ``P2SAMSlicerLib`` (beside the P2SAMSlicer module) only when the effect is used.
+
+    Installed extension: this file is ``<qt-scripted-modules>/SegmentEditorP2SAMLib/``, the Lib and
+    the engine are in ``<qt-scripted-modules>``. Source checkout: this file is
+    ``<repo>/P2SAMSlicer/SegmentEditorP2SAM/SegmentEditorP2SAMLib/``, the Lib is in
+    ``<repo>/P2SAMSlicer`` and the engine in ``<repo>``.
+    """
+    import sys
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    for folder in (os.path.dirname(here), os.path.dirname(os.path.dirname(here))):
+        if not os.path.isdir(os.path.join(folder, "P2SAMSlicerLib")):
+            continue
+        for path in (folder, os.path.dirname(folder)):
+            if os.path.isfile(os.path.join(path, "P2SAMSlicerLib", "__init__.py")) or \
+                    os.path.isfile(os.path.join(path, "P2SAMLogic", "__init__.py")):
+                if path not in sys.path:
+                    sys.path.append(path)
+        break
+    from P2SAMSlicerLib import correction
+
+    return correction
+
+
+class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
+    """Click correction of one slice of the selected segment with the P²SAM model."""
+
+    def __init__(self, scriptedEffect):
+        scriptedEffect.name = "P2SAM"  # no tr: modules find effects by name
+        scriptedEffect.title = _("P²SAM")
+        scriptedEffect.perSegment = True
+        scriptedEffect.requireSegments = True
+        AbstractScriptedSegmentEditorEffect.__init__(self, scriptedEffect)
+        self._session = None
+        self._sessionKey = None
+
+    def clone(self):
+        import qSlicerSegmentationsEditorEffectsPythonQt as effects
+
+        clonedEffect = effects.qSlicerSegmentEditorScriptedEffect(None)
+        clonedEffect.setPythonSource(__file__.replace("\\", "/"))
+        return clonedEffect
+
+    def icon(self):
+        iconPath = os.path.join(os.path.dirname(__file__), "SegmentEditorEffect.png")
+        if os.path.exists(iconPath):
+            return qt.QIcon(iconPath)
+        return qt.QIcon()
+
+    def helpText(self):
+        return _("""<html>Correct a P²SAM proposal slice by slice.<p>
+<b>Click</b> on a slice view: this belongs to the structure (positive). <b>Ctrl+click</b>: this does not
+(negative). The selected segment is re-computed on that slice from P²SAM's own prompts plus your clicks.
+The slice view must show the source volume's own slices (e.g. axial for an axial CT).<p>
+<b>Re-propagate</b> uses the slice you corrected last as the reference for its neighbours.<p>
+Edits respect the editable area and overlap settings; undo with Ctrl+Z.</html>""")
+
+    # -- options --------------------------------------------------------------------------------
+    def setupOptionsFrame(self):
+        self.statusLabel = qt.QLabel(_("Click on a slice of the source volume."))
+        self.statusLabel.wordWrap = True
+        self.scriptedEffect.addOptionsWidget(self.statusLabel)
+
+        self.undoClickButton = qt.QPushButton(_("Undo last click"))
+        self.undoClickButton.objectName = self.__class__.__name__ + "UndoClick"
+        self.undoClickButton.toolTip = _("Remove the last click on the last corrected slice and re-compute it.")
+        self.undoClickButton.connect("clicked()", self.onUndoClick)
+
+        self.resetButton = qt.QPushButton(_("Forget clicks"))
+        self.resetButton.objectName = self.__class__.__name__ + "Reset"
+        self.resetButton.toolTip = _("Forget every click (the segment itself is not changed).")
+        self.resetButton.connect("clicked()", self.onReset)
+        buttons = qt.QHBoxLayout()
+        buttons.addWidget(self.undoClickButton)
+        buttons.addWidget(self.resetButton)
+        self.scriptedEffect.addOptionsWidget(buttons)
+
+        self.neighboursSpinBox = qt.QSpinBox()
+        self.neighboursSpinBox.minimum = 1
+        self.neighboursSpinBox.maximum = 20
+        self.neighboursSpinBox.toolTip = _("How many slices on each side are re-computed.")
+        self.scriptedEffect.addLabeledOptionsWidget(_("Neighbours:"), self.neighboursSpinBox)
+        self.neighboursSpinBox.connect("valueChanged(int)", self.updateMRMLFromGUI)
+
+        self.repropagateButton = qt.QPushButton(_("Use this slice as reference and re-propagate"))
+        self.repropagateButton.objectName = self.__class__.__name__ + "Repropagate"
+        self.repropagateButton.toolTip = _("Re-compute the neighbouring slices of the selected segment with the "
+                                           "last corrected slice as P²SAM's reference.")
+        self.repropagateButton.connect("clicked()", self.onRepropagate)
+        self.scriptedEffect.addOptionsWidget(self.repropagateButton)
+
+    def setMRMLDefaults(self):
+        self.scriptedEffect.setParameterDefault("Neighbours", 2)
+
+    def updateGUIFromMRML(self):
+        wasBlocked = self.neighboursSpinBox.blockSignals(True)
+        self.neighboursSpinBox.value = self.scriptedEffect.integerParameter("Neighbours")
+        self.neighboursSpinBox.blockSignals(wasBlocked)
+
+    def updateMRMLFromGUI(self):
+        self.scriptedEffect.setParameter("Neighbours", self.neighboursSpinBox.value)
+
+    def createCursor(self, widget):
+        return slicer.util.mainWindow().cursor
+
+    # -- session --------------------------------------------------------------------------------
+    def deactivate(self):
+        self._session = None
+        self._sessionKey = None
+
+    def sourceVolumeNodeChanged(self):
+        self._session = None
+        self._sessionKey = None
+
+    def referenceGeometryChanged(self):
+        self._session = None
+        self._sessionKey = None
+
+    def _currentSession(self):
+        """The correction session for the current segmentation and source volume (rebuilt when they change)."""
+        correction = _importLib()
+        parameterSetNode = self.scriptedEffect.parameterSetNode()
+        segmentationNode = parameterSetNode.GetSegmentationNode()
+        sourceImage = self.scriptedEffect.sourceVolumeImageData()
+        if segmentationNode is None or sourceImage is None:
+            raise ValueError(_("Select a segmentation and a source volume first."))
+        sourceNode = parameterSetNode.GetSourceVolumeNode()
+        geometry = segmentationNode.GetSegmentation().GetConversionParameter(
+            slicer.vtkSegmentationConverter.GetReferenceImageGeometryParameterName())
+        key = (segmentationNode.GetID(), sourceNode.GetID() if sourceNode else None,
+               sourceNode.GetImageData().GetMTime() if sourceNode and sourceNode.GetImageData() else None,
+               geometry, segmentationNode.GetAttribute("P2SAM.Report") is not None)
+        if self._session is None or self._sessionKey != key:
+            self._session = correction.session_for(segmentationNode, sourceImage)
+            self._sessionKey = key
+        return correction, self._session, segmentationNode, sourceImage
+
+    # -- interaction ----------------------------------------------------------------------------
+    def processInteractionEvents(self, callerInteractor, eventId, viewWidget):
+        abortEvent = False
+        if viewWidget.className() != "qMRMLSliceWidget":
+            return abortEvent
+        if eventId != vtk.vtkCommand.LeftButtonPressEvent or callerInteractor.GetShiftKey() or callerInteractor.GetAltKey():
+            return abortEvent
+        confirmed = self.scriptedEffect.confirmCurrentSegmentVisible()
+        if confirmed == self.scriptedEffect.NotConfirmed or confirmed == self.scriptedEffect.ConfirmedWithDialog:
+            return True
+        positive = not callerInteractor.GetControlKey()
+        xy = callerInteractor.GetEventPosition()
+        with slicer.util.tryWithErrorDisplay(_("P²SAM could not update the slice."), waitCursor=True):
+            self._click(viewWidget, xy, positive)
+        return True
+
+    def _click(self, viewWidget, xy, positive):
+        correction, session, segmentationNode, sourceImage = self._currentSession()
+        sliceToRas = viewWidget.sliceLogic().GetSliceNode().GetSliceToRAS()
+        sliceToRasArray = np.array([[sliceToRas.GetElement(r, c) for c in range(4)] for r in range(4)])
+        if not correction.view_normal_matches_k(sliceToRasArray, session.ijk_to_ras):
+            raise ValueError(_("This view is not aligned with the source volume's slices. Use the view that shows "
+                               "them (e.g. Red/axial for an axial CT), or reset its orientation to the volume."))
+        ijk = self.xyToIjk(xy, viewWidget, sourceImage, segmentationNode.GetParentTransformNode())
+        ext = sourceImage.GetExtent()
+        self.clickAt(ijk[2] - ext[4], ijk[1] - ext[2], ijk[0] - ext[0], positive)
+
+    def clickAt(self, k, j, i, positive=True):
+        """A click on voxel ``(i, j)`` of slice ``k`` (array indices of the source volume); updates the
+        selected segment's slice. Also the entry point of the self-test."""
+        correction, session, segmentationNode, sourceImage = self._currentSession()
+        shape = session.volume.shape
+        if not (0 <= k < shape[0] and 0 <= j < shape[1] and 0 <= i < shape[2]):
+            return
+        segmentId = self.scriptedEffect.parameterSetNode().GetSelectedSegmentID()
+        segmentName = segmentationNode.GetSegmentation().GetSegment(segmentId).GetName()
+        current = None
+        if not session.has_corrector(segmentName, k):
+            current = correction.segment_mask_on(segmentationNode, segmentId, sourceImage)[k]
+        mask = session.click(segmentName, k, float(i), float(j), positive, current)
+        self._writeSlices({k: mask})
+        pos, neg = session.clicks(segmentName, k)
+        self.statusLabel.text = _("Slice {k} of '{name}': {pos} positive, {neg} negative click(s){prompt}.").format(
+            k=k, name=segmentName, pos=pos, neg=neg,
+            prompt="" if session.uses_report else _(" (no P²SAM report for this volume: box from the segment)"))
+
+    def _writeSlices(self, masks):
+        """Replace slices ``{k: bool [j, i]}`` of the selected segment (one undo step, editor masking applies)."""
+        modifier = self.scriptedEffect.defaultModifierLabelmap()
+        sourceImage = self.scriptedEffect.sourceVolumeImageData()
+        if not slicer.vtkOrientedImageDataResample.DoGeometriesMatch(modifier, sourceImage):
+            raise ValueError(_("The segmentation's geometry differs from the source volume's; set the segmentation "
+                               "geometry to the source volume (Segment Editor: Specify geometry)."))
+        ext = modifier.GetExtent()
+        dims = (ext[5] - ext[4] + 1, ext[3] - ext[2] + 1, ext[1] - ext[0] + 1)
+        array = numpy_support.vtk_to_numpy(modifier.GetPointData().GetScalars()).reshape(dims)
+        array[:] = 0
+        for k, mask in masks.items():
+            array[k] = np.asarray(mask, dtype=array.dtype)
+        modifier.Modified()
+        self.scriptedEffect.saveStateForUndo()
+        for k in sorted(masks):
+            extent = [ext[0], ext[1], ext[2], ext[3], ext[4] + k, ext[4] + k]
+            self.scriptedEffect.modifySelectedSegmentByLabelmap(
+                modifier, slicer.qSlicerSegmentEditorAbstractEffect.ModificationModeSet, extent)
+
+    # -- buttons --------------------------------------------------------------------------------
+    def onUndoClick(self):
+        with slicer.util.tryWithErrorDisplay(_("P²SAM could not undo the click."), waitCursor=True):
+            correction, session, segmentationNode, sourceImage = self._currentSession()
+            if session.last is None:
+                return
+            name, k = session.last
+            mask = session.undo(name, k)
+            if mask is not None:
+                self._writeSlices({k: mask})
+
+    def onReset(self):
+        if self._session is not None:
+            self._session.reset()
+        self.statusLabel.text = _("Clicks forgotten. Click on a slice of the source volume.")
+
+    def onRepropagate(self):
+        with slicer.util.tryWithErrorDisplay(_("P²SAM could not re-propagate."), waitCursor=True):
+            correction, session, segmentationNode, sourceImage = self._currentSession()
+            segmentId = self.scriptedEffect.parameterSetNode().GetSelectedSegmentID()
+            segmentName = segmentationNode.GetSegmentation().GetSegment(segmentId).GetName()
+            if session.last is None or session.last[0] != segmentName:
+                raise ValueError(_("Correct a slice of '{name}' with a click first: that slice becomes the "
+                                   "reference.").format(name=segmentName))
+            k = session.last[1]
+            reference = correction.segment_mask_on(segmentationNode, segmentId, sourceImage)[k]
+            n = self.scriptedEffect.integerParameter("Neighbours")
+
+            def progress(fraction, message):
+                self.statusLabel.text = _("Re-propagating: {message}").format(message=message)
+                slicer.app.processEvents()
+
+            masks = session.repropagate(k, reference, neighbours=n,
+                                        spacing_xy=correction.pixel_spacing(session.ijk_to_ras), progress=progress)
+            self._writeSlices(masks)
+            self.statusLabel.text = _("Re-computed slices {slices} of '{name}' from slice {k}.").format(
+                slices=", ".join(str(s) for s in sorted(masks)) or _("none"), name=segmentName, k=k)
+            logging.info(f"P2SAM: re-propagated {sorted(masks)} from slice {k} of {segmentName}")

