@@ -37,6 +37,7 @@ from scipy import ndimage
 from .errors import CancelledError, InputError
 from .intensity import IntensityWindow
 from .models.base import Embedding, PromptableModel
+from .segmenter import mask_box
 
 WindowLike = Union[IntensityWindow, Tuple[float, float], Sequence[float]]
 
@@ -58,15 +59,6 @@ def as_intensity_window(intensity: WindowLike) -> IntensityWindow:
     if not high > low:
         raise InputError("intensity window", f"({low}, {high}): high must exceed low")
     return IntensityWindow(low, high, "given window")
-
-
-def mask_box(mask: np.ndarray) -> Optional[np.ndarray]:
-    """``(x0, y0, x1, y1)`` of a bool ``H x W`` mask (``x1`` = last column + 1); None if empty."""
-    rows = np.flatnonzero(mask.any(axis=1))
-    if rows.size == 0:
-        return None
-    cols = np.flatnonzero(mask.any(axis=0))
-    return np.array([cols[0], rows[0], cols[-1] + 1, rows[-1] + 1], dtype=np.float64)
 
 
 def square_roi(box: Sequence[float], shape: Tuple[int, int], context: float = 1.0, minimum: int = 64) -> np.ndarray:

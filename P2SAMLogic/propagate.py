@@ -48,6 +48,7 @@ from . import __version__
 from .cleanup3d import fill_holes_per_slice, keep_consistent
 from .errors import CancelledError, InputError
 from .intensity import IntensityWindow, choose_window
+from .segmenter import mask_box as _box
 from .volume import PROPOSAL_STATUS, Segment, VolumeSource, guess_modality, mask_image_like, same_geometry
 
 ProgressCallback = Callable[[float, str], None]
@@ -239,14 +240,6 @@ class PropagationResult:
 
 # --------------------------------------------------------------------------------------
 # helpers
-
-
-def _box(mask2d: np.ndarray) -> Optional[np.ndarray]:
-    rows = np.flatnonzero(mask2d.any(axis=1))
-    if rows.size == 0:
-        return None
-    cols = np.flatnonzero(mask2d.any(axis=0))
-    return np.array([cols[0], rows[0], cols[-1] + 1, rows[-1] + 1], dtype=np.float64)
 
 
 def _square(box: np.ndarray, margin_mm: float, min_mm: float, spacing: Sequence[float],
@@ -597,7 +590,19 @@ def _decide(per_slice: Dict[int, dict], reg_mask: np.ndarray, cfg: PropagationCo
         for k in sorted(per_slice):
             if kept[k].any() and reg_mask[k].any():
                 fused[k] = fuse_contours(kept[k], reg_mask[k], cfg.prior_weight, kji_spacing[1:])
-    cleaned = fill_holes_per_slice(keep_consistent(fused, reg_mask, kji_spacing, cfg.cleanup_tolerance_mm))
+    # clean up inside the bounding box of everything involved (memory: a 512 x 512 x 150 grid is
+    # never labelled or dilated as a whole)
+    cleaned = np.zeros_like(fused)
+    both = fused | reg_mask
+    if both.any():
+        pad = [int(math.ceil(cfg.cleanup_tolerance_mm / max(sp, 1e-6))) + 1 for sp in kji_spacing]
+        lo = [max(0, int(np.flatnonzero(both.any(axis=tuple(a for a in range(3) if a != ax)))[0]) - pad[ax])
+              for ax in range(3)]
+        hi = [min(shape[ax], int(np.flatnonzero(both.any(axis=tuple(a for a in range(3) if a != ax)))[-1]) + 1
+                  + pad[ax]) for ax in range(3)]
+        box = tuple(slice(a, b) for a, b in zip(lo, hi))
+        cleaned[box] = fill_holes_per_slice(keep_consistent(fused[box], reg_mask[box], kji_spacing,
+                                                            cfg.cleanup_tolerance_mm))
     reports: List[SliceReport] = []
     for k in sorted(per_slice):
         info = per_slice[k]

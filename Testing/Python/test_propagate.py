@@ -19,8 +19,8 @@ from P2SAMLogic.propagate import PropagationConfig, fuse_contours, propagate
 from P2SAMLogic.volume import PROPOSAL_STATUS, Segment, same_geometry
 
 # measured on the default simulation (seed 0), see README "3D benchmark"
-GTV_DICE_FLOOR = 0.78
-VERTEBRA_DICE_FLOOR = 0.75
+GTV_DICE_FLOOR = 0.80  # measured 0.843 (benchmark_3d.py case 0 = this simulation)
+VERTEBRA_DICE_FLOOR = 0.72  # on the label's own slices; measured 0.773
 RIGID_DICE_FLOOR = 0.75
 
 
@@ -37,25 +37,47 @@ def segments(masks, names=("GTV", "VertebralBody")):
 
 @pytest.fixture(scope="module")
 def p2sam_run(lung_crop, simulated_followup, litemedsam):
-    """One P²SAM propagation of both segments onto the default simulated follow-up."""
+    """One P²SAM propagation of both segments onto the default simulated follow-up, from an empty
+    embedding cache: ``(result, progress calls, images encoded)``."""
+    from P2SAMLogic.models import EmbeddingCache
+
     ct, masks = lung_crop
     fu, truth, info = simulated_followup
     calls = []
-    result = propagate(ct, segments(masks), fu, model=litemedsam,
-                       progress=lambda f, m: calls.append((f, m)))
-    return result, calls
+    saved = litemedsam.cache
+    litemedsam.cache = EmbeddingCache()
+    before = litemedsam.encode_calls
+    try:
+        result = propagate(ct, segments(masks), fu, model=litemedsam,
+                           progress=lambda f, m: calls.append((f, m)))
+    finally:
+        litemedsam.cache = saved
+    return result, calls, litemedsam.encode_calls - before
 
 
 def test_p2sam_reaches_the_dice_floor_on_both_segments(p2sam_run, simulated_followup):
-    result, _ = p2sam_run
+    result, _, _ = p2sam_run
     fu, truth, _ = simulated_followup
     by_name = {s.name: s for s in result.segments}
     assert dice(by_name["GTV"].mask, truth["GTV"]) >= GTV_DICE_FLOOR
-    assert dice(by_name["VertebralBody"].mask, truth["VertebralBody"]) >= VERTEBRA_DICE_FLOOR
+    # the vertebral body label is threshold-derived and cut by a box (see Testing/Data/lung1_crop/README.md):
+    # the model segments the whole vertebral body, also on the slices just beyond the label's extent.
+    # On the label's own slices the proposal must agree; beyond them every kept slice must be flagged.
+    got = by_name["VertebralBody"].array()
+    true = sitk.GetArrayFromImage(truth["VertebralBody"]).astype(bool)
+    ks = true.any(axis=(1, 2))
+    on_label = 2.0 * (got[ks] & true[ks]).sum() / (got[ks].sum() + true[ks].sum())
+    print(f"VertebralBody Dice on the label's slices: {on_label:.3f}")
+    assert on_label >= VERTEBRA_DICE_FLOOR
+    report = result.reports[1]
+    registered = result.registered_prior[1].array().any(axis=(1, 2))
+    for s in report.slices:
+        if s.status == "accepted" and not registered[s.index]:
+            assert s.flagged and "beyond" in s.reason
 
 
 def test_output_is_on_the_followup_grid_with_names_colours_and_provenance(p2sam_run, simulated_followup, litemedsam):
-    result, _ = p2sam_run
+    result, _, _ = p2sam_run
     fu = simulated_followup[0]
     assert [s.name for s in result.segments] == ["GTV", "VertebralBody"]
     assert result.segments[0].color == (0.9, 0.2, 0.2)
@@ -72,7 +94,7 @@ def test_output_is_on_the_followup_grid_with_names_colours_and_provenance(p2sam_
 
 
 def test_report_counts_are_consistent(p2sam_run, simulated_followup):
-    result, _ = p2sam_run
+    result, _, _ = p2sam_run
     fu, truth, info = simulated_followup
     d = result.report_dict()
     assert d["status"] == PROPOSAL_STATUS
@@ -89,21 +111,18 @@ def test_report_counts_are_consistent(p2sam_run, simulated_followup):
 
 
 def test_progress_is_monotonic_and_complete(p2sam_run):
-    _, calls = p2sam_run
+    _, calls, _ = p2sam_run
     fractions = [f for f, _ in calls]
     assert fractions == sorted(fractions)
     assert fractions[-1] == 1.0 and len(calls) > 5
 
 
-def test_each_reference_encoded_once(lung_crop, simulated_followup, litemedsam):
-    ct, masks = lung_crop
-    fu = simulated_followup[0]
-    before = litemedsam.encode_calls
-    result = propagate(ct, segments(masks, ("VertebralBody",)), fu, model=litemedsam)
-    processed = result.reports[0].slices_processed
-    references = len({s.reference_index for s in result.reports[0].slices})
-    # one encode per processed follow-up slice and one per reference slice, at most
-    assert litemedsam.encode_calls - before <= processed + references
+def test_each_slice_and_reference_encoded_once(p2sam_run, lung_crop):
+    result, _, encoded = p2sam_run
+    slices = sum(r.slices_processed for r in result.reports)
+    # one reference per native prior slice holding the structure, each encoded once for all targets
+    references = sum(int(sitk.GetArrayViewFromImage(m).any(axis=(1, 2)).sum()) for m in lung_crop[1].values())
+    assert encoded == slices + references
 
 
 @pytest.mark.parametrize("direction", [
