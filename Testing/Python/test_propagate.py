@@ -203,3 +203,14 @@ def test_fuse_contours_is_between_its_inputs():
     assert 14.0 <= r <= 16.0
     assert (fuse_contours(small, big, 0.0, (1.0, 1.0)) == small).all()
     assert (fuse_contours(small, big, 1.0, (1.0, 1.0)) == big).all()
+
+
+def test_point_prompt_models_run_through_the_3d_pipeline(lung_crop, simulated_followup, tiny_sam):
+    """A SAM-architecture model (points, the paper's cascade) goes through the same pipeline; the tiny
+    random SAM checks plumbing only (its masks are meaningless)."""
+    ct, masks = lung_crop
+    fu = simulated_followup[0]
+    result = propagate(ct, segments(masks, ("GTV",)), fu, model=tiny_sam)
+    assert same_geometry(result.segments[0].mask, fu)
+    assert result.provenance["model"]["prompt_modality"] == "points"
+    assert result.reports[0].slices_processed > 0
