@@ -153,6 +153,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ROI = structure box grown by MM per side (default 15)")
     m.add_argument("--slice-margin", type=float, default=5.0, metavar="MM",
                    help="also examine slices up to MM beyond the registered prior's extent (default 5)")
+    m.add_argument("--prior-weight", type=float, default=0.5, metavar="W",
+                   help="on slices where both exist, the output contour is the zero level of (1-W) x the "
+                        "proposal's signed distance + W x the registered prior's (default 0.5; 0 = the model's "
+                        "proposal alone, 1 = the registered prior's shape on those slices)")
     m.add_argument("--window", default=None, metavar="LOW,HIGH",
                    help="intensity window for the model (default: CT -910,590 HU; MR 0.5-99.5 percentiles)")
     q.add_argument("--quiet", action="store_true", help="no progress bar and no table")
@@ -323,7 +327,8 @@ def _propagate(args: argparse.Namespace) -> int:
     names = [n.strip() for n in args.segments.split(",") if n.strip()] if args.segments else None
     config = PropagationConfig(segments=names, method=args.method, max_parts=args.max_parts,
                                negative_parts=args.negative_parts, roi_margin_mm=args.roi_margin,
-                               slice_margin_mm=args.slice_margin, intensity_window=window).validate()
+                               slice_margin_mm=args.slice_margin, intensity_window=window,
+                               prior_weight=args.prior_weight).validate()
     # every input and output path is checked before anything heavy runs
     outs = [os.path.abspath(p) for p in (args.output, args.report, args.overlay) if p]
     if len(set(outs)) != len(outs):

@@ -85,6 +85,8 @@ class PropagationConfig:
         qa_flag_below: slices whose QA score is below this are flagged for review.
         min_overlap: the fraction of a prior segment that must land inside the follow-up's
             field of view after registration.
+        registration: ``per-structure`` (default: one rigid registration around each
+            structure) or ``joint`` (one around all of them).
         batch_size: follow-up crops encoded per model call.
         seed: k-means seed.
     """
@@ -103,6 +105,7 @@ class PropagationConfig:
     cleanup_tolerance_mm: float = 5.0
     qa_flag_below: float = 0.6
     min_overlap: float = 0.5
+    registration: str = "per-structure"
     batch_size: int = 8
     seed: int = 0
 
@@ -121,6 +124,8 @@ class PropagationConfig:
             raise InputError("prior_weight", "must be between 0 and 1")
         if self.intensity_window is not None and not self.intensity_window[1] > self.intensity_window[0]:
             raise InputError("intensity_window", f"{self.intensity_window}: high must exceed low")
+        if self.registration not in ("per-structure", "joint"):
+            raise InputError("registration", f"unknown mode '{self.registration}'; expected per-structure or joint")
         if self.batch_size < 1:
             raise InputError("batch_size", "must be at least 1")
         return self
@@ -356,15 +361,26 @@ def propagate(prior_image: sitk.Image, prior_segments: Sequence[Segment], follow
     follow_window = choose_window(followup, follow_mod, cfg.intensity_window)
 
     # 1. registration ------------------------------------------------------------------
-    tick(0.0, "registering follow-up to prior")
+    # per structure (default): each structure gets the rigid transform that fits best around
+    # itself (a GTV and a vertebra move differently when the patient breathes or bends);
+    # joint: one transform for all, fitted around their union.
     t = time.perf_counter()
-    region = structure_region([s.mask for s in segments], cfg.registration_margin_mm)
-    reg = register_rigid(followup, prior_image, region,
-                         progress=lambda f: tick(0.15 * f, "registering follow-up to prior"), cancel=cancel)
+    groups = [[s] for s in segments] if cfg.registration == "per-structure" else [list(segments)]
+    transforms: Dict[str, sitk.Transform] = {}
+    registrations: Dict[str, dict] = {}
+    for gi, group in enumerate(groups):
+        label = ", ".join(s.name for s in group)
+        tick(0.15 * gi / len(groups), f"registering follow-up to prior around {label}")
+        region = structure_region([s.mask for s in group], cfg.registration_margin_mm)
+        reg = register_rigid(followup, prior_image, region, cancel=cancel,
+                             progress=lambda f, gi=gi, label=label: tick(
+                                 0.15 * (gi + f) / len(groups), f"registering follow-up to prior around {label}"))
+        for s in group:
+            transforms[s.name] = reg.transform
+            registrations[s.name] = reg.parameters()
     timings["registration"] = time.perf_counter() - t
-    transform = reg.transform
     for s in segments:
-        frac = overlap_fraction(s.mask, followup, transform)
+        frac = overlap_fraction(s.mask, followup, transforms[s.name])
         if frac < cfg.min_overlap:
             raise InputError(follow_name, f"does not cover segment '{s.name}' after registration (only "
                                           f"{100 * frac:.0f}% of it falls inside the follow-up's field of "
@@ -393,6 +409,7 @@ def propagate(prior_image: sitk.Image, prior_segments: Sequence[Segment], follow
     for si, seg in enumerate(segments):
         lo, hi = 0.15 + 0.8 * si / n_seg, 0.15 + 0.8 * (si + 1) / n_seg
         tick(lo, f"{seg.name}: preparing")
+        transform = transforms[seg.name]
         reg_mask_img = warp_mask(seg.mask, followup, transform)
         reg_mask = sitk.GetArrayFromImage(reg_mask_img).astype(bool)
         registered.append(Segment(seg.name, seg.color, reg_mask_img, seg.segment_id,
@@ -488,7 +505,7 @@ def propagate(prior_image: sitk.Image, prior_segments: Sequence[Segment], follow
     timings.update({"references": ref_s, "encode": encode_s, "segment": segment_s, "cleanup": clean_s,
                     "encoder_only": encoder_only})
     timings["total"] = time.perf_counter() - t_start
-    provenance = _provenance(cfg, net, reg, prior_window, follow_window, prior_source, followup_source,
+    provenance = _provenance(cfg, net, registrations, prior_window, follow_window, prior_source, followup_source,
                              prior_mod, follow_mod)
     for seg_out, rep in zip(out_segments, reports):
         seg_out.tags.update(segment_tags(provenance, rep))
@@ -681,7 +698,7 @@ def _provenance(cfg: PropagationConfig, net, reg, prior_window: IntensityWindow,
         "model": None if net is None else net.describe(),
         "parameters": cfg.as_dict(),
         "intensity": {"prior": prior_window.describe(), "followup": follow_window.describe()},
-        "registration": reg.parameters(),
+        "registration": {"mode": cfg.registration, "per_segment": reg},
         "prior": src(prior_source, prior_mod),
         "followup": src(followup_source, follow_mod),
     }

@@ -8,6 +8,7 @@ pyradiomics lung1 CT (Testing/Data/lung1_crop) re-imaged by Testing/Tools/simula
 
   p2sam            the default pipeline (P²SAM proposals fused with the registered prior)
   p2sam model-only the P²SAM proposals alone (prior_weight 0)
+  p2sam w=W        the P²SAM proposals fused with prior_weight W (any W in 0..1, e.g. "p2sam w=0.25")
   registered-box   LiteMedSAM prompted with the rigidly registered prior's box on each slice
   oracle box       LiteMedSAM prompted with the TRUE follow-up mask's box on each slice (ceiling)
   rigid            rigid registration only (prior mask carried over)
@@ -99,9 +100,13 @@ def run_case(case: int, structures: List[str], methods: List[str], net, prior, l
     for method in methods:
         t0 = time.perf_counter()
         timing = {}
-        if method in ("p2sam", "p2sam model-only", "registered-box", "rigid"):
-            cfg = PropagationConfig(method="p2sam" if method.startswith("p2sam") else method,
-                                    prior_weight=0.0 if method == "p2sam model-only" else 0.5)
+        if method.startswith("p2sam") or method in ("registered-box", "rigid"):
+            weight = 0.5
+            if method == "p2sam model-only":
+                weight = 0.0
+            elif method.startswith("p2sam w="):
+                weight = float(method.split("=", 1)[1])
+            cfg = PropagationConfig(method="p2sam" if method.startswith("p2sam") else method, prior_weight=weight)
             if method == "p2sam":
                 net.cache = EmbeddingCache()  # honest timing: nothing encoded before
             res = propagate(prior, segs, fu, model=net, config=cfg)
@@ -110,13 +115,15 @@ def run_case(case: int, structures: List[str], methods: List[str], net, prior, l
         elif method == "oracle box":
             outs = {n: oracle_box(net, fu, sitk.GetArrayFromImage(truth[n]).astype(bool), PropagationConfig())
                     for n in structures}
-        else:  # deformable registration only
-            if "rigid" not in reg_cache:
-                region = structure_region([m for m in masks.values()], 40.0)
-                reg_cache["rigid"] = (register_rigid(fu, prior, region).transform, region)
-            rigid, region = reg_cache["rigid"]
-            tx = register_deformable(fu, prior, rigid, region, method=method)
-            outs = {n: sitk.GetArrayFromImage(warp_mask(masks[n], fu, tx)).astype(bool) for n in structures}
+        else:  # deformable registration only, per structure like the pipeline's rigid step
+            outs = {}
+            for n in structures:
+                if n not in reg_cache:
+                    region = structure_region([masks[n]], 40.0)
+                    reg_cache[n] = (register_rigid(fu, prior, region).transform, region)
+                rigid, region = reg_cache[n]
+                tx = register_deformable(fu, prior, rigid, region, method=method)
+                outs[n] = sitk.GetArrayFromImage(warp_mask(masks[n], fu, tx)).astype(bool)
         seconds = time.perf_counter() - t0
         for n in structures:
             t = sitk.GetArrayFromImage(truth[n]).astype(bool)
