@@ -12,8 +12,6 @@ import os
 import shutil
 import sys
 import tempfile
-import textwrap
-import time
 from pathlib import Path
 from typing import List, Optional
 
@@ -293,26 +291,11 @@ def _pick_series(path: str, uids: Optional[List[str]]) -> Optional[str]:
     return uids[0] if len(uids) == 1 else None
 
 
-def _check_side_output(path: Optional[str], overwrite: bool, option: str) -> None:
-    from .errors import InputError
-
-    if path is None:
-        return
-    p = Path(path)
-    if p.exists() and not overwrite:
-        raise InputError(option, f"{path} already exists; pass --overwrite to replace it")
-    parent = p.parent if str(p.parent) else Path(".")
-    if not parent.is_dir():
-        raise InputError(option, f"folder {parent} does not exist")
-    if not os.access(parent, os.W_OK):
-        raise InputError(option, f"folder {parent} is not writable")
-
-
 def _propagate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from .errors import InputError
-    from .io3d import check_output_path, read_segmentation, read_volume, write_segmentation
+    from .io3d import check_output_path, check_writable_file, read_segmentation, read_volume, write_segmentation
     from .propagate import PropagationConfig, propagate
     from .report import overlay_montage, write_report
     from .io2d import write_png_atomic
@@ -342,8 +325,9 @@ def _propagate(args: argparse.Namespace) -> int:
     prior, prior_src = read_volume(args.prior_image, _pick_series(args.prior_image, args.series_uid))
     follow, follow_src = read_volume(args.followup, _pick_series(args.followup, args.series_uid))
     kind = check_output_path(args.output, args.overwrite, follow_src)
-    _check_side_output(args.report, args.overwrite, "--report")
-    _check_side_output(args.overlay, args.overwrite, "--overlay")
+    for option, path in (("--report", args.report), ("--overlay", args.overlay)):
+        if path:
+            check_writable_file(path, args.overwrite, f"{option} {path}")
     segments = read_segmentation(args.prior_segmentation, prior, prior_src, names)
 
     bar = tqdm(total=1000, desc="propagating", unit="‰", disable=args.quiet, file=sys.stderr,

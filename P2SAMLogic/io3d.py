@@ -1166,6 +1166,26 @@ def _sidecar_path(path: PathLike) -> str:
     return _strip_volume_extension(path) + ".labels.json"
 
 
+def check_writable_file(path: PathLike, overwrite: bool = False, source: Optional[str] = None) -> None:
+    """Check, before any computation, that the file ``path`` may be (re)written.
+
+    Raises:
+        InputError (named ``source``, default the path): ``path`` is a folder, exists and not
+        ``overwrite``, or its folder is missing or not writable.
+    """
+    name = path if source is None else source
+    p = os.path.abspath(str(path))
+    if os.path.isdir(p):
+        raise InputError(name, "is a folder; give an output file name")
+    if os.path.exists(p) and not overwrite:
+        raise InputError(name, "already exists; pass --overwrite to replace it")
+    parent = os.path.dirname(p)
+    if not os.path.isdir(parent):
+        raise InputError(name, f"output folder {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(name, f"output folder {parent} is not writable")
+
+
 def check_output_path(path: PathLike, overwrite: bool = False, reference_source: Optional[VolumeSource] = None) -> str:
     """Check, before any computation, that ``path`` can be written; return its :func:`output_kind`.
 
@@ -1175,18 +1195,10 @@ def check_output_path(path: PathLike, overwrite: bool = False, reference_source:
     """
     kind = output_kind(path)
     p = os.path.abspath(str(path))
-    if os.path.isdir(p):
-        raise InputError(path, "is a folder; give an output file name")
-    if os.path.exists(p) and not overwrite:
-        raise InputError(path, "already exists; pass --overwrite to replace it")
+    check_writable_file(path, overwrite)
     if kind == "nifti" and os.path.exists(_sidecar_path(p)) and not overwrite:
         raise InputError(path, f"its label table {os.path.basename(_sidecar_path(p))} already exists; "
                                "pass --overwrite to replace it")
-    parent = os.path.dirname(p)
-    if not os.path.isdir(parent):
-        raise InputError(path, f"output folder {parent} does not exist")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise InputError(path, f"output folder {parent} is not writable")
     if kind == "dicom-seg" and (reference_source is None or reference_source.kind != "dicom"
                                 or not reference_source.dicom_files):
         raise InputError(path, "DICOM SEG output needs the follow-up as a DICOM series; "

@@ -437,9 +437,8 @@ def propagate(prior_image: sitk.Image, prior_segments: Sequence[Segment], follow
             segmenter = _make_segmenter(net, cfg)
             if cfg.method == "p2sam":
                 t = time.perf_counter()
-                t_enc = time.perf_counter()
                 net.encode([r.image for r in refs])
-                encoder_only += time.perf_counter() - t_enc
+                encoder_only += time.perf_counter() - t
                 for r in refs:
                     r.state = segmenter.prepare_reference(r.image, r.mask, source=f"segment '{seg.name}'")
                 ref_s += time.perf_counter() - t

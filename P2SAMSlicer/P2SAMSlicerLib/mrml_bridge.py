@@ -30,6 +30,8 @@ import slicer
 
 from P2SAMLogic.volume import PROPOSAL_STATUS, Segment
 
+from .runner import json_default
+
 #: RAS <-> LPS (its own inverse)
 FLIP_RAS_LPS = np.diag([-1.0, -1.0, 1.0])
 BINARY_LABELMAP = "Binary labelmap"
@@ -446,7 +448,7 @@ def segment_tag(segment, key: str) -> Optional[str]:
 
 def store_report(segmentation_node, report: dict, followup: sitk.Image) -> None:
     """Keep the propagation report (JSON) and the follow-up geometry it refers to on the node."""
-    segmentation_node.SetAttribute(REPORT_ATTRIBUTE, json.dumps(report, separators=(",", ":"), default=_json_default))
+    segmentation_node.SetAttribute(REPORT_ATTRIBUTE, json.dumps(report, separators=(",", ":"), default=json_default))
     segmentation_node.SetAttribute(GEOMETRY_ATTRIBUTE, json.dumps(geometry_of(followup)))
 
 
@@ -464,16 +466,6 @@ def stored_report(segmentation_node) -> Optional[dict]:
 def stored_geometry(segmentation_node) -> Optional[dict]:
     text = segmentation_node.GetAttribute(GEOMETRY_ATTRIBUTE) if segmentation_node is not None else None
     return json.loads(text) if text else None
-
-
-def _json_default(o):
-    if isinstance(o, np.integer):
-        return int(o)
-    if isinstance(o, np.floating):
-        return float(o) if np.isfinite(o) else None
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    return str(o)
 
 
 def slice_point_ras(ijk_to_ras: np.ndarray, k: int, window: Optional[Sequence[float]] = None,

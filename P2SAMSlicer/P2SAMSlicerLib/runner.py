@@ -109,11 +109,12 @@ def run_propagation(prior_image: sitk.Image, prior_segments: Sequence, followup:
 def write_json_atomic(path: str, data) -> None:
     tmp = path + ".part"
     with open(tmp, "w", encoding="utf-8") as handle:
-        json.dump(data, handle, default=_json_default)
+        json.dump(data, handle, default=json_default)
     os.replace(tmp, path)
 
 
-def _json_default(o):
+def json_default(o):
+    """``json`` fallback for numpy scalars/arrays (non-finite floats -> null), else ``str``."""
     try:
         import numpy as np
 

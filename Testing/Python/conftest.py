@@ -87,3 +87,17 @@ def simulated_followup(lung_crop):
 
     ct, masks = lung_crop
     return simulate_followup(ct, masks, seed=0)
+
+
+def imported_roots(tree, top_level_only: bool = False):
+    """Top-level package names imported by a parsed module (``ast`` tree); ``top_level_only``:
+    only the module's own top-level statements (not imports inside functions)."""
+    import ast
+
+    nodes = tree.body if top_level_only else ast.walk(tree)
+    for node in nodes:
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield alias.name.split(".")[0]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            yield node.module.split(".")[0]

@@ -4,19 +4,12 @@ from pathlib import Path
 
 import pytest
 
+from conftest import imported_roots
+
 ROOT = Path(__file__).resolve().parents[2]
 ENGINE_FILES = sorted((ROOT / "P2SAMLogic").rglob("*.py"))
 MODULE_FILES = sorted((ROOT / "P2SAMSlicer").rglob("*.py"))
 FORBIDDEN = {"slicer", "qt", "vtk", "ctk", "PythonQt", "torchvision", "timm"}
-
-
-def _imported_roots(tree: ast.AST):
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            for alias in node.names:
-                yield alias.name.split(".")[0]
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            yield node.module.split(".")[0]
 
 
 def test_there_is_an_engine_to_check():
@@ -30,5 +23,5 @@ def test_parses_as_python_3_9(path):
 
 @pytest.mark.parametrize("path", ENGINE_FILES, ids=lambda p: str(p.relative_to(ROOT)))
 def test_engine_never_imports_slicer_qt_vtk_torchvision_or_timm(path):
-    roots = set(_imported_roots(ast.parse(path.read_text(encoding="utf-8"))))
+    roots = set(imported_roots(ast.parse(path.read_text(encoding="utf-8"))))
     assert not roots & FORBIDDEN, f"{path.name} imports {sorted(roots & FORBIDDEN)}"

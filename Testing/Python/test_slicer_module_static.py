@@ -23,6 +23,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import imported_roots
+
 ROOT = Path(__file__).resolve().parents[2]
 MODULE_DIR = ROOT / "P2SAMSlicer"
 MODULE_FILE = MODULE_DIR / "P2SAMSlicer.py"
@@ -38,29 +40,14 @@ def parse(path: Path) -> ast.Module:
     return ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
 
 
-def imported_roots(tree: ast.AST, top_level_only: bool = False):
-    nodes = tree.body if top_level_only else ast.walk(tree)
-    for node in nodes:
-        if isinstance(node, ast.Import):
-            for alias in node.names:
-                yield alias.name.split(".")[0]
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            yield node.module.split(".")[0]
-
-
 # ------------------------------------------------------------------------------------------
-# Python 3.9
+# Python 3.9 (every module file is parsed as 3.9 in test_conventions.py)
 
 
 def test_module_files_are_found():
     names = {p.name for p in ALL_MODULE_FILES}
     assert {"P2SAMSlicer.py", "mrml_bridge.py", "logic.py", "runner.py", "background.py", "dependencies.py",
             "correction.py", "SegmentEditorP2SAM.py", "SegmentEditorEffect.py"} <= names
-
-
-@pytest.mark.parametrize("path", ALL_MODULE_FILES, ids=lambda p: str(p.relative_to(ROOT)))
-def test_module_file_parses_as_python_3_9(path):
-    ast.parse(path.read_text(encoding="utf-8"), filename=str(path), feature_version=(3, 9))
 
 
 def test_module_file_avoids_postponed_annotations():
