@@ -101,6 +101,11 @@ Output O, by extension
 Every output is marked as an UNREVIEWED PROPOSAL. Outputs are written only
 after the whole run succeeded, each atomically; inputs are never modified.
 
+Speed: on a CPU each follow-up crop costs one encode (~1 s with LiteMedSAM on
+2 cores) plus the decoding of ~8 candidate boxes and their retrieval; the
+prior's reference slices are encoded and clustered once. --device cuda runs the
+encoder in batches under bf16 autocast. Numbers: Testing/Benchmarks/benchmark_speed.py.
+
 Exit status: 0 on success, 2 on a bad input or option (the message names
 it), 130 when interrupted.
 
@@ -118,7 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="P²SAM: carry a prior segmentation onto a new image with a frozen Segment-Anything "
                     "model (one-shot, training-free).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Run 'p2sam COMMAND --help' for a command's manual.",
+        epilog="Run 'p2sam COMMAND --help' for a command's manual.\n\n"
+               "Environment: P2SAM_NO_JIT=1 runs the image encoder eagerly instead of as a traced\n"
+               "TorchScript graph on the CPU; P2SAM_NO_MALLOPT=1 leaves glibc's allocator settings\n"
+               "alone (both speed-ups give the same results; see README, 'Speed and memory').",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -386,6 +394,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
+    from .runtime import tune_process
+
+    tune_process()  # glibc allocator settings for fast CPU inference (see runtime.py)
     try:
         return int(args.func(args) or 0)
     except P2SAMError as exc:

@@ -37,9 +37,9 @@ from scipy import ndimage
 from .errors import CancelledError, InputError
 from .intensity import IntensityWindow
 from .models.base import Embedding, PromptableModel
-from .segmenter import mask_box
+from .segmenter import box_region, mask_box
 
-WindowLike = Union[IntensityWindow, Tuple[float, float], Sequence[float]]
+WindowLike = Union[IntensityWindow, Tuple[float, float], Sequence[float], Dict[str, object]]
 
 
 @dataclass(frozen=True)
@@ -52,9 +52,17 @@ class Click:
 
 
 def as_intensity_window(intensity: WindowLike) -> IntensityWindow:
-    """An :class:`IntensityWindow` from itself or from ``(low, high)`` scanner units."""
+    """An :class:`IntensityWindow` from itself, from ``(low, high)`` scanner units, or from the
+    ``{"low": ..., "high": ..., "rule": ...}`` record of a propagation's provenance."""
     if isinstance(intensity, IntensityWindow):
         return intensity
+    if isinstance(intensity, dict):
+        if "low" not in intensity or "high" not in intensity:
+            raise InputError("intensity window", f"{intensity} has no 'low' and 'high'")
+        low, high = float(intensity["low"]), float(intensity["high"])
+        if not high > low:
+            raise InputError("intensity window", f"({low}, {high}): high must exceed low")
+        return IntensityWindow(low, high, str(intensity.get("rule", "given window")))
     low, high = float(intensity[0]), float(intensity[1])
     if not high > low:
         raise InputError("intensity window", f"({low}, {high}): high must exceed low")
@@ -200,22 +208,33 @@ class SliceCorrector:
         return self._embedding
 
     # -- prediction --------------------------------------------------------------------------
-    def _decode(self, emb: Embedding, box: np.ndarray, offset: np.ndarray) -> np.ndarray:
-        """One decoder call (``box`` and every click, ROI pixels); bool mask of the ROI."""
+    def _decode(self, emb: Embedding, boxes: np.ndarray, offset: np.ndarray) -> np.ndarray:
+        """One batched decoder call: each of ``boxes`` (``B x 4``, slice pixels) with every click,
+        on the feature-grid region around all of them; bool ``B x h x w`` masks of the ROI."""
+        boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
         pts = labels = None
         if self.clicks and self.use_point_prompts:
-            pts = np.array([[[c.x - offset[0], c.y - offset[1]] for c in self.clicks]], dtype=np.float64)
-            labels = np.array([[1 if c.positive else 0 for c in self.clicks]], dtype=np.int64)
-        local = box - np.tile(offset, 2)
-        out = self.model.decode(emb, points=pts, point_labels=labels, boxes=local[None])
+            one = [[c.x - offset[0], c.y - offset[1]] for c in self.clicks]
+            pts = np.array([one] * len(boxes), dtype=np.float64)
+            labels = np.array([[1 if c.positive else 0 for c in self.clicks]] * len(boxes), dtype=np.int64)
+        local = boxes - np.tile(offset, 2)[None]
+        region = None
+        if not self.use_point_prompts:  # box prompts act locally: decode on the region around them
+            for b in local:
+                r = box_region(emb, b)
+                region = r if region is None else (min(region[0], r[0]), max(region[1], r[1]),
+                                                   min(region[2], r[2]), max(region[3], r[3]))
+        out = self.model.decode(emb, points=pts, point_labels=labels, boxes=local, region=region)
         self.last_iou = float(out.iou[0])
-        return emb.frame.logits_to_original(out.low_res_logits)[0, 0].cpu().numpy() > 0
+        return emb.frame.logits_to_original(out.low_res_logits)[:, 0].cpu().numpy() > 0
 
     def predict(self) -> np.ndarray:
         """The slice's mask from the current prompts: bool ``H x W`` (False outside the ROI).
 
         Without any prompt (no box, no positive click) the initial mask (or an empty one)
-        is returned unchanged.
+        is returned unchanged. One decoder call: the prompt box and, for each positive
+        click, a box of the structure's size centred on it (used when the click falls
+        outside the first mask: the component under the click is added).
         """
         box = self.prompt_box()
         if box is None:
@@ -224,19 +243,19 @@ class SliceCorrector:
         x0, y0, x1, y1 = roi
         offset = np.array([x0, y0], dtype=np.float64)
         emb = self.embedding(roi)
-        local = self._decode(emb, box, offset)
         base_w = (self.box[2] - self.box[0]) if self.box is not None else 2 * self.CLICK_MARGIN_PX + 1
         base_h = (self.box[3] - self.box[1]) if self.box is not None else 2 * self.CLICK_MARGIN_PX + 1
-        for c in self.clicks:
+        positives = [c for c in self.clicks if c.positive]
+        arounds = [_clip_box(np.array([c.x - base_w / 2.0, c.y - base_h / 2.0, c.x + base_w / 2.0,
+                                       c.y + base_h / 2.0]), self.shape) for c in positives]
+        masks = self._decode(emb, np.stack([box] + arounds), offset)
+        local = masks[0].copy()
+        for c, extra in zip(positives, masks[1:]):
             lx, ly = int(c.x - x0), int(c.y - y0)
-            if not c.positive or local[ly, lx]:
+            if local[ly, lx] or not extra[ly, lx]:
                 continue
-            around = _clip_box(np.array([c.x - base_w / 2.0, c.y - base_h / 2.0,
-                                         c.x + base_w / 2.0, c.y + base_h / 2.0]), self.shape)
-            extra = self._decode(emb, around, offset)
-            if extra[ly, lx]:
-                labels, _ = ndimage.label(extra)
-                local |= labels == labels[ly, lx]
+            labels, _ = ndimage.label(extra)
+            local |= labels == labels[ly, lx]
         local = self._carve_negatives(local, box, offset)
         full = np.zeros(self.shape, dtype=bool)
         full[y0:y1, x0:x1] = local

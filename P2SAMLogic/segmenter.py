@@ -28,7 +28,7 @@ from .matching import peak_points, similarity_maps
 from .models.base import DecodeOutput, Embedding, PromptableModel
 from .models.frames import coverage_on_grid
 from .parts import PooledFeatures, background_features, foreground_features, part_prototypes
-from .retrieval import wasserstein_distance
+from .retrieval import PreparedSet, prepare_set, wasserstein_prepared
 
 METHODS = ("p2sam", "persam", "no-retrieval")
 
@@ -71,6 +71,7 @@ class P2SAMConfig:
         local_decode: box prompts: decode each box on the feature-grid region
             around it (the box grown by half its size, at least 16 cells) instead
             of the whole grid -- several times cheaper per candidate.
+        decode_context: that region is the box grown by this fraction of its size per side.
         selection: how retrieval picks the winner. ``wasserstein``: the smallest
             Wasserstein distance to the reference foreground (the paper's rule).
             ``rank``: the best rank sum of three measures -- that distance, the
@@ -97,6 +98,7 @@ class P2SAMConfig:
     negative_filter: bool = False
     prompts: str = "auto"
     local_decode: bool = True
+    decode_context: float = 0.5
     selection: str = "auto"
     kmeans_init: int = 10
     seed: int = 0
@@ -152,6 +154,14 @@ class ReferenceState:
     negatives: Dict[int, torch.Tensor] = field(default_factory=dict)
     clusterings: int = 0
     timings: Dict[str, float] = field(default_factory=dict)
+    _prepared: Dict[str, Optional[PreparedSet]] = field(default_factory=dict, repr=False)
+
+    def prepared(self, which: str) -> Optional[PreparedSet]:
+        """``foreground`` / ``background`` features prepared for transport problems (once)."""
+        if which not in self._prepared:
+            pooled = self.foreground if which == "foreground" else self.background
+            self._prepared[which] = None if pooled is None else prepare_set(pooled.features, pooled.weights, seed=1)
+        return self._prepared[which]
 
 
 @dataclass
@@ -242,6 +252,47 @@ def square_window(box: np.ndarray, context: float, shape: Tuple[int, int], minim
     x0, x1 = max(0, x0), min(shape[1], x0 + side)
     y0, y1 = max(0, y0), min(shape[0], y0 + side)
     return np.array([x0, y0, x1, y1], dtype=np.float64)
+
+
+#: candidates share one batched decoder call when the union of their grid regions is at most
+#: this much larger than the largest of them (batched calls cost less per candidate on a CPU)
+BATCH_REGION_SLACK = 0.25
+#: the refinement call (box of the first mask + its logits) is decoded on the region around that box too
+LOCAL_REFINE = True
+
+
+def box_region(emb: Embedding, box: Sequence[float], grow: float = 0.5, minimum: int = 16) -> Tuple[int, int, int, int]:
+    """Feature-grid region ``(row0, row1, col0, col1)`` (half-open) to decode a box on: the box
+    (original pixels) grown by ``grow`` times its size per side (at least 2 cells), at least
+    ``minimum`` cells per side, inside the grid."""
+    g = emb.grid
+    stride = emb.frame.input_size / g
+    x0, y0, x1, y1 = emb.frame.to_model(np.asarray(box, dtype=np.float64)) / stride
+    grow_x, grow_y = max(2.0, grow * (x1 - x0)), max(2.0, grow * (y1 - y0))
+    c0, c1 = int(np.floor(x0 - grow_x)), int(np.ceil(x1 + grow_x))
+    r0, r1 = int(np.floor(y0 - grow_y)), int(np.ceil(y1 + grow_y))
+    minimum = min(minimum, g)
+
+    def span(a: int, b: int) -> Tuple[int, int]:
+        if b - a < minimum:
+            pad = minimum - (b - a)
+            a, b = a - pad // 2, b + pad - pad // 2
+        a, b = max(0, a), min(g, b)
+        if b - a < minimum:
+            a, b = (0, minimum) if a == 0 else (g - minimum, g)
+        return a, b
+
+    r0, r1 = span(r0, r1)
+    c0, c1 = span(c0, c1)
+    return r0, r1, c0, c1
+
+
+def _union_region(a: Tuple[int, int, int, int], b: Tuple[int, int, int, int]) -> Tuple[int, int, int, int]:
+    return min(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), max(a[3], b[3])
+
+
+def _area(r: Tuple[int, int, int, int]) -> int:
+    return (r[1] - r[0]) * (r[3] - r[2])
 
 
 def _box_around(centre: np.ndarray, size: Tuple[float, float], shape: Tuple[int, int]) -> np.ndarray:
@@ -580,7 +631,9 @@ class P2SAMSegmenter:
         box = self._boxes_of(emb, logits)[0]
         if box is None:
             return None
-        return self.model.decode(emb, boxes=box[None], mask_input=logits)
+        region = (box_region(emb, box, self.config.decode_context)
+                  if self.config.local_decode and LOCAL_REFINE else None)
+        return self.model.decode(emb, boxes=box[None], mask_input=logits, region=region)
 
     def _boxes_of(self, emb: Embedding, logits: torch.Tensor) -> List[Optional[np.ndarray]]:
         masks = emb.frame.logits_to_original(logits)[:, 0] > 0
@@ -589,37 +642,32 @@ class P2SAMSegmenter:
     def _decode_boxes(self, emb: Embedding, cands: List[Candidate]) -> Tuple[torch.Tensor, torch.Tensor]:
         """Decode each candidate's box; ``B x 1 x L x L`` logits and ``B`` IoUs.
 
-        One batched call on the whole grid, or (``local_decode``) one call per box on its region.
+        One batched call on the whole grid, or (``local_decode``) on grid regions around the
+        boxes: candidates whose regions nearly coincide (their union at most
+        ``1 + BATCH_REGION_SLACK`` times the largest one) share one batched call on the union.
         """
         boxes = np.array([cd.box for cd in cands], dtype=np.float64)
         if not self.config.local_decode:
             out = self.model.decode(emb, boxes=boxes)
             return out.low_res_logits, out.iou
-        outs = [self._decode_box_local(emb, b) for b in boxes]
-        return torch.cat([o.low_res_logits for o in outs]), torch.cat([o.iou for o in outs])
-
-    def _decode_box_local(self, emb: Embedding, box: np.ndarray):
-        """Decode one box (original pixels) on the grid region around it."""
-        g = emb.grid
-        stride = emb.frame.input_size / g
-        x0, y0, x1, y1 = emb.frame.to_model(box) / stride
-        grow_x, grow_y = max(2.0, 0.5 * (x1 - x0)), max(2.0, 0.5 * (y1 - y0))
-        c0, c1 = int(np.floor(x0 - grow_x)), int(np.ceil(x1 + grow_x))
-        r0, r1 = int(np.floor(y0 - grow_y)), int(np.ceil(y1 + grow_y))
-        minimum = min(16, g)
-
-        def span(a: int, b: int):
-            if b - a < minimum:
-                pad = minimum - (b - a)
-                a, b = a - pad // 2, b + pad - pad // 2
-            a, b = max(0, a), min(g, b)
-            if b - a < minimum:
-                a, b = (0, minimum) if a == 0 else (g - minimum, g)
-            return a, b
-
-        r0, r1 = span(r0, r1)
-        c0, c1 = span(c0, c1)
-        return self.model.decode(emb, boxes=box[None], region=(r0, r1, c0, c1))
+        regions = [box_region(emb, b, self.config.decode_context) for b in boxes]
+        groups: List[Tuple[Tuple[int, int, int, int], List[int]]] = []
+        for i, reg in enumerate(regions):
+            for gi, (greg, members) in enumerate(groups):
+                union = _union_region(greg, reg)
+                largest = max(_area(regions[j]) for j in members + [i])
+                if _area(union) <= (1.0 + BATCH_REGION_SLACK) * largest:
+                    groups[gi] = (union, members + [i])
+                    break
+            else:
+                groups.append((reg, [i]))
+        logits: List[Optional[torch.Tensor]] = [None] * len(cands)
+        ious: List[Optional[torch.Tensor]] = [None] * len(cands)
+        for reg, members in groups:
+            out = self.model.decode(emb, boxes=boxes[members], region=reg)
+            for j, i in enumerate(members):
+                logits[i], ious[i] = out.low_res_logits[j:j + 1], out.iou[j:j + 1]
+        return torch.cat(logits), torch.cat(ious)  # type: ignore[arg-type]
 
     def _cascade(self, emb: Embedding, cands: List[Candidate]) -> Tuple[torch.Tensor, torch.Tensor]:
         """Point prompts: the three-call cascade, every candidate batched per call.
@@ -658,17 +706,21 @@ class P2SAMSegmenter:
         valid = emb.frame.grid_valid(g).to(logits.device)
         cover = torch.nn.functional.adaptive_avg_pool2d((logits > 0).float(), g)[:, 0] * valid
         feats = emb.features[0]
+        # one host transfer for every candidate's IoU and area (not one per candidate on a GPU)
+        ious = iou.float().cpu().tolist()
+        areas = cover.sum(dim=(1, 2)).cpu().tolist()
         for i, cd in enumerate(cands):
-            cd.predicted_iou = float(iou[i])
-            cd.area_cells = float(cover[i].sum())
+            cd.predicted_iou = float(ious[i])
+            cd.area_cells = float(areas[i])
             if cd.area_cells <= 0:
                 cd.score = math.inf
                 continue
             pooled = foreground_features(feats, cover[i])
-            cd.score = wasserstein_distance(pooled.features, ref.foreground.features, pooled.weights, ref.foreground.weights)
-            if ref.background is not None:
-                cd.background_distance = wasserstein_distance(pooled.features, ref.background.features,
-                                                              pooled.weights, ref.background.weights)
+            mine = prepare_set(pooled.features, pooled.weights, seed=0)
+            cd.score = wasserstein_prepared(mine, ref.prepared("foreground"))
+            background = ref.prepared("background")
+            if background is not None:
+                cd.background_distance = wasserstein_prepared(mine, background)
 
     def _select(self, cands: List[Candidate]) -> int:
         """Index of the winning candidate; sets each candidate's ``rank`` (lower is better, ``inf`` = empty)."""

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import warnings
 from abc import ABC, abstractmethod
 from collections import OrderedDict
 from contextlib import nullcontext
@@ -136,6 +138,9 @@ class PromptableModel(ABC):
     prompt_modality: PromptModality
     input_size: int
     batch_size: int = 4
+    #: images per encoder call on the CPU: one at a time measured fastest on 2 cores
+    #: (LiteMedSAM, traced: 1.01 s per image alone, 1.17 s in batches of 4; see the README)
+    cpu_batch_size: int = 1
 
     def __init__(self, net: torch.nn.Module, device: torch.device, cache: Optional[EmbeddingCache] = None) -> None:
         self.net = net.eval().to(device)
@@ -144,6 +149,13 @@ class PromptableModel(ABC):
         self.device = device
         self.cache = cache if cache is not None else EmbeddingCache()
         self.encode_calls = 0  # images actually run through the encoder
+        self.encoder_seconds = 0.0  # wall time spent in the encoder (all calls)
+        #: CPU: run the image encoder as a TorchScript graph traced and frozen once per input
+        #: shape (the model input is always ``3 x S x S``, so shapes never vary within a model):
+        #: ~20 % faster than eager on the development CPU, outputs equal to eager within 1e-5.
+        #: Set ``P2SAM_NO_JIT=1`` (or this attribute to False) for eager execution.
+        self.jit_encoder = device.type == "cpu" and os.environ.get("P2SAM_NO_JIT", "") not in ("1", "true", "yes")
+        self._traced: dict = {}
 
     # -- identity -----------------------------------------------------------------
     @property
@@ -180,7 +192,7 @@ class PromptableModel(ABC):
         """Encode images (each ``H x W x 3`` uint8 RGB), reusing cached embeddings.
 
         Images not in the cache run through the encoder in batches of
-        ``batch_size``. Returns one :class:`Embedding` per image, in order.
+        ``encode_batch_size``. Returns one :class:`Embedding` per image, in order.
         """
         images = [as_rgb_uint8(im, f"image #{i}") for i, im in enumerate(images)]
         keys = [self.cache_key(im) for im in images]
@@ -191,13 +203,12 @@ class PromptableModel(ABC):
         for i in todo:
             first_of.setdefault(keys[i], i)
         unique = sorted(first_of.values())
-        for start in range(0, len(unique), self.batch_size):
-            chunk = unique[start:start + self.batch_size]
+        step = self.encode_batch_size
+        for start in range(0, len(unique), step):
+            chunk = unique[start:start + step]
             frames = [self.frame_for(images[i]) for i in chunk]
             batch = torch.stack([self._preprocess(images[i], f) for i, f in zip(chunk, frames)]).to(self.device)
-            with self._autocast():
-                feats = self.net.image_encoder(batch)
-            feats = feats.float()
+            feats = self.run_encoder(batch)
             self.encode_calls += len(chunk)
             for j, i in enumerate(chunk):
                 emb = Embedding(features=feats[j:j + 1].clone(), frame=frames[j], key=keys[i])
@@ -207,6 +218,44 @@ class PromptableModel(ABC):
             if out[i] is None:
                 out[i] = self.cache.get(keys[i]) or out[first_of[keys[i]]]
         return out  # type: ignore[return-value]
+
+    @property
+    def encode_batch_size(self) -> int:
+        """Images per encoder call: ``cpu_batch_size`` on the CPU, ``batch_size`` on a GPU."""
+        return max(1, self.cpu_batch_size if self.device.type == "cpu" else self.batch_size)
+
+    @torch.no_grad()
+    def run_encoder(self, batch: torch.Tensor) -> torch.Tensor:
+        """The image encoder alone: float32 ``B x 3 x S x S`` model input (on the model's device) →
+        float32 ``B x C x g x g`` features. Traced on the CPU (see ``jit_encoder``), autocast on CUDA.
+        Adds its wall time to ``encoder_seconds``."""
+        import time
+
+        t = time.perf_counter()
+        fn = self._encoder_for(batch) if self.jit_encoder else self.net.image_encoder
+        with self._autocast():
+            feats = fn(batch)
+        feats = feats.float()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.encoder_seconds += time.perf_counter() - t
+        return feats
+
+    def _encoder_for(self, batch: torch.Tensor):
+        key = tuple(batch.shape)
+        fn = self._traced.get(key)
+        if fn is None:
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # TracerWarnings about shape-dependent Python code
+                    traced = torch.jit.trace(self.net.image_encoder, batch, check_trace=False)
+                    fn = torch.jit.freeze(traced.eval())
+            except Exception as exc:  # pragma: no cover - an architecture TorchScript cannot trace
+                warnings.warn(f"{self.name}: could not trace the image encoder ({exc}); running it eagerly")
+                self.jit_encoder = False
+                return self.net.image_encoder
+            self._traced[key] = fn
+        return fn
 
     # -- decoding -----------------------------------------------------------------
     @torch.no_grad()

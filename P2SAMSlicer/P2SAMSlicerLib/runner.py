@@ -234,6 +234,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     if len(argv) != 1 or not os.path.isfile(os.path.join(argv[0], "job.json")):
         print("usage: python -m P2SAMSlicerLib.runner JOB_FOLDER (a folder with job.json)", file=sys.stderr)
         return EXIT_FAILED
+    try:  # this worker process is ours: tune the allocator for CPU inference (P2SAMLogic/runtime.py)
+        from P2SAMLogic.runtime import tune_process
+        tune_process()
+    except ImportError:
+        pass  # run_job reports the missing engine
     return run_job(argv[0])
 
 

@@ -14,21 +14,18 @@ pyradiomics lung1 CT (Testing/Data/lung1_crop) re-imaged by Testing/Tools/simula
   rigid            rigid registration only (prior mask carried over)
   bspline, demons  rigid + deformable registration only (SimpleITK)
 
-Metrics: Dice, HD95 (mm), volume error (%), seconds. Speed: end-to-end vs encoder-only time
-of the p2sam run (fresh embedding cache), and, with --speed, one run on a 512 x 512 x 150
-follow-up simulated from the full lung1 CT (needs --lung1) in a subprocess for its peak RSS.
+Metrics: Dice, HD95 (mm), volume error (%), seconds (and, for the p2sam run from a fresh
+embedding cache, its end-to-end and in-pipeline encoder seconds). Speed and memory have their
+own benchmark: Testing/Benchmarks/benchmark_speed.py.
 
     python Testing/Benchmarks/benchmark_3d.py [--cases 3] [--structures GTV,VertebralBody]
-        [--methods ...] [--speed --lung1 DIR] [--json out.json]
+        [--methods ...] [--json out.json]
 """
 from __future__ import annotations
 
 import argparse
 import json
 import math
-import os
-import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -131,34 +128,10 @@ def run_case(case: int, structures: List[str], methods: List[str], net, prior, l
             rows.append({"case": case, "structure": n, "method": method, "dice": dice(o, t), "hd95_mm": hd95(o, t, kji),
                          "volume_error_pct": 100.0 * (o.sum() - t.sum()) / max(1, t.sum()), "seconds": seconds,
                          "true_change_pct": 100.0 * (info["volume_ratio"][n] - 1.0),
-                         "encoder_only_s": timing.get("encoder_only"), "total_s": timing.get("total")})
+                         "encoder_only_s": timing.get("encode"), "total_s": timing.get("total")})
         print(f"case {case} {method:17s} " + "  ".join(f"{r['structure']} {r['dice']:.3f}" for r in rows[-len(structures):])
               + f"  {seconds:.1f} s", file=sys.stderr, flush=True)
     return rows
-
-
-def make_speed_case(lung1: Path, folder: Path) -> None:
-    """A 512 x 512 x 150 follow-up simulated from the full lung1 CT, written to ``folder``."""
-    prior = sitk.ReadImage(str(lung1 / "lung1_image.nrrd"), sitk.sitkFloat32)
-    gtv = sitk.Cast(sitk.ReadImage(str(lung1 / "lung1_label.nrrd")) > 0, sitk.sitkUInt8)
-    fu, truth, _ = simulate_followup(prior, {"GTV": gtv}, seed=0, spacing=(0.6, 0.6, 1.5), size=(512, 512, 150))
-    sitk.WriteImage(fu, str(folder / "followup.nrrd"))
-    sitk.WriteImage(truth["GTV"], str(folder / "truth.nrrd"))
-
-
-def speed_run(lung1: Path, folder: Path) -> None:
-    """Child process (its peak RSS is the pipeline's alone): read the speed case and propagate the GTV."""
-    prior = sitk.ReadImage(str(lung1 / "lung1_image.nrrd"), sitk.sitkFloat32)
-    gtv = sitk.Cast(sitk.ReadImage(str(lung1 / "lung1_label.nrrd")) > 0, sitk.sitkUInt8)
-    fu = sitk.ReadImage(str(folder / "followup.nrrd"), sitk.sitkFloat32)
-    net = load_model("litemedsam", device="cpu")
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-    res = propagate(prior, [Segment("GTV", (1, 0, 0), gtv)], fu, model=net)
-    t = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / "truth.nrrd"))).astype(bool)
-    out = {"followup_size": list(fu.GetSize()), "slices_processed": res.reports[0].slices_processed,
-           "timings_s": res.timings, "dice": dice(res.segments[0].array(), t),
-           "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, "rss_before_mb": base}
-    (folder / "speed.json").write_text(json.dumps(out, indent=2))
 
 
 def main() -> int:
@@ -166,15 +139,8 @@ def main() -> int:
     ap.add_argument("--cases", type=int, default=3, help="simulated follow-ups (seeds 0..N-1, different motions)")
     ap.add_argument("--structures", default="GTV,VertebralBody")
     ap.add_argument("--methods", default=",".join(METHODS))
-    ap.add_argument("--speed", action="store_true", help="also run the 512x512x150 speed / memory case")
-    ap.add_argument("--lung1", default="/work/shared/data/pyradiomics_testcases",
-                    help="folder with lung1_image.nrrd and lung1_label.nrrd (for --speed)")
     ap.add_argument("--json", default=None)
-    ap.add_argument("--_speed-child", dest="speed_child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
-    if args.speed_child:
-        speed_run(Path(args.lung1), Path(args.speed_child))
-        return 0
     structures = [s for s in args.structures.split(",") if s]
     methods = [m for m in args.methods.split(",") if m]
     prior = sitk.ReadImage(str(CROP / "prior_ct.nrrd"), sitk.sitkFloat32)
@@ -203,22 +169,10 @@ def main() -> int:
             seen[r["case"]] = (r["total_s"], r["encoder_only_s"])
         tot = np.mean([v[0] for v in seen.values()])
         enc = np.mean([v[1] for v in seen.values()])
-        print(f"\np2sam end-to-end {tot:.1f} s vs encoder-only {enc:.1f} s per case: ratio {tot / enc:.2f}")
-    speed = None
-    if args.speed:
-        import tempfile
-        with tempfile.TemporaryDirectory() as tmp:
-            make_speed_case(Path(args.lung1), Path(tmp))
-            subprocess.run([sys.executable, __file__, "--lung1", args.lung1, "--_speed-child", tmp], check=True)
-            speed = json.loads((Path(tmp) / "speed.json").read_text())
-        t = speed["timings_s"]
-        print(f"\n512x512x150 follow-up ({speed['followup_size']}): {speed['slices_processed']} slices processed, "
-              f"end-to-end {t['total']:.1f} s (registration {t['registration']:.1f} s, encoder-only "
-              f"{t['encoder_only']:.1f} s, ratio {t['total'] / max(t['encoder_only'], 1e-9):.2f}), "
-              f"GTV Dice {speed['dice']:.3f}, peak RSS of the propagation process {speed['peak_rss_mb']:.0f} MB "
-              f"(after loading inputs and model: {speed['rss_before_mb']:.0f} MB)")
+        print(f"\np2sam end-to-end {tot:.1f} s, of which {enc:.1f} s in the image encoder, per case "
+              "(speed and memory: Testing/Benchmarks/benchmark_speed.py)")
     if args.json:
-        Path(args.json).write_text(json.dumps({"rows": rows, "speed": speed}, indent=2, default=str))
+        Path(args.json).write_text(json.dumps({"rows": rows}, indent=2, default=str))
     return 0
 
 

@@ -6,7 +6,6 @@ test the plumbing quickly; one runs the real P²SAM pipeline with the embedded L
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -218,7 +217,7 @@ def test_corrupt_dicom_series(tmp_path, files, capsys, lung_crop):
 
     ct, _ = lung_crop
     d = tmp_path / "ct"
-    info = write_ct_series(ct, d)
+    write_ct_series(ct, d)
     victim = sorted(d.iterdir())[5]
     victim.write_bytes(victim.read_bytes()[:300])
     expect_error(capsys, tmp_path, ["--prior-image", d, "--prior-segmentation", PRIOR_SEG, "--followup",

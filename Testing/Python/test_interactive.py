@@ -130,3 +130,15 @@ def test_repropagate_from_a_corrected_slice(litemedsam):
     assert np.mean(list(scores.values())) >= 0.6, scores
     with pytest.raises(InputError, match="empty"):
         repropagate_neighbours(litemedsam, volume, (-910.0, 590.0), 0, gtv[0])
+
+
+def test_intensity_window_from_a_provenance_record():
+    from P2SAMLogic.interactive import as_intensity_window
+
+    w = as_intensity_window({"low": -910.0, "high": 590.0, "rule": "CT default"})
+    assert (w.low, w.high, w.rule) == (-910.0, 590.0, "CT default")
+    assert (as_intensity_window((-100, 100)).low, as_intensity_window([-100, 100]).high) == (-100.0, 100.0)
+    with pytest.raises(InputError, match="intensity window"):
+        as_intensity_window({"low": 5.0})
+    with pytest.raises(InputError, match="high must exceed low"):
+        as_intensity_window({"low": 5.0, "high": 1.0})

@@ -1,0 +1,111 @@
+"""The speed paths give the same answers as the plain ones (issue: speed and memory).
+
+Speed itself is measured by Testing/Benchmarks/benchmark_speed.py, never asserted here.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import ot
+import pytest
+import torch
+
+from P2SAMLogic import runtime
+from P2SAMLogic.models.sam import SegmentAnything
+from P2SAMLogic.retrieval import prepare_set, wasserstein_distance, wasserstein_prepared
+from P2SAMLogic.segmenter import P2SAMConfig, P2SAMSegmenter, box_region
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_traced_encoder_equals_eager(litemedsam, make_disc):
+    img, _ = make_disc(90, 60, shape=(120, 200))
+    assert litemedsam.jit_encoder and litemedsam.encode_batch_size == 1  # the CPU defaults
+    x = litemedsam._preprocess(img, litemedsam.frame_for(img))[None]
+    with torch.no_grad():
+        eager = litemedsam.net.image_encoder(x)
+    traced = litemedsam.run_encoder(x)
+    assert traced.shape == eager.shape == (1, 256, 64, 64)
+    torch.testing.assert_close(traced, eager, atol=1e-4, rtol=1e-4)
+
+
+def test_traced_sam_encoder_equals_eager_and_can_be_switched_off(tiny_sam_net, make_disc):
+    img, _ = make_disc(90, 60, shape=(120, 200))
+    traced = SegmentAnything(tiny_sam_net, torch.device("cpu"), name="t", sha256="0" * 64)
+    eager = SegmentAnything(tiny_sam_net, torch.device("cpu"), name="t", sha256="0" * 64)
+    eager.jit_encoder = False
+    a, b = traced.encode([img])[0], eager.encode([img])[0]
+    assert traced._traced and not eager._traced
+    torch.testing.assert_close(a.features, b.features, atol=1e-5, rtol=1e-5)
+    assert traced.encoder_seconds > 0 and eager.encoder_seconds > 0
+
+
+def test_jit_off_by_environment(tiny_sam_net, monkeypatch):
+    monkeypatch.setenv("P2SAM_NO_JIT", "1")
+    m = SegmentAnything(tiny_sam_net, torch.device("cpu"), name="t", sha256="0" * 64)
+    assert m.jit_encoder is False
+
+
+def test_runtime_tuning_is_idempotent_and_reports():
+    first = runtime.tune_process()
+    again = runtime.tune_process()
+    assert first == again and set(first) == {"glibc_malloc_tuned"}
+    if sys.platform.startswith("linux") and os.environ.get("P2SAM_NO_MALLOPT") is None:
+        assert first["glibc_malloc_tuned"] is True
+    assert runtime.peak_rss_mb() > 10
+
+
+def test_prepared_sets_match_pot_exactly():
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(60, 16, generator=g), torch.randn(45, 16, generator=g) + 0.5
+    wb = torch.rand(45, generator=g)
+    wb = wb / wb.sum()
+    expected = ot.emd2(np.full(60, 1 / 60), wb.double().numpy(), ot.dist(a.double().numpy(), b.double().numpy()))
+    got = wasserstein_prepared(prepare_set(a), prepare_set(b, wb))
+    assert got == pytest.approx(expected, rel=1e-9)
+    assert wasserstein_distance(a, b, None, wb) == pytest.approx(expected, rel=1e-9)
+    # above the cap both sides are subsampled the same way, whichever entry point is used
+    big_a, big_b = torch.randn(300, 8, generator=g), torch.randn(250, 8, generator=g)
+    assert wasserstein_distance(big_a, big_b, max_cells=50) == pytest.approx(
+        wasserstein_prepared(prepare_set(big_a, max_cells=50, seed=0), prepare_set(big_b, max_cells=50, seed=1)))
+
+
+def test_batched_region_decoding_equals_one_call_per_box(litemedsam, make_disc):
+    img, _ = make_disc(100, 60, r=20, shape=(120, 200))
+    emb = litemedsam.encode([img])[0]
+    seg = P2SAMSegmenter(litemedsam, P2SAMConfig())
+    boxes = [[78.0, 38.0, 122.0, 82.0], [80.0, 40.0, 120.0, 80.0], [5.0, 5.0, 30.0, 30.0]]
+    regions = [box_region(emb, b) for b in boxes]
+    assert regions[0] != regions[2]
+
+    class C:  # the candidate fields _decode_boxes reads
+        def __init__(self, box):
+            self.box = box
+
+    logits, iou = seg._decode_boxes(emb, [C(b) for b in boxes])
+    assert logits.shape == (3, 1, 256, 256) and iou.shape == (3,)
+    # the far box is decoded alone on its own region: identical to a call of its own
+    alone = litemedsam.decode(emb, boxes=np.array([boxes[2]]), region=regions[2])
+    torch.testing.assert_close(logits[2:3], alone.low_res_logits, atol=1e-4, rtol=1e-4)
+    # the two near boxes share a call on the union of their regions: same masks as separate calls there
+    union = tuple(f(a, b) for f, a, b in zip((min, max, min, max), regions[0], regions[1]))
+    for i in (0, 1):
+        own = litemedsam.decode(emb, boxes=np.array([boxes[i]]), region=union)
+        torch.testing.assert_close(logits[i:i + 1], own.low_res_logits, atol=1e-3, rtol=1e-3)
+        m = (logits[i, 0] > 0).numpy()
+        assert m.any() and ((own.low_res_logits[0, 0] > 0).numpy() == m).mean() > 0.999
+
+
+def test_speed_benchmark_manual_and_bad_section():
+    script = ROOT / "Testing" / "Benchmarks" / "benchmark_speed.py"
+    out = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0
+    for key in ("encoder_seconds", "total_seconds", "peak_rss_mb", "dice", "reference-style"):
+        assert key in out.stdout
+    bad = subprocess.run([sys.executable, str(script), "--skip", "pipeline,warp-drive"], capture_output=True,
+                         text=True, timeout=120)
+    assert bad.returncode == 2 and "warp-drive" in bad.stderr
