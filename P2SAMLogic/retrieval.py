@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 #: Cap on feature cells per side of one transport problem (deterministic subsample above it).
-MAX_CELLS = 128
+MAX_CELLS = 200
 
 
 @dataclass

@@ -12,8 +12,8 @@ the benchmarks call :func:`tune_process`; a library user may call it too.
   with ``M_TRIM_THRESHOLD`` raised the heap is not shrunk between passes. Memory is
   then held by the process at its peak rather than returned between encodes (the
   peak itself does not grow; see the README's memory numbers).
-* Nothing else is global: the JIT-traced encoder is per model object (see
-  :meth:`P2SAMLogic.models.base.PromptableModel.encode`).
+* Nothing else is global: the optional TorchScript encoder is per model object (see
+  ``PromptableModel.jit_encoder``).
 
 Set ``P2SAM_NO_MALLOPT=1`` to leave the allocator alone.
 """

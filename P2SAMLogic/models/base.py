@@ -139,7 +139,7 @@ class PromptableModel(ABC):
     input_size: int
     batch_size: int = 4
     #: images per encoder call on the CPU: one at a time measured fastest on 2 cores
-    #: (LiteMedSAM, traced: 1.01 s per image alone, 1.17 s in batches of 4; see the README)
+    #: (LiteMedSAM, eager, tuned allocator: 1.28 s per image alone, 1.65 s in batches of 4; README)
     cpu_batch_size: int = 1
 
     def __init__(self, net: torch.nn.Module, device: torch.device, cache: Optional[EmbeddingCache] = None) -> None:
@@ -150,12 +150,21 @@ class PromptableModel(ABC):
         self.cache = cache if cache is not None else EmbeddingCache()
         self.encode_calls = 0  # images actually run through the encoder
         self.encoder_seconds = 0.0  # wall time spent in the encoder (all calls)
-        #: CPU: run the image encoder as a TorchScript graph traced and frozen once per input
-        #: shape (the model input is always ``3 x S x S``, so shapes never vary within a model):
-        #: ~20 % faster than eager on the development CPU, outputs equal to eager within 1e-5.
-        #: Set ``P2SAM_NO_JIT=1`` (or this attribute to False) for eager execution.
-        self.jit_encoder = device.type == "cpu" and os.environ.get("P2SAM_NO_JIT", "") not in ("1", "true", "yes")
+        #: CPU, opt-in (``P2SAM_JIT=1`` or this attribute): run the image encoder as a TorchScript
+        #: graph traced and frozen once per input shape (the model input is always ``3 x S x S``).
+        #: Outputs equal eager within 1e-5, but over repeated runs on the development CPU it was
+        #: no faster than eager (1.11 vs 1.14 s per LiteMedSAM image, within the machine's
+        #: +-15 % noise) and its first call costs ~2 s more, so eager is the default
+        #: (Testing/Benchmarks/encoder_options.py).
+        self.jit_encoder = device.type == "cpu" and os.environ.get("P2SAM_JIT", "") in ("1", "true", "yes")
         self._traced: dict = {}
+        #: CUDA: run the image encoder under bf16 autocast (features are returned as float32)
+        self.autocast = True
+        #: CPU: convolution weights and the encoder input in channels-last memory format
+        #: (LiteMedSAM: 0.97 vs 1.11 s per image over 7 paired runs, features equal within 4e-6)
+        self.channels_last = device.type == "cpu"
+        if self.channels_last:
+            self.net.image_encoder.to(memory_format=torch.channels_last)
 
     # -- identity -----------------------------------------------------------------
     @property
@@ -173,7 +182,7 @@ class PromptableModel(ABC):
         """``H x W x 3`` uint8 RGB → float32 ``3 x S x S`` normalised, padded model input (on CPU)."""
 
     def _autocast(self):
-        if self.device.type == "cuda":
+        if self.device.type == "cuda" and self.autocast:
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return nullcontext()
 
@@ -227,15 +236,17 @@ class PromptableModel(ABC):
     @torch.no_grad()
     def run_encoder(self, batch: torch.Tensor) -> torch.Tensor:
         """The image encoder alone: float32 ``B x 3 x S x S`` model input (on the model's device) →
-        float32 ``B x C x g x g`` features. Traced on the CPU (see ``jit_encoder``), autocast on CUDA.
+        float32 ``B x C x g x g`` features. Traced when ``jit_encoder`` is set, autocast on CUDA.
         Adds its wall time to ``encoder_seconds``."""
         import time
 
         t = time.perf_counter()
+        if self.channels_last:
+            batch = batch.contiguous(memory_format=torch.channels_last)
         fn = self._encoder_for(batch) if self.jit_encoder else self.net.image_encoder
         with self._autocast():
             feats = fn(batch)
-        feats = feats.float()
+        feats = feats.float().contiguous()
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         self.encoder_seconds += time.perf_counter() - t

@@ -82,6 +82,9 @@ def main(argv=None) -> int:
     ap.add_argument("--json", default=None, help="also write every number to this JSON file")
     args = ap.parse_args(argv)
     names = [v for v in args.variants.split(",") if v]
+    from P2SAMLogic.runtime import tune_process
+
+    tune_process()  # as the CLI does
     model = load_model("litemedsam", device=args.device)
     sets = dev_sets(Path(args.data))
     # load everything once

@@ -145,6 +145,9 @@ def main() -> int:
     methods = [m for m in args.methods.split(",") if m]
     prior = sitk.ReadImage(str(CROP / "prior_ct.nrrd"), sitk.sitkFloat32)
     labels = sitk.ReadImage(str(CROP / "prior_labels.nrrd"))
+    from P2SAMLogic.runtime import tune_process
+
+    tune_process()  # as the CLI does
     net = load_model("litemedsam", device="cpu")
     rows: List[dict] = []
     for case in range(args.cases):

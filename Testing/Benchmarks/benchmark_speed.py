@@ -25,12 +25,13 @@ reference   the reference implementation's way of running P²SAM against ours, s
             step, eager PyTorch, default allocator (what the reference code does);
             (b) ours: reference encoded and clustered once, traced encoder, tuned allocator,
             batched work. Each in its own child process. Dice against the ground-truth masks
-            for both (they must be equal: same algorithm).
+            for both (they must be equal: same algorithm). Run twice: with our box adaptation
+            (LiteMedSAM's default) and with the paper's point prompts and three-call cascade.
 large       a 512 x 512 x 150 follow-up simulated from the full lung1 CT (needs --lung1), in a
             child process: end-to-end and encoder seconds, peak RSS.
 gpu         only with a CUDA device: LiteMedSAM and a randomly initialised SAM ViT-B encoder,
-            images per second and peak GPU memory, fp32 vs bf16 autocast, and the demo's Dice
-            with and without autocast.
+            images per second and peak GPU memory, fp32 vs bf16 autocast; and the demo case
+            end to end with and without autocast (slices per second, peak GPU memory, Dice).
 
     python Testing/Benchmarks/benchmark_speed.py [--device auto|cpu|cuda|mps] [--json OUT]
         [--skip pipeline,correction,reference,large,gpu] [--lung1 DIR]
@@ -209,7 +210,7 @@ def _cvc_sequence():
     return names, images, masks
 
 
-def reference_child(folder: Path, device: str, style: str) -> None:
+def reference_child(folder: Path, device: str, style: str, prompts: str) -> None:
     import torch
 
     if style == "ours":
@@ -221,11 +222,24 @@ def reference_child(folder: Path, device: str, style: str) -> None:
     names, images, masks = _cvc_sequence()
     ref_image, ref_mask = images[0], masks[0]
     net = load_model("litemedsam", device=device)
-    if style == "reference-style":
-        net.jit_encoder = False  # eager PyTorch, as the reference code runs it
+    if style == "reference-style":  # plain eager PyTorch, as the reference code runs it
+        net.jit_encoder = False
+        net.channels_last = False
+        net.net.image_encoder.to(memory_format=torch.contiguous_format)
         net.cpu_batch_size = net.batch_size
-    seg = P2SAMSegmenter(net, P2SAMConfig())
+    seg = P2SAMSegmenter(net, P2SAMConfig(prompts=prompts))
     if style == "reference-style":
+        plain_cascade = seg._cascade
+
+        def cascade_one_at_a_time(emb, cands):
+            logits, ious = [], []
+            for cd in cands:  # the three-call cascade per candidate, host round trip after each
+                lg, io = plain_cascade(emb, [cd])
+                logits.append(lg.cpu().to(net.device))
+                ious.append(io.cpu().to(net.device))
+            return torch.cat(logits), torch.cat(ious)
+
+        seg._cascade = cascade_one_at_a_time
         plain_decode_boxes = seg._decode_boxes
 
         def decode_one_at_a_time(emb, cands):
@@ -251,11 +265,11 @@ def reference_child(folder: Path, device: str, style: str) -> None:
         per_target.append(time.perf_counter() - t)
         dices.append(_dice(res.mask, mask))
     total = time.perf_counter() - t0
-    out = {"style": style, "targets": len(images), "total_seconds": total,
+    out = {"style": style, "prompts": prompts, "targets": len(images), "total_seconds": total,
            "seconds_per_target": total / len(images), "median_target_seconds": float(np.median(per_target)),
            "encoder_calls": net.encode_calls, "dice_mean": float(np.mean(dices)), "dice": dices,
            "frames": names}
-    (folder / f"reference_{style}.json").write_text(json.dumps(out, indent=2))
+    (folder / f"reference-{style}-{prompts}.json").write_text(json.dumps(out, indent=2))
 
 
 # --------------------------------------------------------------------------------------
@@ -323,6 +337,30 @@ def gpu_child(folder: Path, device: str) -> None:
             out[f"{name} {'bf16 autocast' if autocast else 'fp32'}"] = {
                 "batch": batch, "images_per_second": batch / dt,
                 "peak_memory_mb": torch.cuda.max_memory_allocated(dev) / 2 ** 20}
+    # the demo case end to end with and without autocast: slices per second and Dice
+    import SimpleITK as sitk
+
+    from P2SAMLogic.io3d import read_segmentation, read_volume
+    from P2SAMLogic.models import EmbeddingCache
+    from P2SAMLogic.propagate import propagate
+
+    sim = folder / "sim"
+    prior, prior_src = read_volume(str(CROP / "prior_ct.nrrd"))
+    follow, follow_src = read_volume(str(sim / "followup_ct.nrrd"))
+    segments = read_segmentation(str(CROP / "prior.seg.nrrd"), prior, prior_src)
+    truth = sitk.GetArrayFromImage(sitk.ReadImage(str(sim / "followup_labels.nrrd")))
+    labels = {v: int(k) for k, v in json.loads((sim / "simulation.json").read_text())["labels"].items()}
+    for autocast in (False, True):
+        lite.autocast = autocast
+        lite.cache = EmbeddingCache()
+        torch.cuda.reset_peak_memory_stats(dev)
+        res = propagate(prior, segments, follow, model=lite)
+        slices = sum(r.slices_processed for r in res.reports)
+        out[f"demo pipeline {'bf16 autocast' if autocast else 'fp32'}"] = {
+            "total_seconds": res.timings["total"], "encode_seconds": res.timings["encode"],
+            "slices_per_second": slices / res.timings["total"],
+            "peak_memory_mb": torch.cuda.max_memory_allocated(dev) / 2 ** 20,
+            "dice": {s.name: _dice(s.array(), truth == labels[s.name]) for s in res.segments}}
     (folder / "gpu.json").write_text(json.dumps(out, indent=2))
 
 
@@ -337,6 +375,9 @@ def main() -> int:
     ap.add_argument("--lung1", type=Path, default=LUNG1 if (LUNG1 / "lung1_image.nrrd").exists() else None,
                     help="folder with lung1_image.nrrd and lung1_label.nrrd for the 512 x 512 x 150 case "
                          "(default ../shared/data/pyradiomics_testcases when present)")
+    ap.add_argument("--reference-prompts", default="box,points",
+                    help="prompt types of the reference comparison: box (our box adaptation, the default for "
+                         "LiteMedSAM), points (the paper's point prompts and three-call cascade); default both")
     ap.add_argument("--_child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--_folder", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -345,7 +386,8 @@ def main() -> int:
         if args._child == "pipeline":
             pipeline_child(folder, args.device)
         elif args._child.startswith("reference-"):
-            reference_child(folder, args.device, args._child[len("reference-"):])
+            style, prompts = args._child[len("reference-"):].rsplit("-", 1)
+            reference_child(folder, args.device, style, prompts)
         elif args._child == "large":
             large_child(folder, args.device, args.lung1)
         elif args._child == "gpu":
@@ -362,8 +404,9 @@ def main() -> int:
     report: dict = {"machine": _machine(device)}
     with tempfile.TemporaryDirectory(prefix="p2sam-bench-") as tmp:
         folder = Path(tmp)
-        if "pipeline" not in skip or "correction" not in skip:
+        if {"pipeline", "correction", "gpu"} - skip:
             make_demo_case(folder)
+        if "pipeline" not in skip or "correction" not in skip:
             p = _child("pipeline", folder, args)
             corr = p.pop("correction")
             if "pipeline" not in skip:
@@ -384,15 +427,18 @@ def main() -> int:
             if not (CVC / "images").is_dir():
                 print(f"reference: skipped ({CVC} not found)")
             else:
-                runs = {s: _child(f"reference-{s}", folder, args) for s in ("reference-style", "ours")}
-                a, b = runs["reference-style"], runs["ours"]
-                report["reference"] = {"reference_style": a, "ours": b,
-                                       "speedup": a["total_seconds"] / max(b["total_seconds"], 1e-9)}
-                print(f"reference algorithm, CVC-ClinicDB sequence, {a['targets']} targets, one reference: "
-                      f"reference-style {a['total_seconds']:.1f} s ({a['seconds_per_target']:.2f} s/target, "
-                      f"{a['encoder_calls']} encodes, Dice {a['dice_mean']:.3f}); ours {b['total_seconds']:.1f} s "
-                      f"({b['seconds_per_target']:.2f} s/target, {b['encoder_calls']} encodes, Dice "
-                      f"{b['dice_mean']:.3f}): {report['reference']['speedup']:.2f}x")
+                report["reference"] = {}
+                for prompts in args.reference_prompts.split(","):
+                    runs = {s: _child(f"reference-{s}-{prompts}", folder, args) for s in ("reference-style", "ours")}
+                    a, b = runs["reference-style"], runs["ours"]
+                    report["reference"][prompts] = {"reference_style": a, "ours": b,
+                                                    "speedup": a["total_seconds"] / max(b["total_seconds"], 1e-9)}
+                    print(f"reference algorithm ({prompts} prompts), CVC-612 sequence, {a['targets']} targets, one "
+                          f"reference: reference-style {a['total_seconds']:.1f} s ({a['seconds_per_target']:.2f} "
+                          f"s/target, {a['encoder_calls']} encodes, Dice {a['dice_mean']:.3f}); ours "
+                          f"{b['total_seconds']:.1f} s ({b['seconds_per_target']:.2f} s/target, {b['encoder_calls']} "
+                          f"encodes, Dice {b['dice_mean']:.3f}): "
+                          f"{report['reference'][prompts]['speedup']:.2f}x", flush=True)
         if "large" not in skip:
             if args.lung1 is None:
                 print("large: skipped (no --lung1 folder)")
@@ -409,9 +455,13 @@ def main() -> int:
                 g = _child("gpu", folder, args)
                 report["gpu"] = g
                 for k, v in g.items():
-                    if isinstance(v, dict):
-                        print(f"gpu {g['gpu']}: {k}: {v['images_per_second']:.1f} images/s at batch {v['batch']}, "
-                              f"peak {v['peak_memory_mb']:.0f} MB")
+                    if isinstance(v, dict) and "images_per_second" in v:
+                        print(f"gpu {g['gpu']}: {k} encoder: {v['images_per_second']:.1f} images/s at batch "
+                              f"{v['batch']}, peak {v['peak_memory_mb']:.0f} MB")
+                    elif isinstance(v, dict):
+                        print(f"gpu {g['gpu']}: {k}: {v['total_seconds']:.1f} s, {v['slices_per_second']:.2f} "
+                              f"slices/s, peak {v['peak_memory_mb']:.0f} MB, Dice " +
+                              ", ".join(f"{n} {d:.3f}" for n, d in v["dice"].items()))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2, default=str))
         print(f"wrote {args.json}")

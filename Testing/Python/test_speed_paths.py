@@ -24,30 +24,37 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_traced_encoder_equals_eager(litemedsam, make_disc):
     img, _ = make_disc(90, 60, shape=(120, 200))
-    assert litemedsam.jit_encoder and litemedsam.encode_batch_size == 1  # the CPU defaults
+    assert not litemedsam.jit_encoder and litemedsam.channels_last and litemedsam.encode_batch_size == 1
     x = litemedsam._preprocess(img, litemedsam.frame_for(img))[None]
+    eager = litemedsam.run_encoder(x)  # channels-last on the CPU
     with torch.no_grad():
-        eager = litemedsam.net.image_encoder(x)
-    traced = litemedsam.run_encoder(x)
+        plain = litemedsam.net.image_encoder(x)  # contiguous input
+    torch.testing.assert_close(eager, plain, atol=1e-4, rtol=1e-4)
+    litemedsam.jit_encoder = True
+    try:
+        traced = litemedsam.run_encoder(x)
+    finally:
+        litemedsam.jit_encoder = False
+    assert litemedsam._traced
     assert traced.shape == eager.shape == (1, 256, 64, 64)
     torch.testing.assert_close(traced, eager, atol=1e-4, rtol=1e-4)
 
 
-def test_traced_sam_encoder_equals_eager_and_can_be_switched_off(tiny_sam_net, make_disc):
+def test_traced_sam_encoder_equals_eager(tiny_sam_net, make_disc):
     img, _ = make_disc(90, 60, shape=(120, 200))
     traced = SegmentAnything(tiny_sam_net, torch.device("cpu"), name="t", sha256="0" * 64)
     eager = SegmentAnything(tiny_sam_net, torch.device("cpu"), name="t", sha256="0" * 64)
-    eager.jit_encoder = False
+    traced.jit_encoder = True
     a, b = traced.encode([img])[0], eager.encode([img])[0]
     assert traced._traced and not eager._traced
     torch.testing.assert_close(a.features, b.features, atol=1e-5, rtol=1e-5)
     assert traced.encoder_seconds > 0 and eager.encoder_seconds > 0
 
 
-def test_jit_off_by_environment(tiny_sam_net, monkeypatch):
-    monkeypatch.setenv("P2SAM_NO_JIT", "1")
-    m = SegmentAnything(tiny_sam_net, torch.device("cpu"), name="t", sha256="0" * 64)
-    assert m.jit_encoder is False
+def test_jit_on_by_environment(tiny_sam_net, monkeypatch):
+    assert SegmentAnything(tiny_sam_net, torch.device("cpu"), name="t", sha256="0" * 64).jit_encoder is False
+    monkeypatch.setenv("P2SAM_JIT", "1")
+    assert SegmentAnything(tiny_sam_net, torch.device("cpu"), name="t", sha256="0" * 64).jit_encoder is True
 
 
 def test_runtime_tuning_is_idempotent_and_reports():
@@ -74,10 +81,10 @@ def test_prepared_sets_match_pot_exactly():
         wasserstein_prepared(prepare_set(big_a, max_cells=50, seed=0), prepare_set(big_b, max_cells=50, seed=1)))
 
 
-def test_batched_region_decoding_equals_one_call_per_box(litemedsam, make_disc):
+def test_batched_region_decoding(litemedsam, make_disc):
     img, _ = make_disc(100, 60, r=20, shape=(120, 200))
     emb = litemedsam.encode([img])[0]
-    seg = P2SAMSegmenter(litemedsam, P2SAMConfig())
+    seg = P2SAMSegmenter(litemedsam, P2SAMConfig(batch_region_slack=0.25))
     boxes = [[78.0, 38.0, 122.0, 82.0], [80.0, 40.0, 120.0, 80.0], [5.0, 5.0, 30.0, 30.0]]
     regions = [box_region(emb, b) for b in boxes]
     assert regions[0] != regions[2]
@@ -109,3 +116,31 @@ def test_speed_benchmark_manual_and_bad_section():
     bad = subprocess.run([sys.executable, str(script), "--skip", "pipeline,warp-drive"], capture_output=True,
                          text=True, timeout=120)
     assert bad.returncode == 2 and "warp-drive" in bad.stderr
+
+
+def test_default_batching_only_shares_equal_regions(litemedsam, make_disc):
+    img, _ = make_disc(100, 60, r=20, shape=(120, 200))
+    emb = litemedsam.encode([img])[0]
+    seg = P2SAMSegmenter(litemedsam, P2SAMConfig())  # 2D default: batch_region_slack None
+
+    class C:
+        def __init__(self, box):
+            self.box = box
+
+    boxes = [[80.0, 40.0, 120.0, 80.0], [80.0, 40.0, 120.0, 80.0], [70.0, 30.0, 130.0, 90.0]]
+    calls = []
+    plain = litemedsam.decode
+
+    def counting(*a, **k):
+        calls.append(k.get("region"))
+        return plain(*a, **k)
+
+    litemedsam.decode = counting
+    try:
+        logits, _ = seg._decode_boxes(emb, [C(b) for b in boxes])
+    finally:
+        litemedsam.decode = plain
+    assert len(calls) == 2  # the two equal boxes in one call, the larger one alone
+    for i, b in enumerate(boxes):
+        own = litemedsam.decode(emb, boxes=np.array([b]), region=box_region(emb, b))
+        torch.testing.assert_close(logits[i:i + 1], own.low_res_logits, atol=1e-3, rtol=1e-3)
