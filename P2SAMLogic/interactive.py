@@ -37,7 +37,7 @@ from scipy import ndimage
 from .errors import CancelledError, InputError
 from .intensity import IntensityWindow
 from .models.base import Embedding, PromptableModel
-from .segmenter import box_region, mask_box
+from .segmenter import box_region, mask_box, union_region
 
 WindowLike = Union[IntensityWindow, Tuple[float, float], Sequence[float], Dict[str, object]]
 
@@ -222,8 +222,7 @@ class SliceCorrector:
         if not self.use_point_prompts:  # box prompts act locally: decode on the region around them
             for b in local:
                 r = box_region(emb, b)
-                region = r if region is None else (min(region[0], r[0]), max(region[1], r[1]),
-                                                   min(region[2], r[2]), max(region[3], r[3]))
+                region = r if region is None else union_region(region, r)
         out = self.model.decode(emb, points=pts, point_labels=labels, boxes=local, region=region)
         self.last_iou = float(out.iou[0])
         return emb.frame.logits_to_original(out.low_res_logits)[:, 0].cpu().numpy() > 0

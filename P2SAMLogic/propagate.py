@@ -619,11 +619,11 @@ def _decide(per_slice: Dict[int, dict], reg_mask: np.ndarray, cfg: PropagationCo
     both = fused | reg_mask
     if both.any():
         pad = [int(math.ceil(cfg.cleanup_tolerance_mm / max(sp, 1e-6))) + 1 for sp in kji_spacing]
-        lo = [max(0, int(np.flatnonzero(both.any(axis=tuple(a for a in range(3) if a != ax)))[0]) - pad[ax])
-              for ax in range(3)]
-        hi = [min(shape[ax], int(np.flatnonzero(both.any(axis=tuple(a for a in range(3) if a != ax)))[-1]) + 1
-                  + pad[ax]) for ax in range(3)]
-        box = tuple(slice(a, b) for a, b in zip(lo, hi))
+        box = []
+        for ax in range(3):
+            occupied = np.flatnonzero(both.any(axis=tuple(a for a in range(3) if a != ax)))
+            box.append(slice(max(0, int(occupied[0]) - pad[ax]), min(shape[ax], int(occupied[-1]) + 1 + pad[ax])))
+        box = tuple(box)
         cleaned[box] = fill_holes_per_slice(keep_consistent(fused[box], reg_mask[box], kji_spacing,
                                                             cfg.cleanup_tolerance_mm))
     reports: List[SliceReport] = []

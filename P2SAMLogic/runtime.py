@@ -1,6 +1,6 @@
 """Process-level settings that make CPU inference fast (measured in Testing/Benchmarks/encoder_options.py).
 
-Both are opt-in at the process level: the CLI, the Slicer module's worker process and
+They are opt-in at the process level: the CLI, the Slicer module's worker process and
 the benchmarks call :func:`tune_process`; a library user may call it too.
 
 * **glibc allocator**: by default glibc serves every allocation above 32 MiB with a

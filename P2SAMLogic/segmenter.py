@@ -264,8 +264,6 @@ def square_window(box: np.ndarray, context: float, shape: Tuple[int, int], minim
     return np.array([x0, y0, x1, y1], dtype=np.float64)
 
 
-
-
 def box_region(emb: Embedding, box: Sequence[float], grow: float = 0.5, minimum: int = 16) -> Tuple[int, int, int, int]:
     """Feature-grid region ``(row0, row1, col0, col1)`` (half-open) to decode a box on: the box
     (original pixels) grown by ``grow`` times its size per side (at least 2 cells), at least
@@ -292,7 +290,8 @@ def box_region(emb: Embedding, box: Sequence[float], grow: float = 0.5, minimum:
     return r0, r1, c0, c1
 
 
-def _union_region(a: Tuple[int, int, int, int], b: Tuple[int, int, int, int]) -> Tuple[int, int, int, int]:
+def union_region(a: Tuple[int, int, int, int], b: Tuple[int, int, int, int]) -> Tuple[int, int, int, int]:
+    """The smallest ``(row0, row1, col0, col1)`` region holding both regions."""
     return min(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), max(a[3], b[3])
 
 
@@ -660,9 +659,9 @@ class P2SAMSegmenter:
         groups: List[Tuple[Tuple[int, int, int, int], List[int]]] = []
         for i, reg in enumerate(regions):
             for gi, (greg, members) in enumerate(groups):
-                union = _union_region(greg, reg)
-                largest = max(_area(regions[j]) for j in members + [i])
-                if union == greg == reg or (slack is not None and _area(union) <= (1.0 + slack) * largest):
+                union = union_region(greg, reg)
+                if reg == greg or (slack is not None and
+                                   _area(union) <= (1.0 + slack) * max(_area(regions[j]) for j in members + [i])):
                     groups[gi] = (union, members + [i])
                     break
             else:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 import warnings
 from abc import ABC, abstractmethod
 from collections import OrderedDict
@@ -238,8 +239,6 @@ class PromptableModel(ABC):
         """The image encoder alone: float32 ``B x 3 x S x S`` model input (on the model's device) →
         float32 ``B x C x g x g`` features. Traced when ``jit_encoder`` is set, autocast on CUDA.
         Adds its wall time to ``encoder_seconds``."""
-        import time
-
         t = time.perf_counter()
         if self.channels_last:
             batch = batch.contiguous(memory_format=torch.channels_last)
