@@ -37,6 +37,7 @@ from scipy import ndimage
 from .errors import CancelledError, InputError
 from .intensity import IntensityWindow
 from .models.base import Embedding, PromptableModel
+from .roi import roi_context, roi_mm
 from .segmenter import box_region, mask_box, union_region
 
 WindowLike = Union[IntensityWindow, Tuple[float, float], Sequence[float], Dict[str, object]]
@@ -67,19 +68,6 @@ def as_intensity_window(intensity: WindowLike) -> IntensityWindow:
     if not high > low:
         raise InputError("intensity window", f"({low}, {high}): high must exceed low")
     return IntensityWindow(low, high, "given window")
-
-
-def square_roi(box: Sequence[float], shape: Tuple[int, int], context: float = 1.0, minimum: int = 64) -> np.ndarray:
-    """Square ROI ``(x0, y0, x1, y1)`` around ``box``: its longer side grown by ``context`` times
-    itself on each side, at least ``minimum`` pixels, shifted (not cut) to stay inside ``shape`` ``(H, W)``."""
-    h, w = int(shape[0]), int(shape[1])
-    b = np.asarray(box, dtype=np.float64)
-    side = int(math.ceil(max(minimum, max(b[2] - b[0], b[3] - b[1]) * (1.0 + 2.0 * context))))
-    nx, ny = min(w, side), min(h, side)
-    cx, cy = (b[0] + b[2]) / 2.0, (b[1] + b[3]) / 2.0
-    x0 = int(np.clip(round(cx - nx / 2.0), 0, w - nx))
-    y0 = int(np.clip(round(cy - ny / 2.0), 0, h - ny))
-    return np.array([x0, y0, x0 + nx, y0 + ny], dtype=np.float64)
 
 
 def _union_box(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -141,7 +129,7 @@ class SliceCorrector:
         if window is not None:
             self.window = self._checked_window(window)
         elif self.box is not None:
-            self.window = square_roi(self.box, self.shape)
+            self.window = roi_context(self.box, self.shape, context=1.0, minimum=64)
         self.clicks: List[Click] = []
         self._embedding: Optional[Embedding] = None
         self._embedding_window: Optional[Tuple[int, int, int, int]] = None
@@ -193,7 +181,7 @@ class SliceCorrector:
             x0, y0, x1, y1 = self.window.astype(int)
             if need[0] >= x0 and need[1] >= y0 and need[2] <= x1 and need[3] <= y1:
                 return x0, y0, x1, y1
-        roi = square_roi(need, self.shape, context=0.5)
+        roi = roi_context(need, self.shape, context=0.5, minimum=64)
         self.window = roi
         x0, y0, x1, y1 = roi.astype(int)
         return x0, y0, x1, y1
@@ -323,11 +311,7 @@ def repropagate_neighbours(model: PromptableModel, volume: np.ndarray, intensity
     if box is None:
         raise InputError("reference slice", f"slice {reference_index} is empty; correct it before re-propagating")
     window = as_intensity_window(intensity)
-    sx, sy = float(spacing_xy[0]), float(spacing_xy[1])
-    side_mm = max((box[2] - box[0]) * sx, (box[3] - box[1]) * sy) + 2.0 * roi_margin_mm
-    side_mm = max(side_mm, min_roi_mm)
-    context = max(0.0, (side_mm / max((box[2] - box[0]) * sx, (box[3] - box[1]) * sy, 1e-6) - 1.0) / 2.0)
-    roi = square_roi(box, ref_mask.shape, context=context, minimum=32)
+    roi = roi_mm(box, spacing_xy, roi_margin_mm, min_roi_mm, ref_mask.shape)
     x0, y0, x1, y1 = roi.astype(int)
     segmenter = P2SAMSegmenter(model, P2SAMConfig(method="p2sam", search_context=None, max_parts=max_parts,
                                                   negative_parts=negative_parts, seed=seed))

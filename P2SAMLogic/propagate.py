@@ -1,31 +1,25 @@
 """Carry prior-visit segments onto a follow-up volume (the main job).
 
-Pipeline (each step in its own module):
+:func:`propagate` reads as its stages, each a named function testable alone:
 
-1. :mod:`.registration` — rigid registration follow-up ↔ prior (mutual information,
-   multi-resolution, weighted to a region around the structures). Its transform maps
-   follow-up physical points (LPS mm) to prior physical points.
-2. Slice jobs (here) — each prior segment is carried onto the follow-up grid by the
-   transform (the *registered prior*); the follow-up slices from its first to its last
-   slice, plus ``slice_margin_mm`` either side, are processed. Every native prior slice
-   that holds the structure becomes one *reference*: the prior image and mask resampled
-   on the follow-up's slice orientation and pixel grid, through that prior slice's plane.
-   A follow-up slice's reference is the nearest one in physical space (after
-   registration). Each reference has a square region of interest (ROI) around its mask,
-   grown by ``roi_margin_mm``; the reference and the follow-up slice are cropped to the
-   same ROI (same pixels, same physical position), so a 2 cm nodule fills the model
-   input instead of 8 pixels of a squeezed 512² slice.
-3. :mod:`.segmenter` — P²SAM on each (reference crop, follow-up crop) pair: the reference
-   crop is encoded and clustered once; follow-up crops are encoded in batches; the
-   registered prior's box on that slice guides the "prior" box candidate.
-4. Presence (here) — slices inside the registered extent keep a non-empty proposal;
-   margin slices beyond it keep theirs only when it is closer to the reference's
-   foreground than to its background (Wasserstein ratio below ``presence_threshold``,
-   calibrated on simulated follow-ups, see README) and the neighbouring slice toward the
-   structure was kept.
-5. :mod:`.cleanup3d` — 3D connected components consistent with the registered prior,
-   per-slice hole filling.
-6. Report — volumes, change, per-slice QA, flagged slices; provenance on every segment.
+1. **check** (:func:`check_inputs`) — geometry, segments, modality, intensity windows.
+2. **register** (:func:`P2SAMLogic.registration.register_structures`) — per structure, rigid
+   registration around it, then a deformable stage (demons for same-modality pairs, a
+   mutual-information B-spline across modalities) on a box around it. The *registered prior* is
+   the prior structure carried by that transform: the localiser, the shape prior and the floor.
+3. **plan** (:func:`P2SAMLogic.structures.plan_structure`) — a structure of several pieces is
+   propagated piece by piece; a ring (myocardium, a wall, a PTV ring) as its filled outer region
+   and its cavity, two blobs a box prompt can segment.
+4. **references** (:func:`P2SAMLogic.slices.make_references`) — every native prior slice of a
+   part, resampled on the follow-up's slice grid, cropped to a square ROI, encoded and clustered once.
+5. **slices** (:func:`P2SAMLogic.slices.propose_slices`) — P²SAM on each follow-up slice from
+   the registered prior's first to last slice plus ``slice_margin_mm`` either side.
+6. **decide** (:func:`P2SAMLogic.decide.decide_part`) — per slice, the model's proposal (fused
+   with the registered prior) where the evidence trusts it, else the registered prior, flagged;
+   beyond the registered extent only what looks like the structure.
+7. **clean up** (:func:`clean_up`) — per part, 3D components consistent with the registered
+   prior, in-plane hole filling; then the parts are recomposed (ring = outer minus cavity).
+8. **report** (:func:`build_report`) — volumes, change, per-slice source / QA / flags, provenance.
 
 Frames: all images are ``SimpleITK.Image`` (LPS mm); arrays ``[k, j, i]``; 2D boxes and
 windows are ``(x0, y0, x1, y1)`` in follow-up slice pixels (x = column ``i``, y = row ``j``).
@@ -42,19 +36,24 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import SimpleITK as sitk
-from scipy import ndimage
 
 from . import __version__
 from .cleanup3d import fill_holes_per_slice, keep_consistent
+from .decide import DecisionRule, SliceDecision, decide_part, fuse_contours, signed_distance  # noqa: F401 (API)
 from .errors import CancelledError, InputError
 from .intensity import IntensityWindow, choose_window
-from .segmenter import mask_box as _box
+from .registration import DEFORMABLE_METHODS, StructureRegistration
+from .segmenter import mask_box
+from .structures import StructurePlan, plan_structure, recompose
 from .volume import PROPOSAL_STATUS, Segment, VolumeSource, guess_modality, mask_image_like, same_geometry
 
 ProgressCallback = Callable[[float, str], None]
 CancelCallback = Callable[[], bool]
 
-METHODS = ("p2sam", "registered-box", "rigid")
+#: ``p2sam``: the method; ``registered-box``: the model with the registered prior's box on each slice
+#: (a baseline); ``deformable``: registration only (rigid + deformable); ``rigid``: rigid registration only
+METHODS = ("p2sam", "registered-box", "deformable", "rigid")
+DECISION_MODES = ("evidence", "model")
 
 
 @dataclass
@@ -63,26 +62,33 @@ class PropagationConfig:
 
     Attributes:
         segments: names of the prior segments to propagate, in this order (None: all).
-        method: ``p2sam`` (default); ``registered-box``: the model with the registered
-            prior's box on each slice (a baseline); ``rigid``: registration only, no model.
+        method: see :data:`METHODS`.
+        deformable: the deformable registration stage: ``auto`` (demons for same-modality pairs,
+            B-spline across modalities), ``demons``, ``bspline`` or ``none`` (rigid only).
+        decision: ``evidence`` (default: per slice, the model where the evidence trusts it, else
+            the registered prior) or ``model`` (every non-empty proposal is kept: no fallback).
+        trust_iou, trust_agreement, trust_score_ratio: the evidence thresholds (see
+            :mod:`P2SAMLogic.decide`).
+        decompose: rings and several-piece structures are propagated part by part (see
+            :mod:`P2SAMLogic.structures`); False: every structure as one blob.
+        rank_prior_agreement: candidates' agreement with the registered prior joins P²SAM's
+            retrieval rank sum.
         max_parts: largest foreground part count tried by P²SAM's retrieval.
-        negative_parts: background parts (negative prompts).
+        negative_parts: background parts (negative prompts / contrast of the retrieval).
         roi_margin_mm: ROI = the reference mask's box grown by this much on every side.
         min_roi_mm: smallest ROI side.
         slice_margin_mm: slices examined beyond the registered prior's extent, each side.
-        registration_margin_mm: registration metric region = structures grown by this.
+        registration_margin_mm: rigid registration metric region = structures grown by this.
         intensity_window: ``(low, high)`` in scanner units; None: CT ``[-910, 590]`` HU,
             MR 0.5-99.5 percentiles.
-        presence_threshold: margin slices are kept when the proposal's Wasserstein distance
-            to the reference foreground divided by its distance to the reference background
-            is below this.
-        prior_weight: on slices where both exist, the output contour is the zero level of
-            ``(1 - w) * SDF(model) + w * SDF(registered prior)`` (signed distances in mm):
-            the registration locates and regularises the shape, the model moves the
-            boundary toward what the follow-up image shows. 0 = the model's mask alone,
-            1 = the registered prior alone on those slices.
+        presence_threshold: beyond the registered extent a slice is kept when the proposal's
+            Wasserstein distance to the reference foreground divided by its distance to the
+            reference background is below this.
+        prior_weight: where the model is trusted, the output contour is the zero level of
+            ``(1 - w) * SDF(model) + w * SDF(registered prior)`` (signed distances in mm).
+            0 = the model's mask alone, 1 = the registered prior alone.
         cleanup_tolerance_mm: 3D components must touch the registered prior grown by this.
-        qa_flag_below: slices whose QA score is below this are flagged for review.
+        qa_flag_below: model slices whose QA score is below this are flagged for review.
         min_overlap: the fraction of a prior segment that must land inside the follow-up's
             field of view after registration.
         registration: ``per-structure`` (default: one rigid registration around each
@@ -93,6 +99,13 @@ class PropagationConfig:
 
     segments: Optional[List[str]] = None
     method: str = "p2sam"
+    deformable: str = "auto"
+    decision: str = "evidence"
+    trust_iou: float = 0.80
+    trust_agreement: float = 0.60
+    trust_score_ratio: float = 1.10
+    decompose: bool = True
+    rank_prior_agreement: bool = False
     max_parts: int = 5
     negative_parts: int = 1
     roi_margin_mm: float = 15.0
@@ -112,6 +125,12 @@ class PropagationConfig:
     def validate(self) -> "PropagationConfig":
         if self.method not in METHODS:
             raise InputError("method", f"unknown method '{self.method}'; expected one of {', '.join(METHODS)}")
+        if self.deformable not in DEFORMABLE_METHODS:
+            raise InputError("deformable", f"unknown deformable stage '{self.deformable}'; expected one of "
+                                           f"{', '.join(DEFORMABLE_METHODS)}")
+        if self.decision not in DECISION_MODES:
+            raise InputError("decision", f"unknown decision mode '{self.decision}'; expected one of "
+                                         f"{', '.join(DECISION_MODES)}")
         if self.max_parts < 1:
             raise InputError("max_parts", "must be at least 1")
         if self.negative_parts < 0:
@@ -120,8 +139,11 @@ class PropagationConfig:
                      "cleanup_tolerance_mm"):
             if not getattr(self, name) >= 0:
                 raise InputError(name, "must be 0 or more")
-        if not 0.0 <= self.prior_weight <= 1.0:
-            raise InputError("prior_weight", "must be between 0 and 1")
+        for name in ("prior_weight", "trust_iou", "trust_agreement"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise InputError(name, "must be between 0 and 1")
+        if not self.trust_score_ratio > 0:
+            raise InputError("trust_score_ratio", "must be positive")
         if self.intensity_window is not None and not self.intensity_window[1] > self.intensity_window[0]:
             raise InputError("intensity_window", f"{self.intensity_window}: high must exceed low")
         if self.registration not in ("per-structure", "joint"):
@@ -134,6 +156,11 @@ class PropagationConfig:
         d = asdict(self)
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
 
+    def rule(self) -> DecisionRule:
+        return DecisionRule(mode=self.decision, trust_iou=self.trust_iou, trust_agreement=self.trust_agreement,
+                            trust_score_ratio=self.trust_score_ratio, prior_weight=self.prior_weight,
+                            presence_threshold=self.presence_threshold)
+
 
 @dataclass
 class SliceReport:
@@ -141,15 +168,20 @@ class SliceReport:
 
     Attributes:
         index: follow-up slice index ``k``.
-        reference_index: native prior slice used as the reference (None for ``rigid``).
-        status: ``accepted`` (the proposal is in the output) or ``rejected``.
-        qa: 0-1 confidence (mean of the model's predicted IoU and the agreement with
-            the registered prior on this slice, or with the neighbouring slice beyond it).
+        reference_index: native prior slice used as the reference (None when no model ran).
+        status: ``accepted`` (the output has a contour on this slice) or ``rejected`` (empty).
+        source: where the contour comes from: ``model`` (the model's proposal, fused with the
+            registered prior), ``registered`` (the registered prior: the model was not trusted
+            here, or did not run), ``mixed`` (a ring or pieces whose parts differ) or ``absent``.
+        qa: 0-1 confidence (see :class:`P2SAMLogic.decide.SliceDecision`; the lowest over a
+            structure's parts).
         flagged: needs a human look; ``reason`` says why.
-        area_mm2 / registered_area_mm2: proposal / registered prior area on this slice.
-        presence: Wasserstein ratio foreground/background of the proposal (lower = more
-            like the reference structure); NaN when not computed.
-        window: the ROI ``(x0, y0, x1, y1)`` in slice pixels; box: the chosen prompt box.
+        area_mm2 / registered_area_mm2: output / registered prior area on this slice.
+        agreement: Dice of the model's proposal with the registered prior on this slice.
+        presence: Wasserstein ratio foreground/background of the proposal (lower = more like the
+            reference structure); NaN when not computed.
+        window: the ROI ``(x0, y0, x1, y1)`` in slice pixels; box: the chosen prompt box
+            (of the structure's first part).
     """
 
     index: int
@@ -160,6 +192,8 @@ class SliceReport:
     reason: str
     area_mm2: float
     registered_area_mm2: float
+    source: str = "registered"
+    agreement: float = math.nan
     presence: float = math.nan
     predicted_iou: float = math.nan
     window: Optional[List[float]] = None
@@ -167,7 +201,7 @@ class SliceReport:
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        for k in ("qa", "area_mm2", "registered_area_mm2", "presence", "predicted_iou"):
+        for k in ("qa", "area_mm2", "registered_area_mm2", "agreement", "presence", "predicted_iou"):
             v = d[k]
             d[k] = None if v is None or not math.isfinite(v) else round(float(v), 4)
         return d
@@ -175,7 +209,11 @@ class SliceReport:
 
 @dataclass
 class SegmentReport:
-    """Per-segment summary; ``slices`` lists every processed follow-up slice."""
+    """Per-segment summary; ``slices`` lists every processed follow-up slice.
+
+    ``model_share`` is the fraction of the output's non-empty slices whose contour came from the
+    model (source ``model``; ``mixed`` counts half): "the model earned its place" on this segment.
+    """
 
     name: str
     color: Tuple[float, float, float]
@@ -187,11 +225,13 @@ class SegmentReport:
     slices_rejected: int
     slices_flagged: int
     flagged_slices: List[int]
+    shape: str = "filled"
+    model_share: float = math.nan
     slices: List[SliceReport] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         d = {k: v for k, v in asdict(self).items() if k != "slices"}
-        for k in ("prior_volume_ml", "registered_volume_ml", "followup_volume_ml", "change_percent"):
+        for k in ("prior_volume_ml", "registered_volume_ml", "followup_volume_ml", "change_percent", "model_share"):
             d[k] = round(float(d[k]), 4) if math.isfinite(d[k]) else None
         d["color"] = [round(float(c), 4) for c in self.color]
         d["slices"] = [s.to_dict() for s in self.slices]
@@ -204,18 +244,20 @@ class PropagationResult:
 
     Attributes:
         segments: proposals on the follow-up's geometry, tags carrying provenance and status.
-        registered_prior: the prior segments carried onto the follow-up by the rigid
-            registration alone (for overlays and comparison).
+        registered_prior: the prior segments carried onto the follow-up by the registration
+            alone (rigid + deformable stage: the floor the output never goes below).
         reports: one per segment.
         provenance: model, checksum, parameters, version, date, status, registration, window.
-        timings: wall seconds per stage: ``registration``, ``model_load``, ``references``
-            (resampling the prior onto the follow-up's slice planes), ``encode`` (the image
-            encoder alone, reference and follow-up crops), ``cluster`` (pooling reference
-            features, k-means), ``match`` (part similarity maps, prompt placement),
-            ``decode`` (prompt encoder + mask decoder), ``retrieval`` (Wasserstein
-            scores, selection), ``postprocess`` (presence, fusion, 3D clean-up, QA),
-            ``other`` (the rest: cropping, bookkeeping) and ``total``.
+        timings: wall seconds per stage: ``registration`` (rigid + deformable), ``model_load``,
+            ``references`` (resampling the prior onto the follow-up's slice planes), ``encode``
+            (the image encoder alone, reference and follow-up crops), ``cluster`` (pooling
+            reference features, k-means), ``match`` (part similarity maps, prompt placement),
+            ``decode`` (prompt encoder + mask decoder), ``retrieval`` (Wasserstein scores,
+            selection), ``decide`` (per-slice decision, fusion), ``cleanup`` (3D clean-up,
+            recomposition), ``report``, ``other`` (the rest: cropping, bookkeeping) and ``total``.
         warnings: non-fatal problems (e.g. prior and follow-up of different modality).
+        details: per segment, per part: ``registered`` / ``model`` / ``decided`` bool arrays
+            ``[k, j, i]`` and the decisions (for benchmarks and overlays; not written anywhere).
     """
 
     segments: List[Segment]
@@ -224,6 +266,7 @@ class PropagationResult:
     provenance: dict
     timings: Dict[str, float]
     warnings: List[str] = field(default_factory=list)
+    details: Dict[str, dict] = field(default_factory=dict, repr=False)
 
     def report_dict(self) -> dict:
         return {"status": PROPOSAL_STATUS, "provenance": self.provenance,
@@ -233,54 +276,20 @@ class PropagationResult:
 
     def report_table(self) -> str:
         """Plain-text table: one row per segment."""
-        head = ("segment", "prior mL", "follow-up mL", "change %", "processed", "rejected", "flagged",
+        head = ("segment", "shape", "prior mL", "follow-up mL", "change %", "slices", "from model", "flagged",
                 "flagged slices")
         rows = []
         for r in self.reports:
-            rows.append((r.name, f"{r.prior_volume_ml:.2f}", f"{r.followup_volume_ml:.2f}",
+            share = "n/a" if not math.isfinite(r.model_share) else f"{100 * r.model_share:.0f}%"
+            rows.append((r.name, r.shape, f"{r.prior_volume_ml:.2f}", f"{r.followup_volume_ml:.2f}",
                          "n/a" if not math.isfinite(r.change_percent) else f"{r.change_percent:+.1f}",
-                         str(r.slices_processed), str(r.slices_rejected), str(r.slices_flagged),
+                         str(r.slices_processed), share, str(r.slices_flagged),
                          ",".join(str(k) for k in r.flagged_slices) or "-"))
         widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(head)]
         line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
         out = [line(head), line(["-" * w for w in widths])] + [line(r) for r in rows]
         out.append(f"status: {PROPOSAL_STATUS} — review every flagged slice before clinical use")
         return "\n".join(out)
-
-
-# --------------------------------------------------------------------------------------
-# helpers
-
-
-def _square(box: np.ndarray, margin_mm: float, min_mm: float, spacing: Sequence[float],
-            shape: Tuple[int, int], min_px: int = 32) -> np.ndarray:
-    """Square ROI (equal mm on both axes) around ``box`` (slice pixels), grown by ``margin_mm`` per
-    side, at least ``min_mm`` and ``min_px`` wide, shifted to stay inside ``shape`` ``(H, W)``."""
-    h, w = shape
-    sx, sy = float(spacing[0]), float(spacing[1])
-    side_mm = max((box[2] - box[0]) * sx, (box[3] - box[1]) * sy) + 2.0 * margin_mm
-    side_mm = max(side_mm, min_mm)
-    nx = min(w, max(min_px, int(math.ceil(side_mm / sx))))
-    ny = min(h, max(min_px, int(math.ceil(side_mm / sy))))
-    cx, cy = (box[0] + box[2]) / 2.0, (box[1] + box[3]) / 2.0
-    x0 = int(np.clip(round(cx - nx / 2.0), 0, w - nx))
-    y0 = int(np.clip(round(cy - ny / 2.0), 0, h - ny))
-    return np.array([x0, y0, x0 + nx, y0 + ny], dtype=np.float64)
-
-
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    s = int(a.sum()) + int(b.sum())
-    return 1.0 if s == 0 else 2.0 * int((a & b).sum()) / s
-
-
-@dataclass
-class _Reference:
-    prior_slice: int
-    kc: float
-    window: np.ndarray
-    image: np.ndarray
-    mask: np.ndarray
-    state: object = None
 
 
 class _Progress:
@@ -294,8 +303,24 @@ class _Progress:
             self.progress(float(min(1.0, max(0.0, fraction))), message)
 
 
+@dataclass
+class Study:
+    """Checked inputs of one propagation (stage "check")."""
+
+    prior_image: sitk.Image
+    segments: List[Segment]
+    followup: sitk.Image
+    prior_window: IntensityWindow
+    followup_window: IntensityWindow
+    prior_modality: str
+    followup_modality: str
+    prior_name: str
+    followup_name: str
+    notes: List[str] = field(default_factory=list)
+
+
 # --------------------------------------------------------------------------------------
-# the pipeline
+# stages
 
 
 def select_segments(segments: Sequence[Segment], names: Optional[Sequence[str]], source: str = "--segments"
@@ -311,35 +336,14 @@ def select_segments(segments: Sequence[Segment], names: Optional[Sequence[str]],
     return [by_name[n] for n in names]
 
 
-def propagate(prior_image: sitk.Image, prior_segments: Sequence[Segment], followup: sitk.Image, *,
-              model: Union[str, object] = "litemedsam", device: str = "auto",
-              config: Optional[PropagationConfig] = None,
-              prior_source: Optional[VolumeSource] = None, followup_source: Optional[VolumeSource] = None,
-              progress: Optional[ProgressCallback] = None, cancel: Optional[CancelCallback] = None
-              ) -> PropagationResult:
-    """Propagate ``prior_segments`` (masks on ``prior_image``'s grid) onto ``followup``.
+def check_inputs(prior_image: sitk.Image, prior_segments: Sequence[Segment], followup: sitk.Image,
+                 cfg: PropagationConfig, prior_source: Optional[VolumeSource] = None,
+                 followup_source: Optional[VolumeSource] = None) -> Study:
+    """Stage "check": 3D images, segments on the prior's grid, empty or one-voxel segments, modality, windows.
 
-    Args:
-        prior_image, followup: 3D scalar images (LPS mm; any direction, spacing, FOV).
-        prior_segments: segments whose masks share ``prior_image``'s geometry.
-        model: ``"litemedsam"``, a SAM checkpoint path, or a loaded
-            :class:`~P2SAMLogic.models.base.PromptableModel` (reused, with its cache).
-        device: ``auto|cpu|cuda|mps`` when ``model`` is a name or path.
-        config: parameters (default :class:`PropagationConfig`).
-        prior_source, followup_source: where the images came from (messages, provenance).
-        progress: called with ``(fraction 0-1, message)``.
-        cancel: polled often; returning True stops the run with :class:`CancelledError`.
-
-    Returns:
-        :class:`PropagationResult` with segments on ``followup``'s geometry. Nothing is
-        written: the caller writes (atomically) what it wants.
+    An empty segment is an error when it is the only one; with others, it is skipped with a warning
+    (they still run). A one-voxel segment runs with a warning (the model sees almost nothing of it).
     """
-    from .registration import overlap_fraction, register_rigid, structure_region, warp_mask
-
-    cfg = (config or PropagationConfig()).validate()
-    tick = _Progress(progress, cancel)
-    t_start = time.perf_counter()
-    timings: Dict[str, float] = {}
     notes: List[str] = []
     prior_name = prior_source.path if prior_source else "prior image"
     follow_name = followup_source.path if followup_source else "follow-up image"
@@ -349,11 +353,24 @@ def propagate(prior_image: sitk.Image, prior_segments: Sequence[Segment], follow
     segments = select_segments(prior_segments, cfg.segments)
     if not segments:
         raise InputError("prior segmentation", "holds no segment")
+    kept: List[Segment] = []
     for s in segments:
         if not same_geometry(s.mask, prior_image, tolerance_mm=1e-2):
             raise InputError(f"segment '{s.name}'", "is not on the prior image's voxel grid")
-        if not s.array().any():
-            raise InputError(f"segment '{s.name}'", "is empty")
+        n = int(np.count_nonzero(sitk.GetArrayViewFromImage(s.mask)))
+        if n == 0:
+            if len(segments) == 1:
+                raise InputError(f"segment '{s.name}'", "is empty")
+            msg = f"segment '{s.name}' is empty in the prior segmentation: skipped (the others still run)"
+            warnings.warn(msg)
+            notes.append(msg)
+            continue
+        if n == 1:
+            msg = (f"segment '{s.name}' is a single voxel: the model sees almost nothing of it; expect the "
+                   "registered position only")
+            warnings.warn(msg)
+            notes.append(msg)
+        kept.append(s)
     prior_mod = (prior_source.modality if prior_source and prior_source.modality else guess_modality(prior_image))
     follow_mod = (followup_source.modality if followup_source and followup_source.modality
                   else guess_modality(followup))
@@ -362,157 +379,55 @@ def propagate(prior_image: sitk.Image, prior_segments: Sequence[Segment], follow
                "results may be poor")
         warnings.warn(msg)
         notes.append(msg)
-    prior_window = choose_window(prior_image, prior_mod, cfg.intensity_window)
-    follow_window = choose_window(followup, follow_mod, cfg.intensity_window)
+    return Study(prior_image, kept, followup, choose_window(prior_image, prior_mod, cfg.intensity_window),
+                 choose_window(followup, follow_mod, cfg.intensity_window), prior_mod, follow_mod, prior_name,
+                 follow_name, notes)
 
-    # 1. registration ------------------------------------------------------------------
-    # per structure (default): each structure gets the rigid transform that fits best around
-    # itself (a GTV and a vertebra move differently when the patient breathes or bends);
-    # joint: one transform for all, fitted around their union.
-    t = time.perf_counter()
-    groups = [[s] for s in segments] if cfg.registration == "per-structure" else [list(segments)]
-    transforms: Dict[str, sitk.Transform] = {}
-    registrations: Dict[str, dict] = {}
-    for gi, group in enumerate(groups):
-        label = ", ".join(s.name for s in group)
-        tick(0.15 * gi / len(groups), f"registering follow-up to prior around {label}")
-        region = structure_region([s.mask for s in group], cfg.registration_margin_mm)
-        reg = register_rigid(followup, prior_image, region, cancel=cancel,
-                             progress=lambda f, gi=gi, label=label: tick(
-                                 0.15 * (gi + f) / len(groups), f"registering follow-up to prior around {label}"))
-        for s in group:
-            transforms[s.name] = reg.transform
-            registrations[s.name] = reg.parameters()
-    timings["registration"] = time.perf_counter() - t
-    for s in segments:
-        frac = overlap_fraction(s.mask, followup, transforms[s.name])
+
+def register(study: Study, cfg: PropagationConfig, tick: _Progress, cancel: Optional[CancelCallback] = None
+             ) -> Dict[str, StructureRegistration]:
+    """Stage "register": per structure, rigid then deformable (``cfg.deformable``; none for ``rigid``).
+
+    Raises :class:`InputError` naming the follow-up when a structure falls mostly outside its field of view.
+    """
+    from .registration import overlap_fraction, register_structures
+
+    deformable = "none" if cfg.method == "rigid" else cfg.deformable
+    if cfg.method == "deformable" and deformable == "none":
+        deformable = "auto"
+    regs = register_structures(study.followup, study.prior_image, [s.mask for s in study.segments],
+                               margin_mm=cfg.registration_margin_mm, deformable=deformable,
+                               same_modality=study.prior_modality == study.followup_modality,
+                               joint=cfg.registration == "joint", cancel=cancel,
+                               progress=lambda f, m: tick(0.15 * f, m))
+    out = dict(zip([s.name for s in study.segments], regs))
+    for s in study.segments:
+        frac = overlap_fraction(s.mask, study.followup, out[s.name].rigid.transform)
         if frac < cfg.min_overlap:
-            raise InputError(follow_name, f"does not cover segment '{s.name}' after registration (only "
-                                          f"{100 * frac:.0f}% of it falls inside the follow-up's field of "
-                                          "view); is this the same patient and region?")
+            raise InputError(study.followup_name, f"does not cover segment '{s.name}' after registration (only "
+                                                  f"{100 * frac:.0f}% of it falls inside the follow-up's field of "
+                                                  "view); is this the same patient and region?")
+    return out
 
-    # model -------------------------------------------------------------------------------
-    net = None
-    t = time.perf_counter()
-    if cfg.method != "rigid":
-        if model is None or isinstance(model, str):
-            from .models import load_model
-            tick(0.15, "loading model")
-            net = load_model(model or "litemedsam", device=device)
-        else:
-            net = model
-    timings["model_load"] = time.perf_counter() - t
-    encoder_at_start = 0.0 if net is None else float(getattr(net, "encoder_seconds", 0.0))
-    stage = {k: 0.0 for k in ("references", "cluster", "match", "decode", "retrieval", "postprocess")}
-    follow_arr = sitk.GetArrayViewFromImage(followup)
-    spacing = followup.GetSpacing()  # (i, j, k)
-    kji_spacing = (spacing[2], spacing[1], spacing[0])
-    pixel_mm2 = spacing[0] * spacing[1]
 
-    out_segments: List[Segment] = []
-    registered: List[Segment] = []
-    reports: List[SegmentReport] = []
-    n_seg = len(segments)
-    for si, seg in enumerate(segments):
-        lo, hi = 0.15 + 0.8 * si / n_seg, 0.15 + 0.8 * (si + 1) / n_seg
-        tick(lo, f"{seg.name}: preparing")
-        transform = transforms[seg.name]
-        reg_mask_img = warp_mask(seg.mask, followup, transform)
-        reg_mask = sitk.GetArrayFromImage(reg_mask_img).astype(bool)
-        registered.append(Segment(seg.name, seg.color, reg_mask_img, seg.segment_id,
-                                  {"P2SAM.Role": "registered prior (rigid)"}))
-        result = np.zeros(reg_mask.shape, dtype=bool)
-        slice_reports: List[SliceReport] = []
-        if cfg.method == "rigid" or not reg_mask.any():
-            if not reg_mask.any():
-                notes.append(f"segment '{seg.name}': the registered prior covers no follow-up voxel centre "
-                             "(structure thinner than the follow-up's voxels)")
-            result = reg_mask.copy()
-            for k in np.flatnonzero(reg_mask.reshape(reg_mask.shape[0], -1).any(1)):
-                a = float(reg_mask[k].sum()) * pixel_mm2
-                slice_reports.append(SliceReport(int(k), None, "accepted", math.nan, False, "", a, a))
-        else:
-            t = time.perf_counter()
-            refs = _references(prior_image, seg, followup, transform, prior_window, cfg)
-            stage["references"] += time.perf_counter() - t
-            ks = np.flatnonzero(reg_mask.reshape(reg_mask.shape[0], -1).any(1))
-            margin = int(math.ceil(cfg.slice_margin_mm / kji_spacing[0] - 1e-6)) if cfg.slice_margin_mm > 0 else 0
-            k_lo, k_hi = max(0, int(ks[0]) - margin), min(reg_mask.shape[0] - 1, int(ks[-1]) + margin)
-            targets = list(range(k_lo, k_hi + 1))
-            if cfg.method == "registered-box":
-                targets = [int(k) for k in ks]
-            segmenter = _make_segmenter(net, cfg)
-            if cfg.method == "p2sam":
-                net.encode([r.image for r in refs])
-                t = time.perf_counter()
-                for r in refs:  # embeddings come from the cache: pooling and k-means only
-                    r.state = segmenter.prepare_reference(r.image, r.mask, source=f"segment '{seg.name}'")
-                stage["cluster"] += time.perf_counter() - t
-            per_slice: Dict[int, dict] = {}
-            for b0 in range(0, len(targets), cfg.batch_size):
-                chunk = targets[b0:b0 + cfg.batch_size]
-                tick(lo + (hi - lo) * (0.1 + 0.85 * b0 / len(targets)),
-                     f"{seg.name}: slices {chunk[0]}-{chunk[-1]} of {k_lo}-{k_hi}")
-                jobs = []
-                for k in chunk:
-                    ref = min(refs, key=lambda r: (abs(r.kc - k), r.prior_slice))
-                    box_k = _box(reg_mask[k])
-                    window = ref.window
-                    if box_k is not None and cfg.method == "registered-box":
-                        window = _square(box_k, cfg.roi_margin_mm, cfg.min_roi_mm, spacing, reg_mask.shape[1:])
-                    x0, y0, x1, y1 = window.astype(int)
-                    crop = follow_window.to_rgb(np.asarray(follow_arr[k, y0:y1, x0:x1]))
-                    jobs.append((k, ref, window, crop, box_k))
-                net.encode([j[3] for j in jobs])
-                for k, ref, window, crop, box_k in jobs:
-                    tick(lo + (hi - lo) * (0.1 + 0.85 * (targets.index(k) + 1) / len(targets)),
-                         f"{seg.name}: slice {k}")
-                    off = np.array([window[0], window[1], window[0], window[1]])
-                    local_prior = None if box_k is None else box_k - off
-                    if cfg.method == "registered-box":
-                        res = segmenter.segment_with_box(crop, local_prior)
-                    else:
-                        res = segmenter.segment(ref.state, crop, prior_box=local_prior)
-                    for key in ("match", "decode", "retrieval"):
-                        stage[key] += res.timings.get(key, 0.0)
-                    ch = res.chosen
-                    per_slice[k] = {
-                        "ref": ref.prior_slice, "window": window, "mask": res.mask,
-                        "presence": (ch.score / ch.background_distance
-                                     if math.isfinite(ch.score) and math.isfinite(ch.background_distance)
-                                     and ch.background_distance > 0 else math.nan),
-                        "iou": float(ch.predicted_iou),
-                        "box": None if ch.box is None else (np.asarray(ch.box) + off).tolist(),
-                    }
-            tick(lo + (hi - lo) * 0.96, f"{seg.name}: 3D clean-up")
-            t = time.perf_counter()
-            result, slice_reports = _decide(per_slice, reg_mask, cfg, pixel_mm2, kji_spacing)
-            stage["postprocess"] += time.perf_counter() - t
-        out_img = mask_image_like(result, followup)
-        prior_ml = seg.volume_ml()
-        reg_ml = float(reg_mask.sum()) * pixel_mm2 * kji_spacing[0] / 1000.0
-        fu_ml = float(result.sum()) * pixel_mm2 * kji_spacing[0] / 1000.0
-        flagged = [s.index for s in slice_reports if s.flagged]
-        reports.append(SegmentReport(
-            name=seg.name, color=tuple(seg.color), prior_volume_ml=prior_ml, registered_volume_ml=reg_ml,
-            followup_volume_ml=fu_ml,
-            change_percent=(fu_ml - prior_ml) / prior_ml * 100.0 if prior_ml > 0 else math.nan,
-            slices_processed=len(slice_reports),
-            slices_rejected=sum(1 for s in slice_reports if s.status == "rejected"),
-            slices_flagged=len(flagged), flagged_slices=flagged, slices=slice_reports))
-        out_segments.append(Segment(seg.name, tuple(seg.color), out_img, seg.segment_id or seg.name, {}))
-        tick(hi, f"{seg.name}: done")
-
-    timings.update(stage)
-    timings["encode"] = 0.0 if net is None else float(getattr(net, "encoder_seconds", 0.0)) - encoder_at_start
-    timings["total"] = time.perf_counter() - t_start
-    timings["other"] = max(0.0, timings["total"] - sum(v for k, v in timings.items() if k != "total"))
-    provenance = _provenance(cfg, net, registrations, prior_window, follow_window, prior_source, followup_source,
-                             prior_mod, follow_mod)
-    for seg_out, rep in zip(out_segments, reports):
-        seg_out.tags.update(segment_tags(provenance, rep))
-    tick(1.0, "done")
-    return PropagationResult(out_segments, registered, reports, provenance, timings, notes)
+def clean_up(mask: np.ndarray, registered: np.ndarray, cfg: PropagationConfig, spacing_kji: Sequence[float]
+             ) -> np.ndarray:
+    """Stage "clean up" of one part (a blob): 3D components consistent with the registered prior, holes
+    filled per slice; computed inside the bounding box of both (a 512 x 512 x 150 grid is never
+    labelled or dilated as a whole)."""
+    cleaned = np.zeros_like(mask)
+    both = mask | registered
+    if not both.any():
+        return cleaned
+    pad = [int(math.ceil(cfg.cleanup_tolerance_mm / max(sp, 1e-6))) + 1 for sp in spacing_kji]
+    box = []
+    for ax in range(3):
+        occupied = np.flatnonzero(both.any(axis=tuple(a for a in range(3) if a != ax)))
+        box.append(slice(max(0, int(occupied[0]) - pad[ax]), min(mask.shape[ax], int(occupied[-1]) + 1 + pad[ax])))
+    box = tuple(box)
+    cleaned[box] = fill_holes_per_slice(keep_consistent(mask[box], registered[box], spacing_kji,
+                                                        cfg.cleanup_tolerance_mm))
+    return cleaned
 
 
 def _make_segmenter(net, cfg: PropagationConfig):
@@ -527,161 +442,276 @@ def _make_segmenter(net, cfg: PropagationConfig):
     return P2SAMSegmenter(net, P2SAMConfig(method="p2sam", search_context=None, max_parts=cfg.max_parts,
                                            negative_parts=cfg.negative_parts, seed=cfg.seed,
                                            transposed_boxes=False, stage_two_centres=1,
-                                           batch_region_slack=0.25))
+                                           batch_region_slack=0.25,
+                                           rank_prior_agreement=cfg.rank_prior_agreement))
 
 
-def _references(prior_image: sitk.Image, seg: Segment, followup: sitk.Image, transform: sitk.Transform,
-                window: IntensityWindow, cfg: PropagationConfig) -> List[_Reference]:
-    """One reference per native prior slice holding ``seg``: prior image and mask resampled on the
-    follow-up's slice grid (orientation, pixel size) through that prior slice's plane."""
-    mask = seg.array()
-    inverse = transform.GetInverse()
-    size = followup.GetSize()
+def _extent(mask: np.ndarray) -> np.ndarray:
+    """Slice indices ``k`` where a ``bool [k, j, i]`` mask is non-empty."""
+    return np.flatnonzero(mask.reshape(mask.shape[0], -1).any(1))
+
+
+@dataclass
+class _PartOutcome:
+    """One part's result: the cleaned mask, the registered part, the per-slice decisions and proposals."""
+
+    registered: np.ndarray
+    decided: np.ndarray
+    model: Optional[np.ndarray]
+    decisions: Dict[int, SliceDecision]
+    proposals: dict
+
+
+def propagate_part(study: Study, part_mask: sitk.Image, part_name: str, registration: StructureRegistration,
+                   net, segmenter, cfg: PropagationConfig, stage: Dict[str, float], tick: Callable[[float, str], None],
+                   share_windows: Optional[Dict[int, np.ndarray]] = None,
+                   centre_on: Optional[np.ndarray] = None) -> Tuple[_PartOutcome, Dict[int, np.ndarray]]:
+    """Stages "references", "slices", "decide" and "clean up" for one part (a blob).
+
+    Args:
+        part_mask: the part on the prior grid (``sitkUInt8``).
+        share_windows: prior slice -> ROI to use for this part's references (a ring's cavity takes its
+            outer region's ROIs, so both parts' crops are the same images, encoded once).
+        centre_on: ``bool [k, j, i]`` mask whose box centres the follow-up ROIs (default: this part's
+            registered prior).
+    Returns:
+        the outcome, and this part's reference ROIs by prior slice (for ``share_windows``).
+    """
+    from .registration import warp_mask
+    from .slices import make_references, propose_slices
+
+    followup = study.followup
     spacing = followup.GetSpacing()
-    mask_f = sitk.Cast(seg.mask, sitk.sitkFloat32)
-    fill = float(np.min(sitk.GetArrayViewFromImage(prior_image)[:: max(1, mask.shape[0] // 8)]))
-    refs: List[_Reference] = []
-    for kp in np.flatnonzero(mask.reshape(mask.shape[0], -1).any(1)):
-        jj, ii = np.nonzero(mask[kp])
-        centre = prior_image.TransformContinuousIndexToPhysicalPoint([float(ii.mean()), float(jj.mean()), float(kp)])
-        q = inverse.TransformPoint(centre)
-        kc = followup.TransformPhysicalPointToContinuousIndex(q)[2]
-        grid = sitk.Image([int(size[0]), int(size[1]), 1], sitk.sitkFloat32)
-        grid.SetSpacing(spacing)
-        grid.SetDirection(followup.GetDirection())
-        grid.SetOrigin(followup.TransformContinuousIndexToPhysicalPoint([0.0, 0.0, float(kc)]))
-        img = sitk.GetArrayFromImage(sitk.Resample(prior_image, grid, transform, sitk.sitkLinear, fill,
-                                                   sitk.sitkFloat32))[0]
-        m = sitk.GetArrayFromImage(sitk.Resample(mask_f, grid, transform, sitk.sitkLinear, 0.0))[0] >= 0.5
-        if not m.any():
-            continue
-        box = _box(m)
-        win = _square(box, cfg.roi_margin_mm, cfg.min_roi_mm, spacing, m.shape)
-        x0, y0, x1, y1 = win.astype(int)
-        refs.append(_Reference(int(kp), float(kc), win, window.to_rgb(img[y0:y1, x0:x1]),
-                               np.ascontiguousarray(m[y0:y1, x0:x1])))
-    if not refs:
-        raise InputError(f"segment '{seg.name}'", "is too thin to resample onto the follow-up's slices")
-    return refs
+    kji_spacing = (spacing[2], spacing[1], spacing[0])
+    registered = sitk.GetArrayFromImage(warp_mask(part_mask, followup, registration.transform)).astype(bool)
+    if not registered.any():
+        return _PartOutcome(registered, registered.copy(), None, {}, {}), {}
+    t = time.perf_counter()
+    refs = make_references(study.prior_image, part_mask, followup, registration.rigid.transform,
+                           study.prior_window, cfg.roi_margin_mm, cfg.min_roi_mm, part_name)
+    if share_windows:
+        shared = [r.cropped(share_windows[r.prior_slice], study.prior_window) if r.prior_slice in share_windows
+                  else r for r in refs]
+        refs = [r for r in shared if r.mask.any()] or refs
+    stage["references"] += time.perf_counter() - t
+    ks = _extent(registered)
+    margin = int(math.ceil(cfg.slice_margin_mm / kji_spacing[0] - 1e-6)) if cfg.slice_margin_mm > 0 else 0
+    k_lo, k_hi = max(0, int(ks[0]) - margin), min(registered.shape[0] - 1, int(ks[-1]) + margin)
+    targets = list(range(k_lo, k_hi + 1)) if cfg.method == "p2sam" else [int(k) for k in ks]
+    if cfg.method == "p2sam":
+        net.encode([r.image for r in refs])
+        t = time.perf_counter()
+        for r in refs:  # embeddings come from the cache: pooling and k-means only
+            r.state = segmenter.prepare_reference(r.image, r.mask, source=f"segment '{part_name}'")
+        stage["cluster"] += time.perf_counter() - t
+    follow_arr = sitk.GetArrayViewFromImage(followup)
+    proposals = propose_slices(segmenter, refs, targets, registered, follow_arr, study.followup_window,
+                               cfg.batch_size, stage, tick=tick, label=part_name,
+                               registered_box_only=cfg.method == "registered-box", centre_on=centre_on)
+    t = time.perf_counter()
+    decided, decisions, model = decide_part(proposals, registered, cfg.rule(), kji_spacing)
+    stage["decide"] += time.perf_counter() - t
+    t = time.perf_counter()
+    cleaned = clean_up(decided, registered, cfg, kji_spacing)
+    stage["cleanup"] += time.perf_counter() - t
+    return _PartOutcome(registered, cleaned, model, decisions, proposals), {r.prior_slice: r.window for r in refs}
 
 
-def _decide(per_slice: Dict[int, dict], reg_mask: np.ndarray, cfg: PropagationConfig, pixel_mm2: float,
-            kji_spacing: Sequence[float]) -> Tuple[np.ndarray, List[SliceReport]]:
-    """Presence per slice, 3D clean-up, QA and flags (see the module docstring)."""
-    shape = reg_mask.shape
-    raw = np.zeros(shape, dtype=bool)
-    keep: Dict[int, bool] = {}
-    reason: Dict[int, str] = {}
-    inside = [k for k in sorted(per_slice) if reg_mask[k].any()]
-    core_lo, core_hi = (inside[0], inside[-1]) if inside else (None, None)
-    for k in sorted(per_slice):
-        x0, y0, x1, y1 = per_slice[k]["window"].astype(int)
-        m = per_slice[k]["mask"]
-        if m.shape != (y1 - y0, x1 - x0):
-            raise RuntimeError("internal error: slice mask and window disagree")
-        raw[k, y0:y1, x0:x1] = m
-    # inside the registered extent: keep any non-empty proposal
-    for k in inside:
-        keep[k] = bool(raw[k].any())
-        reason[k] = "" if keep[k] else "empty proposal inside the registered extent"
-    # beyond it: walk outward; a slice is kept only if its neighbour toward the structure was
-    for direction in (-1, 1):
-        if core_lo is None:
-            break
-        k = (core_lo if direction < 0 else core_hi) + direction
-        prev_ok = keep.get(k - direction, False)
-        while k in per_slice:
-            p = per_slice[k]["presence"]
-            present = bool(raw[k].any()) and math.isfinite(p) and p < cfg.presence_threshold
-            keep[k] = prev_ok and present
-            if not raw[k].any():
-                reason[k] = "empty proposal"
-            elif not prev_ok:
-                reason[k] = "neighbour toward the structure was rejected"
-            elif not present:
-                reason[k] = f"not like the reference (presence {p:.2f} >= {cfg.presence_threshold})"
-            else:
-                reason[k] = ""
-            prev_ok = keep[k]
-            k += direction
-    kept = raw.copy()
-    for k, ok in keep.items():
-        if not ok:
-            kept[k] = False
-    fused = kept.copy()
-    if cfg.prior_weight > 0:
-        for k in sorted(per_slice):
-            if kept[k].any() and reg_mask[k].any():
-                fused[k] = fuse_contours(kept[k], reg_mask[k], cfg.prior_weight, kji_spacing[1:])
-    # clean up inside the bounding box of everything involved (memory: a 512 x 512 x 150 grid is
-    # never labelled or dilated as a whole)
-    cleaned = np.zeros_like(fused)
-    both = fused | reg_mask
-    if both.any():
-        pad = [int(math.ceil(cfg.cleanup_tolerance_mm / max(sp, 1e-6))) + 1 for sp in kji_spacing]
-        box = []
-        for ax in range(3):
-            occupied = np.flatnonzero(both.any(axis=tuple(a for a in range(3) if a != ax)))
-            box.append(slice(max(0, int(occupied[0]) - pad[ax]), min(shape[ax], int(occupied[-1]) + 1 + pad[ax])))
-        box = tuple(box)
-        cleaned[box] = fill_holes_per_slice(keep_consistent(fused[box], reg_mask[box], kji_spacing,
-                                                            cfg.cleanup_tolerance_mm))
-    reports: List[SliceReport] = []
-    for k in sorted(per_slice):
-        info = per_slice[k]
-        m = cleaned[k]
-        reg_k = reg_mask[k]
-        status = "accepted" if m.any() else "rejected"
-        why = reason.get(k, "")
-        if keep.get(k) and not m.any():
-            why = "removed by the 3D clean-up"
-        iou = info["iou"]
-        model_k = kept[k]
-        if m.any():
-            if reg_k.any():
-                agree = _dice(model_k, reg_k) if model_k.any() else 0.0
-            else:
-                near = [cleaned[j] for j in (k - 1, k + 1) if 0 <= j < shape[0] and cleaned[j].any()]
-                agree = max((_dice(m, n) for n in near), default=0.0)
-            qa = 0.5 * float(np.clip(iou, 0, 1)) + 0.5 * agree
+def propagate_structure(study: Study, seg: Segment, registration: StructureRegistration, net,
+                        cfg: PropagationConfig, stage: Dict[str, float], tick: Callable[[float, str], None]
+                        ) -> Tuple[np.ndarray, np.ndarray, StructurePlan, Dict[str, _PartOutcome]]:
+    """One structure: plan → parts → recompose. Returns ``(output, registered, plan, parts)``."""
+    from .registration import warp_mask
+
+    registered = sitk.GetArrayFromImage(warp_mask(seg.mask, study.followup, registration.transform)).astype(bool)
+    plan = plan_structure(seg.name, seg.mask, decompose=cfg.decompose)
+    if cfg.method in ("rigid", "deformable") or not registered.any():
+        return registered.copy(), registered, plan, {}
+    segmenter = _make_segmenter(net, cfg)
+    outcomes: Dict[str, _PartOutcome] = {}
+    windows_by_piece: Dict[int, Dict[int, np.ndarray]] = {}
+    outer_registered: Dict[int, np.ndarray] = {}
+    n = len(plan.parts)
+    for pi, part in enumerate(plan.parts):
+        sub = lambda f, m, pi=pi: tick((pi + f) / n, m)  # noqa: E731
+        share = windows_by_piece.get(part.piece) if part.role == "cavity" else None
+        centre = outer_registered.get(part.piece) if part.role == "cavity" else None
+        outcome, wins = propagate_part(study, part.mask, part.name, registration, net, segmenter, cfg, stage, sub,
+                                       share_windows=share, centre_on=centre)
+        outcomes[part.name] = outcome
+        if part.role == "outer":
+            windows_by_piece[part.piece] = wins
+            outer_registered[part.piece] = outcome.registered
+    t = time.perf_counter()
+    output = recompose(plan, {k: o.decided for k, o in outcomes.items()},
+                       {k: o.registered for k, o in outcomes.items()}, registered)
+    stage["cleanup"] += time.perf_counter() - t
+    return output, registered, plan, outcomes
+
+
+def build_report(seg: Segment, output: np.ndarray, registered: np.ndarray, plan: StructurePlan,
+                 outcomes: Dict[str, "_PartOutcome"], cfg: PropagationConfig, spacing: Sequence[float]
+                 ) -> SegmentReport:
+    """Stage "report" for one structure: volumes, change, and one :class:`SliceReport` per processed slice."""
+    pixel_mm2 = float(spacing[0]) * float(spacing[1])
+    voxel_ml = pixel_mm2 * float(spacing[2]) / 1000.0
+    ks = set(int(k) for k in _extent(registered)) | set(int(k) for k in _extent(output))
+    for o in outcomes.values():
+        ks |= set(o.decisions)
+    slices: List[SliceReport] = []
+    for k in sorted(ks):
+        m, reg_k = output[k], registered[k]
+        decs = [(name, o.decisions[k], o.proposals.get(k)) for name, o in outcomes.items() if k in o.decisions]
+        sources = {d.source for _, d, _ in decs if d.source != "absent" or not reg_k.any()}
+        if not decs:
+            source = "registered" if m.any() else "absent"
+        elif m.any() and sources == {"model"}:
+            source = "model"
+        elif m.any() and "model" in sources:
+            source = "mixed"
+        elif m.any():
+            source = "registered"
         else:
-            qa = 1.0 - (0.5 if reg_k.any() else 0.0)
-        flags = []
-        if status == "accepted" and qa < cfg.qa_flag_below:
+            source = "absent"
+        if source in ("model", "mixed") and plan.rings and m.any():
+            # a ring's open slices keep the registered ring (structures.recompose)
+            piece_open = reg_k.any() and np.array_equal(m, reg_k)
+            if piece_open:
+                source = "registered"
+        qa_values = [d.qa for _, d, _ in decs if math.isfinite(d.qa)]
+        qa = min(qa_values) if qa_values else math.nan
+        flags: List[str] = []
+        reasons = [f"{name}: {d.reason}" if len(decs) > 1 else d.reason for name, d, _ in decs if d.reason]
+        if decs and source in ("registered", "mixed") and reg_k.any():
+            flags.append("registered contour kept (model not trusted)" if source == "registered"
+                         else "part of the contour from the registration (model not trusted there)")
+        if source in ("model", "mixed") and math.isfinite(qa) and qa < cfg.qa_flag_below:
             flags.append(f"low QA {qa:.2f}")
-        if status == "accepted" and reg_k.any():
-            ratio = model_k.sum() / max(1, reg_k.sum())
+        if source in ("model", "mixed") and reg_k.any():
+            ratio = m.sum() / max(1, reg_k.sum())
             if ratio < 0.5 or ratio > 1.6:
                 flags.append(f"area {ratio:.2f}x the registered prior's")
-        if status == "accepted" and not reg_k.any():
+        if m.any() and not reg_k.any():
             flags.append("beyond the registered prior's extent")
-        if status == "rejected" and reg_k.any():
-            flags.append("rejected inside the registered extent: " + (why or "empty"))
-        if status == "rejected" and not flags and why and "presence" in why:
-            p = info["presence"]
-            if math.isfinite(p) and p < cfg.presence_threshold * 1.1:
-                flags.append("borderline presence")
-        text = "; ".join(flags) if flags else why
-        reports.append(SliceReport(
-            index=int(k), reference_index=info["ref"], status=status, qa=float(qa), flagged=bool(flags),
-            reason=text, area_mm2=float(m.sum()) * pixel_mm2, registered_area_mm2=float(reg_k.sum()) * pixel_mm2,
-            presence=float(info["presence"]), predicted_iou=float(iou),
-            window=[float(v) for v in info["window"]], box=info["box"]))
-    return cleaned, reports
+        if not m.any() and reg_k.any():
+            flags.append("empty inside the registered extent")
+        first = decs[0] if decs else None
+        prop = first[2] if first else None
+        text = "; ".join(flags + [r for r in reasons if r not in flags])
+        slices.append(SliceReport(
+            index=int(k), reference_index=None if prop is None else int(prop.reference),
+            status="accepted" if m.any() else "rejected", qa=float(qa), flagged=bool(flags), reason=text,
+            area_mm2=float(m.sum()) * pixel_mm2, registered_area_mm2=float(reg_k.sum()) * pixel_mm2, source=source,
+            agreement=float(first[1].agreement) if first else math.nan,
+            presence=float(prop.presence) if prop is not None else math.nan,
+            predicted_iou=float(prop.predicted_iou) if prop is not None else math.nan,
+            window=None if prop is None else [float(v) for v in prop.window], box=None if prop is None else prop.box))
+    prior_ml = seg.volume_ml()
+    reg_ml = float(registered.sum()) * voxel_ml
+    fu_ml = float(output.sum()) * voxel_ml
+    accepted = [s for s in slices if s.status == "accepted"]
+    share = (sum(1.0 if s.source == "model" else 0.5 if s.source == "mixed" else 0.0 for s in accepted)
+             / len(accepted)) if accepted and outcomes else (0.0 if accepted else math.nan)
+    flagged = [s.index for s in slices if s.flagged]
+    return SegmentReport(
+        name=seg.name, color=tuple(seg.color), prior_volume_ml=prior_ml, registered_volume_ml=reg_ml,
+        followup_volume_ml=fu_ml, change_percent=(fu_ml - prior_ml) / prior_ml * 100.0 if prior_ml > 0 else math.nan,
+        slices_processed=len(slices), slices_rejected=sum(1 for s in slices if s.status == "rejected"),
+        slices_flagged=len(flagged), flagged_slices=flagged, shape=plan.shape, model_share=float(share),
+        slices=slices)
 
 
-def signed_distance(mask: np.ndarray, spacing_ji: Sequence[float]) -> np.ndarray:
-    """2D signed distance (mm) to the contour of ``mask`` (``H x W`` bool): negative inside."""
-    inside = ndimage.distance_transform_edt(mask, sampling=spacing_ji)
-    outside = ndimage.distance_transform_edt(~mask, sampling=spacing_ji)
-    return outside - inside
+def propagate(prior_image: sitk.Image, prior_segments: Sequence[Segment], followup: sitk.Image, *,
+              model: Union[str, object] = "litemedsam", device: str = "auto",
+              config: Optional[PropagationConfig] = None,
+              prior_source: Optional[VolumeSource] = None, followup_source: Optional[VolumeSource] = None,
+              progress: Optional[ProgressCallback] = None, cancel: Optional[CancelCallback] = None,
+              keep_details: bool = False) -> PropagationResult:
+    """Propagate ``prior_segments`` (masks on ``prior_image``'s grid) onto ``followup``.
 
+    Args:
+        prior_image, followup: 3D scalar images (LPS mm; any direction, spacing, FOV).
+        prior_segments: segments whose masks share ``prior_image``'s geometry.
+        model: ``"litemedsam"``, a SAM checkpoint path, or a loaded
+            :class:`~P2SAMLogic.models.base.PromptableModel` (reused, with its cache).
+        device: ``auto|cpu|cuda|mps`` when ``model`` is a name or path.
+        config: parameters (default :class:`PropagationConfig`).
+        prior_source, followup_source: where the images came from (messages, provenance).
+        progress: called with ``(fraction 0-1, message)``.
+        cancel: polled often; returning True stops the run with :class:`CancelledError`.
+        keep_details: keep per-part arrays and decisions in ``result.details`` (benchmarks).
 
-def fuse_contours(model: np.ndarray, prior: np.ndarray, prior_weight: float, spacing_ji: Sequence[float]
-                  ) -> np.ndarray:
-    """Zero level of ``(1 - w) SDF(model) + w SDF(prior)`` on one slice (``H x W`` bool masks)."""
-    w = float(prior_weight)
-    return ((1.0 - w) * signed_distance(model, spacing_ji) + w * signed_distance(prior, spacing_ji)) < 0
+    Returns:
+        :class:`PropagationResult` with segments on ``followup``'s geometry. Nothing is
+        written: the caller writes (atomically) what it wants.
+    """
+    cfg = (config or PropagationConfig()).validate()
+    tick = _Progress(progress, cancel)
+    t_start = time.perf_counter()
+    timings: Dict[str, float] = {}
+    study = check_inputs(prior_image, prior_segments, followup, cfg, prior_source, followup_source)
+    notes = list(study.notes)
+
+    t = time.perf_counter()
+    registrations = register(study, cfg, tick, cancel)
+    timings["registration"] = time.perf_counter() - t
+
+    net = None
+    t = time.perf_counter()
+    if cfg.method not in ("rigid", "deformable"):
+        if model is None or isinstance(model, str):
+            from .models import load_model
+            tick(0.15, "loading model")
+            net = load_model(model or "litemedsam", device=device)
+        else:
+            net = model
+    timings["model_load"] = time.perf_counter() - t
+    encoder_at_start = 0.0 if net is None else float(getattr(net, "encoder_seconds", 0.0))
+    stage = {k: 0.0 for k in ("references", "cluster", "match", "decode", "retrieval", "decide", "cleanup",
+                              "report")}
+    spacing = followup.GetSpacing()
+
+    out_segments: List[Segment] = []
+    registered_segments: List[Segment] = []
+    reports: List[SegmentReport] = []
+    details: Dict[str, dict] = {}
+    n_seg = len(study.segments)
+    for si, seg in enumerate(study.segments):
+        lo, hi = 0.15 + 0.8 * si / n_seg, 0.15 + 0.8 * (si + 1) / n_seg
+        tick(lo, f"{seg.name}: preparing")
+        reg = registrations[seg.name]
+        output, registered, plan, outcomes = propagate_structure(
+            study, seg, reg, net, cfg, stage, lambda f, m, lo=lo, hi=hi: tick(lo + (hi - lo) * 0.95 * f, m))
+        if not registered.any():
+            notes.append(f"segment '{seg.name}': the registered prior covers no follow-up voxel centre "
+                         "(structure thinner than the follow-up's voxels)")
+        t = time.perf_counter()
+        reports.append(build_report(seg, output, registered, plan, outcomes, cfg, spacing))
+        stage["report"] += time.perf_counter() - t
+        role = "registered prior (rigid)" if reg.deformable == "none" else f"registered prior (rigid + {reg.deformable})"
+        registered_segments.append(Segment(seg.name, seg.color, mask_image_like(registered, followup), seg.segment_id,
+                                           {"P2SAM.Role": role}))
+        out_segments.append(Segment(seg.name, tuple(seg.color), mask_image_like(output, followup),
+                                    seg.segment_id or seg.name, {}))
+        if keep_details:
+            details[seg.name] = {"registered": registered, "output": output, "plan": plan.describe(),
+                                 "parts": {name: {"registered": o.registered, "model": o.model, "decided": o.decided,
+                                                  "decisions": o.decisions, "proposals": o.proposals}
+                                           for name, o in outcomes.items()}}
+        tick(hi, f"{seg.name}: done")
+
+    timings.update(stage)
+    timings["encode"] = 0.0 if net is None else float(getattr(net, "encoder_seconds", 0.0)) - encoder_at_start
+    timings["total"] = time.perf_counter() - t_start
+    timings["other"] = max(0.0, timings["total"] - sum(v for k, v in timings.items() if k != "total"))
+    provenance = _provenance(cfg, net, {n: r.parameters() for n, r in registrations.items()}, study.prior_window,
+                             study.followup_window, prior_source, followup_source, study.prior_modality,
+                             study.followup_modality)
+    provenance["structures"] = {r.name: r.shape for r in reports}
+    for seg_out, rep in zip(out_segments, reports):
+        seg_out.tags.update(segment_tags(provenance, rep))
+    tick(1.0, "done")
+    return PropagationResult(out_segments, registered_segments, reports, provenance, timings, notes, details)
 
 
 def _provenance(cfg: PropagationConfig, net, reg, prior_window: IntensityWindow, follow_window: IntensityWindow,

@@ -45,7 +45,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import SimpleITK as sitk
@@ -365,17 +365,33 @@ def register_rigid(fixed: sitk.Image, moving: sitk.Image, moving_region: Optiona
         InputError: not 3-D, empty region, no body found, or no overlap at initialisation.
         CancelledError: ``cancel()`` returned ``True``.
     """
+    return register_rigid_regions(fixed, moving, [moving_region], progress=progress, cancel=cancel)[0]
+
+
+def register_rigid_regions(fixed: sitk.Image, moving: sitk.Image, moving_regions: Sequence[Optional[sitk.Image]], *,
+                           progress: Optional[Callable[[float], None]] = None,
+                           cancel: Optional[Callable[[], bool]] = None) -> List[RegistrationResult]:
+    """:func:`register_rigid` for several regions at once: the initialisation and the global stage run
+    once, the local stage once per region (``None``: a finer global level). One result per region, in
+    order; each result's ``seconds`` counts the shared stages once, in the first result."""
     t0 = time.perf_counter()
     _check_3d(fixed, "follow-up image")
     _check_3d(moving, "prior image")
+    n_regions = max(1, len(moving_regions))
     stage = _Stage(progress, cancel)
     stage.report(0.0)
-    region_corners = None
-    if moving_region is not None:
-        region_corners = _mask_corners(moving_region)
-        if region_corners is None:
+    corners_of = []
+    regions = []
+    for region in moving_regions:
+        if region is None:
+            corners_of.append(None)
+            regions.append(None)
+            continue
+        c = _mask_corners(region)
+        if c is None:
             raise InputError("registration region", "the region around the structures is empty")
-        moving_region = sitk.Cast(moving_region > 0, sitk.sitkUInt8)
+        corners_of.append(c)
+        regions.append(sitk.Cast(region > 0, sitk.sitkUInt8))
     f = _as_float(fixed)
     m = _as_float(moving)
 
@@ -409,45 +425,57 @@ def register_rigid(fixed: sitk.Image, moving: sitk.Image, moving_region: Optiona
         fmask = sitk.Resample(fb8, fs, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
         tx = _gradient_stage(stage, fs, ms, tx, fixed_mask=sitk.BinaryDilate(fmask, [1, 1, 1]), bins=32,
                              sampling=0.2, step_mm=step, min_step_mm=0.05, iterations=80, weight=weight)
+    shared = (stage.iterations, time.perf_counter() - t0)
+    global_tx = sitk.Euler3DTransform(tx)
 
-    # 3. local refinement around the structures (or a finer global level)
-    if moving_region is not None:
-        centre_m = _centroid(moving_region)
-        inv = tx.GetInverse()
-        centre_f = np.array(inv.TransformPoint([float(v) for v in centre_m]))
-        tx = _recentred(tx, centre_f)
-        corners_f = np.array([inv.TransformPoint([float(v) for v in p]) for p in region_corners])
-        fc = _crop_around(f, corners_f, 15.0)
-        mc = _crop_around(m, region_corners, 25.0)
-        if fc is None or mc is None:
-            raise InputError("follow-up image", "the structures' region falls outside the follow-up's field of "
-                             "view after global registration")
-        global_tx = sitk.Euler3DTransform(tx)
-        for target, step, weight in ((2.0, 1.0, 0.25), (1.0, 0.5, 0.25)):
-            fs, ms = _shrink_to(fc, target), _shrink_to(mc, target)
-            fixed_region = warp_mask(moving_region, fs, global_tx)
-            if not np.any(sitk.GetArrayViewFromImage(fixed_region)):
-                raise InputError("follow-up image", "the structures' region falls outside the follow-up's field "
-                                 "of view after global registration")
+    # 3. local refinement around each region (or a finer global level)
+    results: List[RegistrationResult] = []
+    for ri, (region, region_corners) in enumerate(zip(regions, corners_of)):
+        t1 = time.perf_counter()
+        it0 = stage.iterations
+        stage.stop = ""
+        tx = sitk.Euler3DTransform(global_tx)
+        w_local = 0.5 / n_regions
+        if region is not None:
+            centre_m = _centroid(region)
+            inv = tx.GetInverse()
+            centre_f = np.array(inv.TransformPoint([float(v) for v in centre_m]))
+            tx = _recentred(tx, centre_f)
+            corners_f = np.array([inv.TransformPoint([float(v) for v in p]) for p in region_corners])
+            fc = _crop_around(f, corners_f, 15.0)
+            mc = _crop_around(m, region_corners, 25.0)
+            if fc is None or mc is None:
+                raise InputError("follow-up image", "the structures' region falls outside the follow-up's field of "
+                                 "view after global registration")
+            start_tx = sitk.Euler3DTransform(tx)
+            for target, step in ((2.0, 1.0), (1.0, 0.5)):
+                fs, ms = _shrink_to(fc, target), _shrink_to(mc, target)
+                fixed_region = warp_mask(region, fs, start_tx)
+                if not np.any(sitk.GetArrayViewFromImage(fixed_region)):
+                    raise InputError("follow-up image", "the structures' region falls outside the follow-up's "
+                                     "field of view after global registration")
+                n = int(np.prod(fs.GetSize()))
+                tx = _gradient_stage(stage, fs, ms, tx, fixed_mask=fixed_region, bins=32,
+                                     sampling=min(1.0, 60000.0 / n), step_mm=step, min_step_mm=0.01,
+                                     iterations=100, weight=w_local / 2)
+            moved = np.linalg.norm(_apply_linear(tx, corners_f) - _apply_linear(start_tx, corners_f), axis=1).max()
+            if moved > LOCAL_MAX_SHIFT_MM:  # a featureless region let the local fit drift: keep the global one
+                stage.stop = (f"local refinement moved the region by {moved:.1f} mm (> {LOCAL_MAX_SHIFT_MM:g} mm): "
+                              f"kept the global result; {stage.stop}")
+                tx = start_tx
+        else:
+            fs, ms = _shrink_to(f, 2.0), _shrink_to(m, 2.0)
+            fmask = sitk.Resample(fb8, fs, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
             n = int(np.prod(fs.GetSize()))
-            tx = _gradient_stage(stage, fs, ms, tx, fixed_mask=fixed_region, bins=32,
-                                 sampling=min(1.0, 60000.0 / n), step_mm=step, min_step_mm=0.01, iterations=100,
-                                 weight=weight)
-        moved = np.linalg.norm(_apply_linear(tx, corners_f) - _apply_linear(global_tx, corners_f), axis=1).max()
-        if moved > LOCAL_MAX_SHIFT_MM:  # a featureless region let the local fit drift: keep the global one
-            stage.stop = (f"local refinement moved the region by {moved:.1f} mm (> {LOCAL_MAX_SHIFT_MM:g} mm): "
-                          f"kept the global result; {stage.stop}")
-            tx = global_tx
-    else:
-        fs, ms = _shrink_to(f, 2.0), _shrink_to(m, 2.0)
-        fmask = sitk.Resample(fb8, fs, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
-        n = int(np.prod(fs.GetSize()))
-        tx = _gradient_stage(stage, fs, ms, tx, fixed_mask=sitk.BinaryDilate(fmask, [1, 1, 1]), bins=32,
-                             sampling=min(1.0, 100000.0 / n), step_mm=0.7, min_step_mm=0.01, iterations=100,
-                             weight=0.5)
+            tx = _gradient_stage(stage, fs, ms, tx, fixed_mask=sitk.BinaryDilate(fmask, [1, 1, 1]), bins=32,
+                                 sampling=min(1.0, 100000.0 / n), step_mm=0.7, min_step_mm=0.01, iterations=100,
+                                 weight=w_local)
+        extra = shared if ri == 0 else (0, 0.0)
+        results.append(RegistrationResult(transform=tx, metric=stage.metric, stop_condition=stage.stop,
+                                          iterations=stage.iterations - it0 + extra[0],
+                                          seconds=time.perf_counter() - t1 + extra[1]))
     stage.report(1.0)
-    return RegistrationResult(transform=tx, metric=stage.metric, stop_condition=stage.stop,
-                              iterations=stage.iterations, seconds=time.perf_counter() - t0)
+    return results
 
 
 def _normalised(image: sitk.Image) -> sitk.Image:
@@ -526,6 +554,87 @@ def register_deformable(fixed: sitk.Image, moving: sitk.Image, initial: sitk.Tra
     field = demons.Execute(fn, mn)
     dft = sitk.DisplacementFieldTransform(sitk.Cast(field, sitk.sitkVectorFloat64))
     return sitk.CompositeTransform([initial, dft])
+
+
+DEFORMABLE_METHODS = ("auto", "demons", "bspline", "none")
+
+
+@dataclass
+class StructureRegistration:
+    """How one prior structure was carried onto the follow-up (stage "register" of propagation).
+
+    Attributes:
+        rigid: the rigid registration around the structure.
+        transform: the final follow-up -> prior transform: ``rigid.transform`` alone, or a
+            ``sitk.CompositeTransform`` of it and the deformable stage.
+        deformable: the deformable method used (``demons``, ``bspline``) or ``none``.
+        deformable_seconds: wall time of the deformable stage.
+    """
+
+    rigid: RegistrationResult
+    transform: sitk.Transform
+    deformable: str = "none"
+    deformable_seconds: float = 0.0
+
+    def parameters(self) -> dict:
+        d = self.rigid.parameters()
+        d["deformable"] = self.deformable
+        d["deformable_seconds"] = float(self.deformable_seconds)
+        return d
+
+
+def choose_deformable(method: str, same_modality: bool) -> str:
+    """``auto``: demons for same-modality pairs (intensities correspond after histogram matching), the
+    mutual-information B-spline across modalities; otherwise the method asked for."""
+    if method not in DEFORMABLE_METHODS:
+        raise InputError("deformable", f"unknown method {method!r}; expected one of {', '.join(DEFORMABLE_METHODS)}")
+    if method == "auto":
+        return "demons" if same_modality else "bspline"
+    return method
+
+
+def register_structures(fixed: sitk.Image, moving: sitk.Image, masks: Sequence[sitk.Image], *,
+                        margin_mm: float = 40.0, deformable: str = "auto", same_modality: bool = True,
+                        joint: bool = False, progress: Optional[Callable[[float, str], None]] = None,
+                        cancel: Optional[Callable[[], bool]] = None) -> List[StructureRegistration]:
+    """Rigid registration around each structure (or around all, ``joint``), then a deformable stage per structure.
+
+    Args:
+        fixed: follow-up; moving: prior; masks: prior structures (``sitkUInt8`` on the prior grid).
+        margin_mm: the rigid metric region is the structure grown by this.
+        deformable: ``auto`` / ``demons`` / ``bspline`` / ``none`` (see :func:`choose_deformable`); the
+            deformable stage works on a box around the structure (plus 30 mm) at ~1.5 mm (demons) or
+            ~2 mm (B-spline), so it costs seconds, and equals the rigid transform outside that box.
+        progress: ``(fraction, message)``.
+    Returns:
+        One :class:`StructureRegistration` per mask, in order.
+    """
+    method = choose_deformable(deformable, same_modality)
+    n = len(masks)
+    groups = [list(masks)] if joint else [[m] for m in masks]
+    regions = [structure_region(g, margin_mm) for g in groups]
+
+    def rigid_progress(f: float) -> None:
+        if progress is not None:
+            progress(0.6 * f if method != "none" else f, "rigid registration around the structures")
+
+    rigid = register_rigid_regions(fixed, moving, regions, progress=rigid_progress, cancel=cancel)
+    out: List[StructureRegistration] = []
+    for i, mask in enumerate(masks):
+        r = rigid[0] if joint else rigid[i]
+        if method == "none":
+            out.append(StructureRegistration(r, r.transform))
+            continue
+        if cancel is not None and cancel():
+            raise CancelledError("registration cancelled")
+        if progress is not None:
+            progress(0.6 + 0.4 * i / max(1, n), f"deformable registration ({method}), structure {i + 1} of {n}")
+        t = time.perf_counter()
+        tx = register_deformable(fixed, moving, r.transform, mask, method=method)
+        out.append(StructureRegistration(r, tx, method, time.perf_counter() - t))
+    if progress is not None:
+        progress(1.0, "registration done")
+    return out
 
 
 def resample_to(image: sitk.Image, reference: sitk.Image, transform: sitk.Transform,

@@ -29,6 +29,7 @@ from .models.base import DecodeOutput, Embedding, PromptableModel
 from .models.frames import coverage_on_grid
 from .parts import PooledFeatures, background_features, foreground_features, part_prototypes
 from .retrieval import PreparedSet, prepare_set, wasserstein_prepared
+from .roi import roi_context
 
 METHODS = ("p2sam", "persam", "no-retrieval")
 
@@ -87,6 +88,9 @@ class P2SAMConfig:
             parts (the negatives act as contrast), and the decoder's predicted
             IoU. ``auto``: ``rank`` for box prompts (measured better for
             LiteMedSAM, see README), ``wasserstein`` for point prompts.
+        rank_prior_agreement: with a ``prior_mask`` given to :meth:`P2SAMSegmenter.segment`
+            (3D: the registered prior on this slice), the rank sum gets a fourth term: each
+            candidate's Dice with that mask (on the decoder's low-res grid).
         kmeans_init: k-means++ restarts; seed: their random seed.
     """
 
@@ -110,6 +114,7 @@ class P2SAMConfig:
     local_refine: bool = False
     batch_region_slack: Optional[float] = None
     selection: str = "auto"
+    rank_prior_agreement: bool = False
     kmeans_init: int = 10
     seed: int = 0
 
@@ -189,6 +194,7 @@ class Candidate:
     background_distance: float = math.inf
     predicted_iou: float = 0.0
     area_cells: float = 0.0
+    prior_agreement: float = math.nan
     rank: float = math.inf
 
     def shift(self, offset: np.ndarray) -> None:
@@ -201,7 +207,7 @@ class Candidate:
 
     def summary(self) -> dict:
         d = asdict(self)
-        for k in ("score", "background_distance", "rank"):
+        for k in ("score", "background_distance", "rank", "prior_agreement"):
             d[k] = None if not math.isfinite(d[k]) else round(d[k], 4)
         d["predicted_iou"] = round(self.predicted_iou, 4)
         for k in ("positive_points", "negative_points"):
@@ -222,6 +228,9 @@ class SegmentationResult:
         score: the winner's Wasserstein distance (lower is better; ``inf`` = empty).
         crop_box: ``(x0, y0, x1, y1)`` of the second-pass crop, or None.
         timings: seconds per stage.
+        prior_score / prior_background: with a ``prior_mask``: the Wasserstein distances of the
+            target's features under that mask to the reference foreground / background (the same
+            measures as a candidate's ``score`` / ``background_distance``), else NaN.
     """
 
     mask: np.ndarray
@@ -231,6 +240,8 @@ class SegmentationResult:
     crop_box: Optional[List[float]]
     timings: Dict[str, float]
     window: Optional[List[float]] = None
+    prior_score: float = math.nan
+    prior_background: float = math.nan
 
     def summary(self) -> dict:
         return {
@@ -251,17 +262,6 @@ def mask_box(mask: np.ndarray) -> Optional[np.ndarray]:
         return None
     cols = np.flatnonzero(mask.any(axis=0))
     return np.array([cols[0], rows[0], cols[-1] + 1, rows[-1] + 1], dtype=np.float64)
-
-
-def square_window(box: np.ndarray, context: float, shape: Tuple[int, int], minimum: float = 32.0) -> np.ndarray:
-    """Square ``(x0, y0, x1, y1)`` around ``box``, grown by ``context`` times its larger side per side, clipped to ``shape``."""
-    side = int(np.ceil(max(minimum, max(box[2] - box[0], box[3] - box[1]) * (1.0 + 2.0 * context))))
-    cx, cy = (box[0] + box[2]) / 2.0, (box[1] + box[3]) / 2.0
-    x0 = int(np.floor(cx - side / 2.0))
-    y0 = int(np.floor(cy - side / 2.0))
-    x0, x1 = max(0, x0), min(shape[1], x0 + side)
-    y0, y1 = max(0, y0), min(shape[0], y0 + side)
-    return np.array([x0, y0, x1, y1], dtype=np.float64)
 
 
 def box_region(emb: Embedding, box: Sequence[float], grow: float = 0.5, minimum: int = 16) -> Tuple[int, int, int, int]:
@@ -337,7 +337,7 @@ class P2SAMSegmenter:
         window = None
         context = self.config.search_context
         if context is not None:
-            window = square_window(full_box, context, full_shape)
+            window = roi_context(full_box, full_shape, context, clip=True)
             x0, y0, x1, y1 = window.astype(int)
             image, mask = np.ascontiguousarray(image[y0:y1, x0:x1]), mask[y0:y1, x0:x1]
         t0 = time.perf_counter()
@@ -416,7 +416,8 @@ class P2SAMSegmenter:
 
     def segment(self, ref: ReferenceState, image: np.ndarray,
                 window: Optional[Sequence[float]] = None,
-                prior_box: Optional[Sequence[float]] = None) -> SegmentationResult:
+                prior_box: Optional[Sequence[float]] = None,
+                prior_mask: Optional[np.ndarray] = None) -> SegmentationResult:
         """Segment the reference's structure in one target image (``H x W x 3`` uint8 RGB).
 
         Args:
@@ -426,6 +427,10 @@ class P2SAMSegmenter:
                 (target pixels; e.g. the registered prior contour's box in 3D). Box models
                 centre their "prior" candidate on it and take its size as the base box size;
                 default: the reference box's relative position and size.
+            prior_mask: bool ``H x W`` (target frame): where the structure is expected (3D: the
+                registered prior on this slice). Scored like a candidate (``prior_score``,
+                ``prior_background`` of the result) and, with ``rank_prior_agreement``, each
+                candidate's agreement with it joins the ranking. Only without a search window.
         """
         full_shape = image.shape[:2]
         if window is None:
@@ -439,7 +444,14 @@ class P2SAMSegmenter:
                 raise InputError("window", f"search window {list(window)} does not overlap the target image")
             image = np.ascontiguousarray(image[y0:y1, x0:x1])
             offset = np.array([x0, y0], dtype=np.float64)
-        result = self._segment_view(ref, image, full_shape, offset, prior_box)
+        if prior_mask is not None:
+            prior_mask = np.asarray(prior_mask).astype(bool)
+            if prior_mask.shape != tuple(full_shape):
+                raise InputError("prior mask", f"shape {prior_mask.shape} differs from the image's {tuple(full_shape)}")
+            if window is not None:
+                y0_, y1_, x0_, x1_ = int(offset[1]), int(offset[1]) + image.shape[0], int(offset[0]), int(offset[0]) + image.shape[1]
+                prior_mask = np.ascontiguousarray(prior_mask[y0_:y1_, x0_:x1_])
+        result = self._segment_view(ref, image, full_shape, offset, prior_box, prior_mask)
         if window is not None:
             full = np.zeros(full_shape, dtype=bool)
             full[y0:y1, x0:x1] = result.mask
@@ -452,7 +464,8 @@ class P2SAMSegmenter:
         return result
 
     def _segment_view(self, ref: ReferenceState, image: np.ndarray, full_shape: Tuple[int, int],
-                      offset: np.ndarray, prior_box: Optional[Sequence[float]] = None) -> SegmentationResult:
+                      offset: np.ndarray, prior_box: Optional[Sequence[float]] = None,
+                      prior_mask: Optional[np.ndarray] = None) -> SegmentationResult:
         timings: Dict[str, float] = {}
         t = time.perf_counter()
         emb = self.model.encode([image])[0]
@@ -467,10 +480,16 @@ class P2SAMSegmenter:
             pb = np.asarray(prior_box, dtype=np.float64)
             prior = np.array([(pb[0] + pb[2]) / 2.0, (pb[1] + pb[3]) / 2.0]) - offset
             size = (max(1.0, pb[2] - pb[0]), max(1.0, pb[3] - pb[1]))
+        prior_low = None
+        if prior_mask is not None and prior_mask.any():
+            low = 4 * emb.grid
+            prior_low = torch.nn.functional.adaptive_avg_pool2d(
+                emb.frame.mask_to_input(prior_mask)[None, None], low)[0, 0].to(emb.features.device) >= 0.5
         if self.prompt_modality == "points":
             candidates, logits = self._point_search(ref, emb, timings)
+            self._agree(candidates, logits, prior_low)
         else:
-            candidates, logits = self._box_search(ref, emb, timings, size, prior)
+            candidates, logits = self._box_search(ref, emb, timings, size, prior, prior_low)
         best = self._select(candidates)
         chosen = candidates[best]
         mask = emb.frame.logits_to_original(logits[best:best + 1])[0, 0].cpu().numpy() > 0
@@ -483,8 +502,27 @@ class P2SAMSegmenter:
             timings["crop_total"] = time.perf_counter() - t
         timings["total"] = sum(v for k, v in timings.items()
                                if k in ("encode", "match", "decode", "retrieval", "crop_total"))
-        return SegmentationResult(mask=mask, chosen=chosen, candidates=candidates, score=chosen.score,
-                                  crop_box=None if crop_box is None else crop_box.tolist(), timings=timings)
+        result = SegmentationResult(mask=mask, chosen=chosen, candidates=candidates, score=chosen.score,
+                                    crop_box=None if crop_box is None else crop_box.tolist(), timings=timings)
+        if prior_low is not None:
+            t = time.perf_counter()
+            probe = Candidate(parts=0, locator="prior mask")
+            self._score(ref, emb, [probe], prior_low[None, None].float() * 2.0 - 1.0, torch.ones(1))
+            result.prior_score, result.prior_background = probe.score, probe.background_distance
+            timings["retrieval"] = timings.get("retrieval", 0.0) + time.perf_counter() - t
+        return result
+
+    @staticmethod
+    def _agree(cands: List[Candidate], logits: torch.Tensor, prior_low: Optional[torch.Tensor]) -> None:
+        """Each candidate's Dice with the prior mask on the low-res grid (``prior_low``: bool ``L x L``)."""
+        if prior_low is None:
+            return
+        pred = logits[:, 0] > 0
+        inter = (pred & prior_low[None]).sum(dim=(1, 2)).float()
+        total = pred.sum(dim=(1, 2)).float() + float(prior_low.sum())
+        values = (2.0 * inter / total.clamp(min=1.0)).cpu().tolist()
+        for cd, v in zip(cands, values):
+            cd.prior_agreement = float(v)
 
     def _negative_points(self, ref: ReferenceState, emb: Embedding) -> np.ndarray:
         feats = emb.features[0]
@@ -552,7 +590,7 @@ class P2SAMSegmenter:
         return peak_points(dens[0], frame)[0]
 
     def _box_search(self, ref: ReferenceState, emb: Embedding, timings: Dict[str, float],
-                    size: Tuple[float, float], prior: np.ndarray):
+                    size: Tuple[float, float], prior: np.ndarray, prior_low: Optional[torch.Tensor] = None):
         """Box-prompt models: part peaks place boxes; two-stage retrieval over centre, then size/aspect.
 
         ``size`` is the reference box's ``(w, h)`` in this image's pixels; ``prior`` the
@@ -577,6 +615,7 @@ class P2SAMSegmenter:
         decode_t += time.perf_counter() - t
         t = time.perf_counter()
         self._score(ref, emb, cands, logits, iou)
+        self._agree(cands, logits, prior_low)
         score_t += time.perf_counter() - t
         if c.method == "p2sam":
             variants = [(s, False) for s in c.box_scales if s != 1.0]
@@ -591,6 +630,7 @@ class P2SAMSegmenter:
                 decode_t += time.perf_counter() - t
                 t = time.perf_counter()
                 self._score(ref, emb, more, more_logits, more_iou)
+                self._agree(more, more_logits, prior_low)
                 score_t += time.perf_counter() - t
                 cands += more
                 logits = torch.cat([logits, more_logits])
@@ -745,6 +785,9 @@ class P2SAMSegmenter:
             contrast = np.where(np.isfinite(bg), w / np.maximum(bg, 1e-12), w)
             iou = np.array([cands[i].predicted_iou for i in ok])
             ranks = rankdata(w) + rankdata(contrast) + rankdata(-iou)
+            agree = np.array([cands[i].prior_agreement for i in ok])
+            if self.config.rank_prior_agreement and np.all(np.isfinite(agree)):
+                ranks = ranks + rankdata(-agree)
         for i, r in zip(ok, ranks):
             cands[i].rank = float(r)
         return ok[int(np.argmin(ranks))]
@@ -764,7 +807,7 @@ class P2SAMSegmenter:
         """Re-encode a crop around ``mask`` and decode its box there; returns the new mask and the crop box."""
         box = mask_box(mask)
         h, w = mask.shape
-        crop_box = square_window(box, self.config.crop_context, (h, w))
+        crop_box = roi_context(box, (h, w), self.config.crop_context, clip=True)
         x0, y0, x1, y1 = crop_box.astype(int)
         # no gain when the crop is (almost) the whole image
         if (x1 - x0) * (y1 - y0) > 0.7 * h * w:

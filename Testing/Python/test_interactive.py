@@ -12,7 +12,8 @@ import SimpleITK as sitk
 from PIL import Image
 
 from P2SAMLogic.errors import InputError
-from P2SAMLogic.interactive import SliceCorrector, mask_box, repropagate_neighbours, square_roi
+from P2SAMLogic.interactive import SliceCorrector, mask_box, repropagate_neighbours
+from P2SAMLogic.roi import roi_context
 
 DATA = Path(__file__).resolve().parents[1] / "Data"
 PAIR = DATA / "4dlung_visit_pair"
@@ -29,7 +30,7 @@ def lung_slice():
     values = np.asarray(Image.open(PAIR / "test_image.png"), dtype=np.float32)
     truth = np.asarray(Image.open(PAIR / "test_mask.png")) > 0
     box = mask_box(truth)
-    return values, truth, box, square_roi(box, truth.shape, context=2.0)
+    return values, truth, box, roi_context(box, truth.shape, context=2.0, minimum=64)
 
 
 def corrector(model, lung_slice, box_offset):

@@ -1,0 +1,186 @@
+"""Stage "decide" of :func:`P2SAMLogic.propagate.propagate`: per slice, the model's proposal or the registration.
+
+The registered prior (rigid + deformable registration) is the floor. On each follow-up slice of one
+part (a blob: see :mod:`.structures`) the output is
+
+* **model** — the model's proposal, fused with the registered prior (zero level of
+  ``(1 - w) SDF(model) + w SDF(registered)``, ``w = prior_weight``), when the evidence trusts it:
+  the decoder's predicted IoU is at least ``trust_iou``, the proposal agrees with the registered
+  prior (Dice at least ``trust_agreement``: a proposal that wandered to another structure does
+  not) and its features are not further from the reference structure than the registered
+  prior's own features are (Wasserstein distance ratio at most ``trust_score_ratio``);
+* **registered** — the registered prior, flagged for review, when the model is not trusted there;
+* beyond the registered prior's extent (``slice_margin_mm`` either side), **model** when the
+  proposal looks like the reference structure (presence ratio below ``presence_threshold``) and
+  the neighbouring slice toward the structure was kept, else **absent** (nothing).
+
+``mode="model"`` turns the fallback off (every non-empty proposal is kept, as before this
+stage existed): the "P²SAM without the fallback" row of the benchmark.
+
+Arrays are ``bool [k, j, i]`` on the follow-up's grid.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Dict, List, Sequence, Tuple
+
+import numpy as np
+from scipy import ndimage
+
+from .slices import SliceProposal
+
+SOURCES = ("model", "registered", "absent")
+
+
+@dataclass
+class DecisionRule:
+    """Thresholds of the decision (see the module docstring); all recorded in the provenance."""
+
+    mode: str = "evidence"
+    trust_iou: float = 0.80
+    trust_agreement: float = 0.60
+    trust_score_ratio: float = 1.10
+    prior_weight: float = 0.5
+    presence_threshold: float = 0.7
+
+
+@dataclass
+class SliceDecision:
+    """What one follow-up slice of one part got.
+
+    Attributes:
+        k: follow-up slice index.
+        source: ``model``, ``registered`` or ``absent``.
+        reason: why (empty when the model was trusted inside the registered extent).
+        agreement: Dice of the proposal with the registered prior on this slice (NaN beyond it).
+        qa: 0-1 confidence in what the slice got: model slices ``(IoU + agreement) / 2`` (beyond
+            the registered extent: ``(IoU + Dice with the neighbouring output slice) / 2``);
+            registered slices: the agreement (how far the model confirms the registration);
+            absent slices: 1 - presence confidence.
+    """
+
+    k: int
+    source: str
+    reason: str
+    agreement: float
+    qa: float
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    s = int(a.sum()) + int(b.sum())
+    return 1.0 if s == 0 else 2.0 * int((a & b).sum()) / s
+
+
+def signed_distance(mask: np.ndarray, spacing_ji: Sequence[float]) -> np.ndarray:
+    """2D signed distance (mm) to the contour of ``mask`` (``H x W`` bool): negative inside."""
+    inside = ndimage.distance_transform_edt(mask, sampling=spacing_ji)
+    outside = ndimage.distance_transform_edt(~mask, sampling=spacing_ji)
+    return outside - inside
+
+
+def fuse_contours(model: np.ndarray, prior: np.ndarray, prior_weight: float, spacing_ji: Sequence[float]
+                  ) -> np.ndarray:
+    """Zero level of ``(1 - w) SDF(model) + w SDF(prior)`` on one slice (``H x W`` bool masks)."""
+    w = float(prior_weight)
+    if w <= 0:
+        return model.copy()
+    if w >= 1:
+        return prior.copy()
+    # on the box around both (plus a margin): the rest of the slice is outside both
+    both = model | prior
+    rows, cols = np.flatnonzero(both.any(1)), np.flatnonzero(both.any(0))
+    if rows.size == 0:
+        return model.copy()
+    pad = 4
+    r0, r1 = max(0, rows[0] - pad), min(both.shape[0], rows[-1] + 1 + pad)
+    c0, c1 = max(0, cols[0] - pad), min(both.shape[1], cols[-1] + 1 + pad)
+    out = np.zeros_like(model)
+    m, p = model[r0:r1, c0:c1], prior[r0:r1, c0:c1]
+    out[r0:r1, c0:c1] = ((1.0 - w) * signed_distance(m, spacing_ji) + w * signed_distance(p, spacing_ji)) < 0
+    return out
+
+
+def trusted(p: SliceProposal, proposal: np.ndarray, registered_k: np.ndarray, rule: DecisionRule
+            ) -> Tuple[bool, str, float]:
+    """Whether the model's proposal is trusted on a slice inside the registered extent: ``(ok, reason, agreement)``."""
+    if not proposal.any():
+        return False, "the model proposed nothing", 0.0
+    agree = dice(proposal, registered_k)
+    if rule.mode == "model":
+        return True, "", agree
+    reasons: List[str] = []
+    if p.predicted_iou < rule.trust_iou:
+        reasons.append(f"predicted IoU {p.predicted_iou:.2f} < {rule.trust_iou:.2f}")
+    if agree < rule.trust_agreement:
+        reasons.append(f"agreement with the registration {agree:.2f} < {rule.trust_agreement:.2f}")
+    if (math.isfinite(p.prior_score) and math.isfinite(p.score) and p.prior_score > 0
+            and p.score > rule.trust_score_ratio * p.prior_score):
+        reasons.append(f"less like the reference than the registered contour (distance ratio "
+                       f"{p.score / p.prior_score:.2f} > {rule.trust_score_ratio:.2f})")
+    return not reasons, "; ".join(reasons), agree
+
+
+def decide_part(proposals: Dict[int, SliceProposal], registered: np.ndarray, rule: DecisionRule,
+                spacing_kji: Sequence[float]) -> Tuple[np.ndarray, Dict[int, SliceDecision], np.ndarray]:
+    """The part's mask on the follow-up grid, one decision per processed slice, and the raw model masks.
+
+    Args:
+        proposals: the model's proposal per processed slice (stage "slices").
+        registered: ``bool [k, j, i]`` registered prior of this part.
+    Returns:
+        ``(mask, decisions, model)``: ``mask`` the decided part (before 3D clean-up), ``model`` the raw
+        proposals (kept for the benchmark's per-slice analysis and the overlay).
+    """
+    shape = registered.shape
+    out = np.zeros(shape, dtype=bool)
+    model = np.zeros(shape, dtype=bool)
+    decisions: Dict[int, SliceDecision] = {}
+    for k, p in proposals.items():
+        model[k] = p.full(shape[1:])
+    inside = [k for k in sorted(proposals) if registered[k].any()]
+    spacing_ji = tuple(spacing_kji[1:])
+    for k in inside:
+        p = proposals[k]
+        ok, why, agree = trusted(p, model[k], registered[k], rule)
+        if ok:
+            out[k] = fuse_contours(model[k], registered[k], rule.prior_weight, spacing_ji)
+            qa = 0.5 * float(np.clip(p.predicted_iou, 0, 1)) + 0.5 * agree
+            decisions[k] = SliceDecision(k, "model", "", agree, qa)
+        else:
+            out[k] = registered[k]
+            decisions[k] = SliceDecision(k, "registered", why, agree, agree)
+    # registered slices the model did not process (e.g. the registered-box baseline skipped them)
+    for k in np.flatnonzero(registered.reshape(shape[0], -1).any(1)):
+        if int(k) not in decisions:
+            out[k] = registered[k]
+            decisions[int(k)] = SliceDecision(int(k), "registered", "not processed", math.nan, math.nan)
+    # beyond the registered extent: walk outward; keep a slice only if its neighbour toward the structure was kept
+    if inside:
+        for direction in (-1, 1):
+            k = (inside[0] if direction < 0 else inside[-1]) + direction
+            prev_ok = decisions.get(k - direction) is not None and decisions[k - direction].source != "absent"
+            while k in proposals:
+                p = proposals[k]
+                pres = p.presence
+                present = bool(model[k].any()) and math.isfinite(pres) and pres < rule.presence_threshold
+                if rule.mode == "model":
+                    present = bool(model[k].any()) and (not math.isfinite(pres) or pres < rule.presence_threshold)
+                keep = prev_ok and present
+                if keep:
+                    out[k] = model[k]
+                    near = out[k - direction]
+                    qa = 0.5 * float(np.clip(p.predicted_iou, 0, 1)) + 0.5 * dice(model[k], near)
+                    decisions[k] = SliceDecision(k, "model", "beyond the registered prior's extent", math.nan, qa)
+                else:
+                    if not model[k].any():
+                        why = "empty proposal"
+                    elif not prev_ok:
+                        why = "neighbour toward the structure was not kept"
+                    else:
+                        why = f"not like the reference (presence {pres:.2f} >= {rule.presence_threshold})"
+                    conf = 1.0 if not math.isfinite(pres) else float(np.clip(pres / max(rule.presence_threshold, 1e-6) - 0.5, 0, 1))
+                    decisions[k] = SliceDecision(k, "absent", why, math.nan, conf)
+                prev_ok = keep
+                k += direction
+    return out, decisions, model

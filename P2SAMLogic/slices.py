@@ -1,0 +1,227 @@
+"""Stages "references" and "slices" of :func:`P2SAMLogic.propagate.propagate`.
+
+*References*: every native prior slice that holds a part becomes one reference: the prior image
+and the part's mask resampled on the follow-up's slice orientation and pixel grid, through that
+prior slice's plane (rigid transform: in-plane resampling only, no cross-slice blur), cropped to a
+square region of interest (ROI) around the mask.
+
+*Slices*: for each follow-up slice to process, the reference whose mask best matches the
+registered prior there (Dice on the follow-up slice; ties: the nearest in physical space) is
+used; the follow-up crop has that reference's ROI size (same millimetres per pixel, so the part
+features compare at the same scale), centred on the registered prior's box on this slice (the
+deformable registration localises it). P²SAM then proposes a mask; the registered prior on the
+slice gives the "prior" box candidate and is scored like a candidate (evidence for the decision).
+
+Frames: images are ``SimpleITK.Image`` (LPS mm); arrays ``[k, j, i]``; windows and boxes are
+``(x0, y0, x1, y1)`` in follow-up slice pixels (x = column ``i``, y = row ``j``).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import SimpleITK as sitk
+
+from .errors import InputError
+from .intensity import IntensityWindow
+from .roi import roi_mm
+from .segmenter import mask_box
+
+
+@dataclass
+class Reference:
+    """One prior slice of a part on the follow-up's slice grid.
+
+    Attributes:
+        prior_slice: native prior slice index.
+        kc: continuous follow-up slice index of that slice's plane (after rigid registration).
+        window: ROI ``(x0, y0, x1, y1)`` in follow-up slice pixels.
+        image: ``h x w x 3`` uint8 crop; mask: ``h x w`` bool crop.
+        full_mask: ``H x W`` bool mask on the whole follow-up slice grid (for matching).
+        full_image: ``H x W`` float32 prior values on the whole follow-up slice grid.
+        state: the segmenter's prepared reference (encoded, clustered), set by the caller.
+    """
+
+    prior_slice: int
+    kc: float
+    window: np.ndarray
+    image: np.ndarray
+    mask: np.ndarray
+    full_mask: np.ndarray
+    full_image: np.ndarray
+    state: object = None
+
+    def cropped(self, window: np.ndarray, intensity: IntensityWindow) -> "Reference":
+        """The same prior slice cropped to another ROI (e.g. a ring's cavity in its outer region's ROI)."""
+        x0, y0, x1, y1 = np.asarray(window).astype(int)
+        return Reference(self.prior_slice, self.kc, np.asarray(window, dtype=np.float64).copy(),
+                         intensity.to_rgb(self.full_image[y0:y1, x0:x1]),
+                         np.ascontiguousarray(self.full_mask[y0:y1, x0:x1]), self.full_mask, self.full_image)
+
+
+@dataclass
+class SliceProposal:
+    """The model's proposal on one follow-up slice, and its evidence.
+
+    Attributes:
+        k: follow-up slice index.
+        reference: the prior slice used (native index).
+        window: the ROI searched ``(x0, y0, x1, y1)``.
+        mask: ``h x w`` bool proposal inside ``window``.
+        predicted_iou: the decoder's predicted IoU of the chosen candidate.
+        score / background: Wasserstein distance of the proposal's features to the reference
+            foreground / background parts (lower score = more like the structure).
+        prior_score / prior_background: the same for the registered prior on this slice (NaN
+            beyond the registered extent).
+        box: the chosen prompt box, slice pixels.
+        candidates: the number of candidates decoded.
+    """
+
+    k: int
+    reference: int
+    window: np.ndarray
+    mask: np.ndarray
+    predicted_iou: float
+    score: float
+    background: float
+    prior_score: float
+    prior_background: float
+    box: Optional[List[float]]
+    candidates: int = 0
+
+    @property
+    def presence(self) -> float:
+        """Wasserstein ratio foreground / background of the proposal (lower: more like the structure)."""
+        if math.isfinite(self.score) and math.isfinite(self.background) and self.background > 0:
+            return self.score / self.background
+        return math.nan
+
+    def full(self, shape: Tuple[int, int]) -> np.ndarray:
+        """The proposal on the whole ``H x W`` slice."""
+        out = np.zeros(shape, dtype=bool)
+        x0, y0, x1, y1 = self.window.astype(int)
+        out[y0:y1, x0:x1] = self.mask
+        return out
+
+
+def make_references(prior_image: sitk.Image, mask: sitk.Image, followup: sitk.Image, transform: sitk.Transform,
+                    window: IntensityWindow, roi_margin_mm: float, min_roi_mm: float, name: str) -> List[Reference]:
+    """One :class:`Reference` per native prior slice holding ``mask`` (``sitkUInt8`` on the prior grid).
+
+    ``transform`` maps follow-up points to prior points (rigid: the reference planes stay planes).
+    """
+    arr = sitk.GetArrayViewFromImage(mask) > 0
+    inverse = transform.GetInverse()
+    size = followup.GetSize()
+    spacing = followup.GetSpacing()
+    mask_f = sitk.Cast(mask, sitk.sitkFloat32)
+    fill = float(np.min(sitk.GetArrayViewFromImage(prior_image)[:: max(1, arr.shape[0] // 8)]))
+    refs: List[Reference] = []
+    for kp in np.flatnonzero(arr.reshape(arr.shape[0], -1).any(1)):
+        jj, ii = np.nonzero(arr[kp])
+        centre = prior_image.TransformContinuousIndexToPhysicalPoint([float(ii.mean()), float(jj.mean()), float(kp)])
+        q = inverse.TransformPoint(centre)
+        kc = followup.TransformPhysicalPointToContinuousIndex(q)[2]
+        grid = sitk.Image([int(size[0]), int(size[1]), 1], sitk.sitkFloat32)
+        grid.SetSpacing(spacing)
+        grid.SetDirection(followup.GetDirection())
+        grid.SetOrigin(followup.TransformContinuousIndexToPhysicalPoint([0.0, 0.0, float(kc)]))
+        img = sitk.GetArrayFromImage(sitk.Resample(prior_image, grid, transform, sitk.sitkLinear, fill,
+                                                   sitk.sitkFloat32))[0]
+        m = sitk.GetArrayFromImage(sitk.Resample(mask_f, grid, transform, sitk.sitkLinear, 0.0))[0] >= 0.5
+        if not m.any():
+            continue
+        win = roi_mm(mask_box(m), (spacing[0], spacing[1]), roi_margin_mm, min_roi_mm, m.shape)
+        x0, y0, x1, y1 = win.astype(int)
+        refs.append(Reference(int(kp), float(kc), win, window.to_rgb(img[y0:y1, x0:x1]),
+                              np.ascontiguousarray(m[y0:y1, x0:x1]), m, img))
+    if not refs:
+        raise InputError(f"segment '{name}'", "is too thin to resample onto the follow-up's slices")
+    return refs
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    s = int(a.sum()) + int(b.sum())
+    return 0.0 if s == 0 else 2.0 * int((a & b).sum()) / s
+
+
+def choose_reference(refs: Sequence[Reference], k: int, registered_k: np.ndarray) -> Reference:
+    """The reference for follow-up slice ``k``: the best shape match to the registered prior there
+    (Dice, rounded to 0.05 so that near-equal matches go to the nearest slice), else the nearest."""
+    if registered_k.any():
+        return max(refs, key=lambda r: (round(_dice(r.full_mask, registered_k) * 20.0) / 20.0,
+                                        -abs(r.kc - k), -r.prior_slice))
+    return min(refs, key=lambda r: (abs(r.kc - k), r.prior_slice))
+
+
+def slice_window(ref: Reference, registered_k: np.ndarray, shape: Tuple[int, int]) -> np.ndarray:
+    """The follow-up ROI: the reference's ROI size, centred on the registered prior's box on this slice
+    (the reference's own position where the registered prior is empty), inside the slice."""
+    h, w = shape
+    x0, y0, x1, y1 = ref.window
+    nx, ny = int(x1 - x0), int(y1 - y0)
+    box = mask_box(registered_k)
+    if box is None:
+        return ref.window.copy()
+    cx, cy = (box[0] + box[2]) / 2.0, (box[1] + box[3]) / 2.0
+    nx, ny = min(nx, w), min(ny, h)
+    x0 = int(np.clip(round(cx - nx / 2.0), 0, w - nx))
+    y0 = int(np.clip(round(cy - ny / 2.0), 0, h - ny))
+    return np.array([x0, y0, x0 + nx, y0 + ny], dtype=np.float64)
+
+
+def propose_slices(segmenter, refs: Sequence[Reference], targets: Sequence[int], registered: np.ndarray,
+                   followup_arr: np.ndarray, window: IntensityWindow, batch_size: int,
+                   stage: Dict[str, float], tick: Optional[Callable[[float, str], None]] = None,
+                   label: str = "", registered_box_only: bool = False,
+                   centre_on: Optional[np.ndarray] = None) -> Dict[int, SliceProposal]:
+    """Run P²SAM on every follow-up slice in ``targets`` (stage "slices").
+
+    Args:
+        segmenter: a :class:`~P2SAMLogic.segmenter.P2SAMSegmenter` whose references (``ref.state``)
+            are prepared (unless ``registered_box_only``).
+        registered: ``bool [k, j, i]`` registered prior of this part on the follow-up grid.
+        followup_arr: ``[k, j, i]`` follow-up scanner values.
+        stage: seconds per stage, accumulated here (``match``, ``decode``, ``retrieval``).
+        registered_box_only: the ``registered-box`` baseline: decode the registered prior's box only.
+        centre_on: ``bool [k, j, i]`` whose box on each slice centres the ROI (default ``registered``;
+            a ring's cavity is centred on its outer region, so both crops are the same image).
+    """
+    shape = registered.shape[1:]
+    out: Dict[int, SliceProposal] = {}
+    net = segmenter.model
+    for b0 in range(0, len(targets), batch_size):
+        chunk = list(targets[b0:b0 + batch_size])
+        if tick is not None:
+            tick(b0 / max(1, len(targets)), f"{label}: slices {chunk[0]}-{chunk[-1]}")
+        jobs = []
+        for k in chunk:
+            reg_k = registered[k]
+            ref = choose_reference(refs, k, reg_k)
+            win = slice_window(ref, reg_k if centre_on is None else centre_on[k], shape)
+            x0, y0, x1, y1 = win.astype(int)
+            crop = window.to_rgb(np.asarray(followup_arr[k, y0:y1, x0:x1]))
+            jobs.append((k, ref, win, crop, reg_k[y0:y1, x0:x1]))
+        net.encode([j[3] for j in jobs])  # batched on a GPU; the segmenter then hits the cache
+        for k, ref, win, crop, reg_crop in jobs:
+            box = mask_box(reg_crop)
+            if registered_box_only:
+                if box is None:
+                    continue
+                res = segmenter.segment_with_box(crop, box)
+            else:
+                res = segmenter.segment(ref.state, crop, prior_box=box,
+                                        prior_mask=reg_crop if reg_crop.any() else None)
+            for key in ("match", "decode", "retrieval"):
+                stage[key] = stage.get(key, 0.0) + res.timings.get(key, 0.0)
+            ch = res.chosen
+            out[k] = SliceProposal(
+                k=int(k), reference=ref.prior_slice, window=win, mask=res.mask,
+                predicted_iou=float(ch.predicted_iou), score=float(res.score) if res.score == res.score else math.nan,
+                background=float(ch.background_distance), prior_score=float(res.prior_score),
+                prior_background=float(res.prior_background),
+                box=None if ch.box is None else (np.asarray(ch.box) + np.tile(win[:2], 2)).tolist(),
+                candidates=len(res.candidates))
+    return out
