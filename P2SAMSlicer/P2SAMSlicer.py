@@ -99,8 +99,8 @@ Segment-Anything models); see the project page for the publication to cite.
 class P2SAMSlicerParameterNode:
     """The module's settings, saved with the scene.
 
-    priorVolume, priorSegmentation, followupVolume - the inputs.
-    selectedSegmentIds - prior segments to propagate (the checklist; not bound to one widget).
+    priorVolume, priorSegmentation, followupVolume - the inputs. The ticked prior segments are
+    kept in the same node by P2SAMSlicerLib.panel_state.SegmentSelection (one parameter).
     outputSegmentation - node to fill; None creates a new node (the default).
     model - MODEL_LITEMEDSAM or MODEL_SAM; samCheckpoint / samModelType - for MODEL_SAM.
     maxParts, negativeParts, roiMarginMm, sliceMarginMm - P²SAM parameters.
@@ -112,7 +112,6 @@ class P2SAMSlicerParameterNode:
     priorSegmentation: vtkMRMLSegmentationNode
     followupVolume: vtkMRMLScalarVolumeNode
     outputSegmentation: vtkMRMLSegmentationNode
-    selectedSegmentIds: List[str]
     model: Annotated[str, Choice([MODEL_LITEMEDSAM, MODEL_SAM])] = MODEL_LITEMEDSAM
     samCheckpoint: pathlib.Path
     samModelType: Annotated[str, Choice(["auto", "vit_b", "vit_l", "vit_h"])] = "auto"
@@ -163,8 +162,10 @@ class P2SAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._updatingSegmentList = False
         self._job = None  # running BackgroundPropagation
         self._jobContext = None  # (inputs, followupVolume, outputSegmentation, modelChoice)
-        self._blockingRun = False
-        self._cancelRequested = False
+        _ensureEngineImportable()
+        from P2SAMSlicerLib.panel_state import BusyState
+
+        self._busy = BusyState()  # a blocking run in progress (see _runBlocking)
         self._lastOutput = None
         self._timer = None
         self._segmentListSignature = None
@@ -209,6 +210,7 @@ class P2SAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def cleanup(self) -> None:
         """Called when the application closes and the module widget is destroyed."""
+        self._busy.request_cancel()
         if self._job is not None:
             self._job.cleanup()
             self._job = None
@@ -228,6 +230,8 @@ class P2SAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
 
     def onSceneStartClose(self, caller, event) -> None:
+        if self._busy.request_cancel():
+            self.log(_("The scene is closing: the propagation stops at its next step."))
         if self._job is not None:
             self._job.cleanup()
             self._job = None
@@ -292,13 +296,18 @@ class P2SAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._checkCanApply()
 
     # -- segment checklist -------------------------------------------------------------------
+    def _selection(self):
+        """The ticked segments, kept in the parameter node (:class:`P2SAMSlicerLib.panel_state.SegmentSelection`)."""
+        from P2SAMSlicerLib.panel_state import SegmentSelection
+
+        return SegmentSelection(self._parameterNode.parameterNode if self._parameterNode else None)
+
     def updateSegmentList(self) -> None:
-        """Keep the checklist in step with the prior segmentation and ``selectedSegmentIds``.
+        """Show the prior segmentation's segments, ticked as the stored selection says.
 
         The list is rebuilt only when the segmentation or its segments' names or colours
-        change (never from inside a checkbox's own signal); otherwise only the ticks are set
-        from the parameter node (when a script changed it). Without a stored selection,
-        every segment is ticked.
+        change; otherwise only the ticks are set. Ticks changed here never echo back into
+        the selection (``_updatingSegmentList``).
         """
         p = self._parameterNode
         widget = self.ui.segmentsListWidget
@@ -310,83 +319,53 @@ class P2SAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             ids = [segmentation.GetNthSegmentID(i) for i in range(segmentation.GetNumberOfSegments())]
             signature = (node.GetID(), tuple((i, segmentation.GetSegment(i).GetName(),
                                               tuple(segmentation.GetSegment(i).GetColor())) for i in ids))
-        touched = bool(p and p.parameterNode.GetParameter("P2SAM.SelectionTouched"))
-        if signature != getattr(self, "_segmentListSignature", None):
-            self._segmentListSignature = signature
-            self._updatingSegmentList = True
-            try:
+        checked = set(self._selection().checked(node))
+        self._updatingSegmentList = True
+        try:
+            if signature != self._segmentListSignature:
+                self._segmentListSignature = signature
                 widget.clear()
-                if node is None:
-                    return
-                selected = [s for s in p.selectedSegmentIds if s in ids]
-                if not selected and not touched:
-                    selected = list(ids)
-                segmentation = node.GetSegmentation()
                 for segmentId in ids:
-                    segment = segmentation.GetSegment(segmentId)
+                    segment = node.GetSegmentation().GetSegment(segmentId)
                     item = qt.QListWidgetItem(segment.GetName())
                     item.setFlags(item.flags() | qt.Qt.ItemIsUserCheckable)
-                    item.setCheckState(qt.Qt.Checked if segmentId in selected else qt.Qt.Unchecked)
                     item.setData(qt.Qt.UserRole, segmentId)
                     color = segment.GetColor()
                     item.setData(qt.Qt.DecorationRole, qt.QColor.fromRgbF(color[0], color[1], color[2]))
+                    item.setCheckState(qt.Qt.Checked if segmentId in checked else qt.Qt.Unchecked)
                     widget.addItem(item)
-            finally:
-                self._updatingSegmentList = False
-            self._storeSelection()
-            return
-        if p is None or self._updatingSegmentList:
-            return
-        wanted = set(p.selectedSegmentIds)
-        if touched and wanted != set(self.checkedSegmentIds()):
-            self._updatingSegmentList = True
-            try:
+            else:
                 for row in range(widget.count):
                     item = widget.item(row)
-                    item.setCheckState(qt.Qt.Checked if item.data(qt.Qt.UserRole) in wanted else qt.Qt.Unchecked)
-            finally:
-                self._updatingSegmentList = False
+                    item.setCheckState(qt.Qt.Checked if item.data(qt.Qt.UserRole) in checked else qt.Qt.Unchecked)
+        finally:
+            self._updatingSegmentList = False
 
     def checkedSegmentIds(self) -> List[str]:
-        widget = self.ui.segmentsListWidget
-        out = []
-        for row in range(widget.count):
-            item = widget.item(row)
-            if item.checkState() == qt.Qt.Checked:
-                out.append(item.data(qt.Qt.UserRole))
-        return out
-
-    def _storeSelection(self) -> None:
+        """The segment IDs Apply propagates (the stored selection, in the segmentation's order)."""
         p = self._parameterNode
-        if not p or self._updatingSegmentList:
-            return
-        checked = self.checkedSegmentIds()
-        if list(p.selectedSegmentIds) != checked:
-            p.selectedSegmentIds = checked
+        return self._selection().checked(p.priorSegmentation) if p else []
 
     def onSegmentItemChanged(self, item) -> None:
-        if self._updatingSegmentList or not self._parameterNode:
+        """A checkbox was clicked: store the ticks shown (one parameter write, see SegmentSelection)."""
+        if self._updatingSegmentList or not self._parameterNode or self._busy.busy:
             return
-        self._parameterNode.parameterNode.SetParameter("P2SAM.SelectionTouched", "1")
-        self._storeSelection()
+        widget = self.ui.segmentsListWidget
+        shown = [widget.item(row).data(qt.Qt.UserRole) for row in range(widget.count)
+                 if widget.item(row).checkState() == qt.Qt.Checked]
+        self._selection().store(self._parameterNode.priorSegmentation, shown)
         self._checkCanApply()
 
     def setAllSegmentsChecked(self, checked: bool) -> None:
-        widget = self.ui.segmentsListWidget
-        self._updatingSegmentList = True
-        try:
-            for row in range(widget.count):
-                widget.item(row).setCheckState(qt.Qt.Checked if checked else qt.Qt.Unchecked)
-        finally:
-            self._updatingSegmentList = False
-        if self._parameterNode:
-            self._parameterNode.parameterNode.SetParameter("P2SAM.SelectionTouched", "1")
-        self._storeSelection()
+        if not self._parameterNode or self._busy.busy:
+            return
+        self._selection().set_all(self._parameterNode.priorSegmentation, checked)
+        self.updateSegmentList()
         self._checkCanApply()
 
     # -- apply / cancel ----------------------------------------------------------------------
     def _isRunning(self) -> bool:
-        return self._job is not None or self._blockingRun
+        return self._job is not None or self._busy.busy
 
     def _checkCanApply(self, caller=None, event=None) -> None:
         if self._isRunning():
@@ -432,8 +411,8 @@ class P2SAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._job.cancel()
             self.ui.applyButton.enabled = False
             return
-        if self._blockingRun:
-            self._cancelRequested = True
+        if self._busy.busy:  # this button is "Cancel" during a run
+            self._busy.request_cancel()
             self.ui.applyButton.enabled = False
             return
         if not self.ensureDependencies():
@@ -500,29 +479,30 @@ class P2SAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._setRunning(False)
 
     def _runBlocking(self, p, segmentIds, args, parameters) -> None:
-        """Run inside Slicer's process; the GUI processes events at every progress step (Cancel works)."""
+        """Run inside Slicer's process; the GUI processes events at every progress step.
+
+        While it runs, Slicer delivers user events from inside ``processEvents``: every
+        handler asks ``self._busy`` first, so nothing starts a second run; Cancel and a
+        closing scene stop this one at its next step (nothing is added to the scene).
+        """
         from P2SAMLogic.errors import CancelledError
 
-        self._blockingRun = True
-        self._cancelRequested = False
-        self._setRunning(True)
-
-        def progress(fraction, message):
-            self.onProgress(fraction, message)
-            slicer.app.processEvents()
-
-        try:
-            self.log(_("Propagating inside Slicer (the window reacts between steps)..."))
-            outcome = self.logic.process(p.priorVolume, p.priorSegmentation, p.followupVolume, p.outputSegmentation,
-                                         segmentIds, model=args["model"], modelType=args["modelType"],
-                                         device=args["device"], parameters=parameters, progress=progress,
-                                         cancel=lambda: self._cancelRequested)
-            self.showResult(outcome.output_node, outcome.report, p.followupVolume)
-        except CancelledError:
-            self.log(_("Cancelled: the scene was not changed."))
-        finally:
-            self._blockingRun = False
-            self._setRunning(False)
+        with self._busy.running(_("a propagation")):
+            self._setRunning(True)
+            try:
+                self.log(_("Propagating inside Slicer (the window reacts between steps)..."))
+                followupVolume = p.followupVolume
+                outcome = self.logic.process(p.priorVolume, p.priorSegmentation, followupVolume, p.outputSegmentation,
+                                             segmentIds, model=args["model"], modelType=args["modelType"],
+                                             device=args["device"], parameters=parameters,
+                                             progress=self._busy.progress_callback(self.onProgress,
+                                                                                   slicer.app.processEvents),
+                                             cancel=self._busy.should_cancel)
+                self.showResult(outcome.output_node, outcome.report, followupVolume)
+            except CancelledError:
+                self.log(_("Cancelled: the scene was not changed."))
+            finally:
+                self._setRunning(False)
 
     # -- results -------------------------------------------------------------------------------
     def showResult(self, node, report: dict, followupVolume) -> None:
@@ -569,6 +549,9 @@ class P2SAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         slicer.modules.markups.logic().JumpSlicesToLocation(float(ras[0]), float(ras[1]), float(ras[2]), True)
 
     def onOpenSegmentEditor(self) -> None:
+        if self._busy.busy:
+            self.log(_("Wait for the propagation to finish (or cancel it) before opening the Segment Editor."))
+            return
         node = self._lastOutput
         if node is None or not slicer.mrmlScene.IsNodePresent(node):
             slicer.util.errorDisplay(_("The result segmentation is no longer in the scene."))
@@ -610,6 +593,9 @@ class P2SAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onInstallDependencies(self) -> bool:
         from P2SAMSlicerLib import dependencies
+
+        if self._busy.busy:
+            return False
 
         outcome = None
         with slicer.util.tryWithErrorDisplay(_("Installing P²SAM's Python packages failed."), waitCursor=True):
@@ -714,15 +700,13 @@ class P2SAMSlicerTest(ScriptedLoadableModuleTest):
         slicer.mrmlScene.Clear()
 
     def runTest(self):
-        """Run as few or as many tests as needed here."""
-        self.setUp()
-        self.test_EngineImports()
-        self.setUp()
-        self.test_BadInputsAreRefused()
-        self.setUp()
-        self.test_PropagationReachesDiceFloor()
-        self.setUp()
-        self.test_WidgetRunsInBackground()
+        """Every test, each after setUp(); a skipped test is reported as skipped, not failed
+        ("Reload and Test" calls this method directly, outside unittest's runner)."""
+        _ensureEngineImportable()
+        from P2SAMSlicerLib.selftest import run_test_methods
+
+        run_test_methods(self, ["test_EngineImports", "test_BadInputsAreRefused", "test_PropagationReachesDiceFloor",
+                                "test_WidgetRunsInBackground"], report=self.delayDisplay)
 
     # -- helpers -------------------------------------------------------------------------------
     def _dataDir(self) -> str:
@@ -842,9 +826,7 @@ class P2SAMSlicerTest(ScriptedLoadableModuleTest):
         p.priorSegmentation = segmentationNode
         p.followupVolume = followupNode
         p.outputSegmentation = None
-        p.parameterNode.SetParameter("P2SAM.SelectionTouched", "1")
-        p.selectedSegmentIds = ["GTV"]
-        widget.updateSegmentList()
+        widget._selection().store(segmentationNode, ["GTV"])
         p.runInBackground = True
         p.device = "cpu"
         p.maxParts = 2

@@ -25,8 +25,29 @@ from . import runner
 
 
 def default_python() -> str:
-    """Slicer's ``PythonSlicer`` when on the PATH (it sets up Slicer's environment), else this interpreter."""
-    return shutil.which("PythonSlicer") or sys.executable
+    """The interpreter for the background process: Slicer's ``PythonSlicer``.
+
+    Looked up on the PATH (Slicer puts its ``bin`` folder there), then next to
+    ``sys.executable``. ``sys.executable`` itself is used only when it is a Python
+    interpreter (its name starts with "python"): inside Slicer it may be the application
+    binary, and starting that would open a second Slicer instead of running the job.
+
+    Raises:
+        RuntimeError: no Python interpreter was found (the message says what to do).
+    """
+    found = shutil.which("PythonSlicer")
+    if found:
+        return found
+    executable = sys.executable or ""
+    folder = os.path.dirname(executable)
+    for name in ("PythonSlicer", "PythonSlicer.exe"):
+        candidate = os.path.join(folder, name)
+        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return candidate
+    if os.path.basename(executable).lower().startswith("python") and os.path.isfile(executable):
+        return executable
+    raise RuntimeError(f"cannot run P²SAM in the background: Slicer's PythonSlicer was found neither on the PATH "
+                       f"nor next to {executable or 'this program'}; untick 'Run in background' to run inside Slicer")
 
 
 def import_paths() -> List[str]:
@@ -55,10 +76,14 @@ class BackgroundPropagation:
     def __init__(self, prior_image, prior_segments: Sequence, followup, *, model: str = "litemedsam",
                  model_type: Optional[str] = None, device: str = "auto", config: Optional[dict] = None,
                  python: Optional[str] = None, work_dir: Optional[str] = None) -> None:
-        self.folder = tempfile.mkdtemp(prefix="P2SAM-", dir=work_dir)
-        runner.write_job(self.folder, prior_image, prior_segments, followup, model=model, model_type=model_type,
-                         device=device, config=config)
         self.python = python or default_python()
+        self.folder = tempfile.mkdtemp(prefix="P2SAM-", dir=work_dir)
+        try:
+            runner.write_job(self.folder, prior_image, prior_segments, followup, model=model, model_type=model_type,
+                             device=device, config=config)
+        except BaseException:
+            shutil.rmtree(self.folder, ignore_errors=True)
+            raise
         self.process: Optional[subprocess.Popen] = None
         self._offset = 0
         self._cancel_time: Optional[float] = None
@@ -67,6 +92,16 @@ class BackgroundPropagation:
 
     # -- life cycle -------------------------------------------------------------------------
     def start(self) -> None:
+        """Start the child process; if it cannot start, the job folder is removed and RuntimeError raised."""
+        try:
+            self._start()
+        except BaseException as exc:
+            self.cleanup()
+            if isinstance(exc, OSError):
+                raise RuntimeError(f"the background process could not be started with {self.python}: {exc}") from None
+            raise
+
+    def _start(self) -> None:
         env = dict(os.environ)
         extra = os.pathsep.join(import_paths())
         env["PYTHONPATH"] = extra + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")

@@ -138,6 +138,10 @@ class PropagationLogic:
         result = run_propagation(inputs.prior_image, inputs.prior_segments, inputs.followup_image, model=model,
                                  model_type=modelType, device=device, config=parameters, progress=progress,
                                  cancel=cancel)
+        if cancel is not None and cancel():  # asked to stop (e.g. the scene closed) after the engine's last check
+            from P2SAMLogic.errors import CancelledError
+
+            raise CancelledError("cancelled by the caller; nothing was added to the scene")
         report = result.report_dict()
         choice = {"model": model if isinstance(model, str) else "litemedsam", "model_type": modelType,
                   "device": device}

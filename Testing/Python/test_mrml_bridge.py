@@ -369,7 +369,8 @@ def e2e(shared_model, lung, followup_case, tmp_path_factory):
     outcome = PropagationLogic(scene).process(prior, segmentation, follow, segmentIds=["GTV"], device="cpu",
                                               parameters=E2E_PARAMETERS, progress=lambda f, m: calls.append((f, m)))
     assert segmentation.GetSegmentation().GetMTime() == prior_mtime, "the prior segmentation was modified"
-    # the same inputs through the command line, from files; the CLI reuses the loaded model
+    # the same inputs through the command line, from files, in the CLI's own way: it loads its own
+    # model (its own embedding cache: nothing computed by process() is reused)
     folder = tmp_path_factory.mktemp("cli")
     sitk.WriteImage(ct, str(folder / "prior.nrrd"))
     sitk.WriteImage(followup, str(folder / "followup.nrrd"))
@@ -379,8 +380,14 @@ def e2e(shared_model, lung, followup_case, tmp_path_factory):
     import P2SAMLogic.models
     from P2SAMLogic import cli
 
+    loaded = []
     original = P2SAMLogic.models.load_model
-    P2SAMLogic.models.load_model = lambda *a, **k: shared_model
+
+    def load_model(*args, **kwargs):
+        loaded.append(original(*args, **kwargs))
+        return loaded[-1]
+
+    P2SAMLogic.models.load_model = load_model  # counts loads; the model itself is loaded for real
     try:
         status = cli.main(["propagate", "--prior-image", str(folder / "prior.nrrd"), "--prior-segmentation",
                            str(folder / "prior.seg.nrrd"), "--followup", str(folder / "followup.nrrd"),
@@ -389,6 +396,8 @@ def e2e(shared_model, lung, followup_case, tmp_path_factory):
     finally:
         P2SAMLogic.models.load_model = original
     assert status == 0
+    assert len(loaded) == 1 and loaded[0] is not shared_model and loaded[0].encode_calls > 0, \
+        "the command line must run its own model, not reuse the module's embeddings"
     return scene, follow, outcome, calls, folder
 
 
