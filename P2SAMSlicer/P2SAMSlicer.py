@@ -311,22 +311,22 @@ class P2SAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         """
         p = self._parameterNode
         widget = self.ui.segmentsListWidget
-        node = p.priorSegmentation if p else None
+        segmentationNode = p.priorSegmentation if p else None
         signature = None
         ids = []
-        if node is not None:
-            segmentation = node.GetSegmentation()
+        if segmentationNode is not None:
+            segmentation = segmentationNode.GetSegmentation()
             ids = [segmentation.GetNthSegmentID(i) for i in range(segmentation.GetNumberOfSegments())]
-            signature = (node.GetID(), tuple((i, segmentation.GetSegment(i).GetName(),
+            signature = (segmentationNode.GetID(), tuple((i, segmentation.GetSegment(i).GetName(),
                                               tuple(segmentation.GetSegment(i).GetColor())) for i in ids))
-        checked = set(self._selection().checked(node))
+        checked = set(self._selection().checked(segmentationNode))
         self._updatingSegmentList = True
         try:
             if signature != self._segmentListSignature:
                 self._segmentListSignature = signature
                 widget.clear()
                 for segmentId in ids:
-                    segment = node.GetSegmentation().GetSegment(segmentId)
+                    segment = segmentationNode.GetSegmentation().GetSegment(segmentId)
                     item = qt.QListWidgetItem(segment.GetName())
                     item.setFlags(item.flags() | qt.Qt.ItemIsUserCheckable)
                     item.setData(qt.Qt.UserRole, segmentId)
@@ -505,19 +505,19 @@ class P2SAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self._setRunning(False)
 
     # -- results -------------------------------------------------------------------------------
-    def showResult(self, node, report: dict, followupVolume) -> None:
+    def showResult(self, outputNode, report: dict, followupVolume) -> None:
         """Show the new segmentation over the follow-up, fill the report and flagged-slice tables."""
-        self._lastOutput = node
-        node.CreateDefaultDisplayNodes()
-        node.GetDisplayNode().SetVisibility(True)
+        self._lastOutput = outputNode
+        outputNode.CreateDefaultDisplayNodes()
+        outputNode.GetDisplayNode().SetVisibility(True)
         slicer.util.setSliceViewerLayers(background=followupVolume, fit=True)
         for warning in report.get("warnings", []):
             self.log(_("Warning: {w}").format(w=warning))
-        self.log(_("Done: '{name}' ({status}).").format(name=node.GetName(), status=report.get("status", "")))
+        self.log(_("Done: '{name}' ({status}).").format(name=outputNode.GetName(), status=report.get("status", "")))
         self.ui.resultsStatusLabel.text = _(
             "'{name}' holds the proposal (status: {status}). Review the flagged slices, correct them with the "
             "Segment Editor, and set each segment's status to Completed when done.").format(
-            name=node.GetName(), status=report.get("status", ""))
+            name=outputNode.GetName(), status=report.get("status", ""))
         table = self.ui.reportTableWidget
         segments = report.get("segments", [])
         table.setRowCount(len(segments))
@@ -528,7 +528,7 @@ class P2SAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                      str(s.get("slices_flagged", ""))]
             for col, text in enumerate(cells):
                 table.setItem(row, col, qt.QTableWidgetItem(text))
-        flagged = self.logic.flaggedSliceLocations(node)
+        flagged = self.logic.flaggedSliceLocations(outputNode)
         ftable = self.ui.flaggedTableWidget
         ftable.setRowCount(len(flagged))
         for row, entry in enumerate(flagged):
@@ -552,14 +552,14 @@ class P2SAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._busy.busy:
             self.log(_("Wait for the propagation to finish (or cancel it) before opening the Segment Editor."))
             return
-        node = self._lastOutput
-        if node is None or not slicer.mrmlScene.IsNodePresent(node):
+        outputNode = self._lastOutput
+        if outputNode is None or not slicer.mrmlScene.IsNodePresent(outputNode):
             slicer.util.errorDisplay(_("The result segmentation is no longer in the scene."))
             return
-        followup = node.GetNodeReference(slicer.vtkMRMLSegmentationNode.GetReferenceImageGeometryReferenceRole())
+        followup = outputNode.GetNodeReference(slicer.vtkMRMLSegmentationNode.GetReferenceImageGeometryReferenceRole())
         slicer.util.selectModule("SegmentEditor")
         editor = slicer.modules.segmenteditor.widgetRepresentation().self().editor
-        editor.setSegmentationNode(node)
+        editor.setSegmentationNode(outputNode)
         if followup is not None:
             editor.setSourceVolumeNode(followup)
         editor.setActiveEffectByName(EFFECT_NAME)
@@ -797,15 +797,15 @@ class P2SAMSlicerTest(ScriptedLoadableModuleTest):
         priorNode, segmentationNode, followupNode, followup, truth = self._loadCase()
         outcome = P2SAMSlicerLogic().process(priorNode, segmentationNode, followupNode, segmentIds=["GTV"],
                                              device="cpu", parameters={"slice_margin_mm": 0.0, "max_parts": 2})
-        node = outcome.output_node
-        masks = mrml_bridge.masks_from_segmentation_node(node, followup)
+        outputNode = outcome.output_node
+        masks = mrml_bridge.masks_from_segmentation_node(outputNode, followup)
         expected = sitk.GetArrayFromImage(truth["GTV"]).astype(bool)
         got = masks["GTV"]
         dice = 2.0 * float((got & expected).sum()) / max(1, int(got.sum() + expected.sum()))
         self.assertGreaterEqual(dice, self.DICE_FLOOR)
-        self.assertEqual(node.GetNodeReference(slicer.vtkMRMLSegmentationNode.GetReferenceImageGeometryReferenceRole()),
+        self.assertEqual(outputNode.GetNodeReference(slicer.vtkMRMLSegmentationNode.GetReferenceImageGeometryReferenceRole()),
                          followupNode)
-        segment = node.GetSegmentation().GetSegment(node.GetSegmentation().GetNthSegmentID(0))
+        segment = outputNode.GetSegmentation().GetSegment(outputNode.GetSegmentation().GetNthSegmentID(0))
         self.assertEqual(segment.GetName(), "GTV")
         self.assertEqual(slicer.vtkSlicerSegmentationsModuleLogic.GetSegmentStatus(segment),
                          slicer.vtkSlicerSegmentationsModuleLogic.InProgress)
@@ -840,5 +840,6 @@ class P2SAMSlicerTest(ScriptedLoadableModuleTest):
             time.sleep(0.1)
         self.assertIsNone(widget._job, "the background run did not finish within 10 minutes")
         self.assertEqual(slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode"), nodesBefore + 1)
-        self.assertIsNotNone(widget._lastOutput)
-        self.assertIsNotNone(json.loads(widget._lastOutput.GetAttribute("P2SAM.Report")))
+        outputNode = widget._lastOutput
+        self.assertIsNotNone(outputNode)
+        self.assertIsNotNone(json.loads(outputNode.GetAttribute("P2SAM.Report")))

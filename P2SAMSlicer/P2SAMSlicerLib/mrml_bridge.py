@@ -97,10 +97,10 @@ def geometry_of(image: sitk.Image) -> dict:
             "ijk_to_ras": [[round(float(v), 6) for v in row] for row in ijk_to_ras_from_image(image)]}
 
 
-def _require_untransformed(node, role: str) -> None:
-    if node is not None and node.GetParentTransformNode() is not None:
-        raise BridgeError(f"{role} '{node.GetName()}' is under the transform "
-                          f"'{node.GetParentTransformNode().GetName()}'; harden the transform "
+def _require_untransformed(transformable_node, role: str) -> None:
+    if transformable_node is not None and transformable_node.GetParentTransformNode() is not None:
+        raise BridgeError(f"{role} '{transformable_node.GetName()}' is under the transform "
+                          f"'{transformable_node.GetParentTransformNode().GetName()}'; harden the transform "
                           "(Data module: right-click > Harden transform) or remove it, then try again")
 
 

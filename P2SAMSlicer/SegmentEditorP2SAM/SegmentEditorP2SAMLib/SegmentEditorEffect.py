@@ -200,18 +200,18 @@ Edits respect the editable area and overlap settings; undo with Ctrl+Z.</html>""
         except ValueError as exc:
             self.statusLabel.text = str(exc)
             return False
-        target = correction.click_target(viewWidget.sliceLogic().GetSliceNode(), session.ijk_to_ras,
-                                         session.volume.shape, callerInteractor.GetEventPosition(),
-                                         segmentationNode.GetParentTransformNode())
-        if not target.ok:
-            self.statusLabel.text = target.problem
+        click = correction.click_target(viewWidget.sliceLogic().GetSliceNode(), session.ijk_to_ras,
+                                        session.volume.shape, callerInteractor.GetEventPosition(),
+                                        segmentationNode.GetParentTransformNode())
+        if not click.ok:
+            self.statusLabel.text = click.problem
             return False
         confirmed = self.scriptedEffect.confirmCurrentSegmentVisible()
         if confirmed == self.scriptedEffect.NotConfirmed or confirmed == self.scriptedEffect.ConfirmedWithDialog:
             return True
         positive = not callerInteractor.GetControlKey()
         with slicer.util.tryWithErrorDisplay(_("P²SAM could not update the slice."), waitCursor=True):
-            self.clickAt(target.k, target.j, target.i, positive)
+            self.clickAt(click.k, click.j, click.i, positive)
         return True
 
     def clickAt(self, k, j, i, positive=True):
