@@ -20,7 +20,7 @@ import SimpleITK as sitk
 
 from . import mrml_bridge
 from .mrml_bridge import BridgeError
-from .runner import load_model_cached, run_propagation
+from .runner import run_propagation
 
 #: defaults shown in the GUI and used by :meth:`PropagationLogic.process`
 DEFAULT_PARAMETERS = {"max_parts": 5, "negative_parts": 1, "roi_margin_mm": 15.0, "slice_margin_mm": 5.0}
@@ -165,12 +165,6 @@ class PropagationLogic:
         mrml_bridge.store_report(node, report, followupImage)
         node.SetAttribute(mrml_bridge.MODEL_ATTRIBUTE, json.dumps(modelChoice or {"model": "litemedsam"}))
         return node
-
-    # -- models (shared with the Segment Editor effect) ------------------------------------------
-    @staticmethod
-    def model(model: Union[str, object] = "litemedsam", modelType: Optional[str] = None, device: str = "auto"):
-        """The loaded model, cached for the session (its embeddings too)."""
-        return load_model_cached(model, modelType, device)
 
     @staticmethod
     def flaggedSliceLocations(outputNode) -> List[dict]:

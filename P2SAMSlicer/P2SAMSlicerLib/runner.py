@@ -107,26 +107,17 @@ def run_propagation(prior_image: sitk.Image, prior_segments: Sequence, followup:
 
 
 def write_json_atomic(path: str, data) -> None:
-    tmp = path + ".part"
-    with open(tmp, "w", encoding="utf-8") as handle:
-        json.dump(data, handle, default=json_default)
-    os.replace(tmp, path)
+    """Write ``data`` as JSON, atomically (:mod:`P2SAMLogic.outputs`: one helper for every output)."""
+    from P2SAMLogic.outputs import dumps_json, write_text_atomic
+
+    write_text_atomic(path, dumps_json(data))
 
 
 def json_default(o):
-    """``json`` fallback for numpy scalars/arrays (non-finite floats -> null), else ``str``."""
-    try:
-        import numpy as np
+    """``json`` fallback for numpy values: :func:`P2SAMLogic.outputs.json_default`."""
+    from P2SAMLogic.outputs import json_default as default
 
-        if isinstance(o, np.integer):
-            return int(o)
-        if isinstance(o, np.floating):
-            return float(o) if np.isfinite(o) else None
-        if isinstance(o, np.ndarray):
-            return o.tolist()
-    except ImportError:  # pragma: no cover
-        pass
-    return str(o)
+    return default(o)
 
 
 def write_job(folder: str, prior_image: sitk.Image, prior_segments: Sequence, followup: sitk.Image, *,
