@@ -31,11 +31,12 @@ behind and an existing file is untouched.
 pydicom and highdicom are imported lazily, only by the functions that need them.
 """
 from .dicom_series import list_dicom_series
-from .files import OUTPUT_EXTENSIONS, VOLUME_EXTENSIONS, PathLike
-from .segmentations import check_output_path, check_writable_file, output_kind, read_segmentation, write_segmentation
+from .files import OUTPUT_EXTENSIONS, OUTPUT_KINDS, VOLUME_EXTENSIONS, PathLike
+from .segmentations import (check_output_path, check_writable_file, output_kind, read_segmentation,
+                            write_segmentation)
 from .slicer_nifti import reference_geometry_string
 from .volumes import read_volume
 
-__all__ = ["OUTPUT_EXTENSIONS", "VOLUME_EXTENSIONS", "PathLike", "check_output_path", "check_writable_file",
+__all__ = ["OUTPUT_EXTENSIONS", "OUTPUT_KINDS", "VOLUME_EXTENSIONS", "PathLike", "check_output_path", "check_writable_file",
            "list_dicom_series", "output_kind", "read_segmentation", "read_volume", "reference_geometry_string",
            "write_segmentation"]

@@ -333,3 +333,190 @@ def _write_dicom_seg(tmp: str, target: str, segments: List[Segment], reference: 
         content_label="P2SAM", series_description=description,
         omit_empty_frames=bool(pixels.any()))
     seg.save_as(tmp)
+
+
+# ----------------------------------------------------------------------------------------------
+# RTSTRUCT output
+# ----------------------------------------------------------------------------------------------
+
+RT_STRUCTURE_SET_STORAGE = "1.2.840.10008.5.1.4.1.1.481.3"
+#: DICOM Study Root / Detached Study Management SOP class referenced by RTReferencedStudySequence
+_STUDY_COMPONENT_MANAGEMENT = "1.2.840.10008.3.1.2.3.1"
+
+
+def pixel_outlines(mask: np.ndarray) -> List[np.ndarray]:
+    """Closed outlines of a 2D mask along its pixels' edges.
+
+    Args:
+        mask: bool ``[rows j, columns i]``.
+    Returns:
+        ``[N, 2]`` float arrays of vertices ``(x, y)`` = (column, row) in continuous index
+        coordinates (pixel centres at integers, so every vertex is a pixel corner at half-integers);
+        collinear vertices are dropped. Outer outlines and hole outlines run in opposite
+        directions (the foreground is always on the same side), and a pixel centre lies inside
+        an odd number of outlines exactly when the pixel is set: even-odd filling (what RTSTRUCT
+        readers do with a contour inside another) gives back ``mask`` exactly, rings included.
+    """
+    m = np.pad(np.asarray(mask, dtype=bool), 1)
+    edges: Dict[Tuple[int, int], List[Tuple[int, int]]] = {}
+    # corners (R, C) of the padded grid: pixel (r, c) has corners (r, c) .. (r + 1, c + 1)
+    for (dr, dc), (a, b) in (((-1, 0), ((0, 1), (0, 0))), ((1, 0), ((1, 0), (1, 1))),
+                             ((0, -1), ((0, 0), (1, 0))), ((0, 1), ((1, 1), (0, 1)))):
+        side = m & ~np.roll(np.roll(m, -dr, axis=0), -dc, axis=1)  # foreground with a background neighbour there
+        for r, c in zip(*np.nonzero(side)):
+            edges.setdefault((int(r) + a[0], int(c) + a[1]), []).append((int(r) + b[0], int(c) + b[1]))
+    outlines = []
+    while edges:
+        start = next(iter(edges))
+        loop = [start]
+        here = start
+        while True:
+            targets = edges[here]
+            nxt = targets.pop()
+            if not targets:
+                del edges[here]
+            if nxt == start:
+                break
+            loop.append(nxt)
+            here = nxt
+        pts = np.array(loop, dtype=np.float64)
+        prev, post = np.roll(pts, 1, axis=0), np.roll(pts, -1, axis=0)
+        turn = (pts[:, 0] - prev[:, 0]) * (post[:, 1] - pts[:, 1]) - (pts[:, 1] - prev[:, 1]) * (post[:, 0] - pts[:, 0])
+        pts = pts[turn != 0]
+        if len(pts) >= 3:
+            outlines.append(np.stack([pts[:, 1] - 1.5, pts[:, 0] - 1.5], axis=1))  # (x = column, y = row), unpadded
+    return outlines
+
+
+def _provenance_text(provenance: dict, limit: int = 1024) -> str:
+    """One line for the structure set description (ST, at most 1024 characters)."""
+    model_name, model_sha = _provenance_model(provenance)
+    parts = [f"P2SAM {provenance.get('version') or __version__}: {PROPOSAL_STATUS.upper()}, review before use",
+             f"model {model_name}" + (f" sha256 {model_sha}" if model_sha else "")]
+    for key in ("method", "date"):
+        if provenance.get(key):
+            parts.append(f"{key} {provenance[key]}")
+    params = provenance.get("parameters")
+    if isinstance(params, dict):
+        parts.append("parameters " + ", ".join(f"{k}={v}" for k, v in sorted(params.items()) if v is not None))
+    return "; ".join(parts)[:limit]
+
+
+def _write_rtstruct(tmp: str, target: str, segments: List[Segment], reference: sitk.Image, provenance: dict,
+                    reference_source: VolumeSource) -> None:
+    """An RT Structure Set on the follow-up DICOM series: per segment (ROI: name, colour) and per slice,
+    its pixel outlines as CLOSED_PLANAR contours in patient coordinates (LPS mm, the series' frame of
+    reference), each referencing its slice's image; holes are inner contours. The set is marked as an
+    unreviewed proposal (series description, structure set label/description, approval UNAPPROVED,
+    ROI generation algorithm AUTOMATIC with the model)."""
+    import datetime
+
+    import pydicom
+    from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
+    from pydicom.sequence import Sequence as DicomSequence
+    from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, generate_uid
+
+    files = list(reference_source.dicom_files)
+    nx, ny, nz = reference.GetSize()
+    if len(files) != nz:
+        raise InputError(target, f"the follow-up DICOM series has {len(files)} slices but the follow-up image has {nz}")
+    try:
+        sources = [pydicom.dcmread(f, stop_before_pixels=True) for f in files]
+    except Exception as exc:  # noqa: BLE001
+        raise InputError(target, f"the follow-up DICOM files ({reference_source.path}) cannot be re-read "
+                                 f"({exc})") from None
+    first = sources[0]
+    frame_of_reference = str(first.get("FrameOfReferenceUID", "") or reference_source.frame_of_reference_uid or "")
+    if not frame_of_reference:
+        raise InputError(target, "the follow-up DICOM series has no FrameOfReferenceUID; RTSTRUCT output needs one")
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = RT_STRUCTURE_SET_STORAGE
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    ds = FileDataset(tmp, {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SpecificCharacterSet = "ISO_IR 192"
+    ds.SOPClassUID = RT_STRUCTURE_SET_STORAGE
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    for keyword in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID", "StudyDate",
+                    "StudyTime", "StudyID", "AccessionNumber", "ReferringPhysicianName"):
+        setattr(ds, keyword, first.get(keyword, "") or "")
+    now = datetime.datetime.now()
+    version = str(provenance.get("version") or __version__)
+    model_name, model_sha = _provenance_model(provenance)
+    ds.Modality = "RTSTRUCT"
+    ds.SeriesInstanceUID = generate_uid()
+    try:
+        ds.SeriesNumber = int(first.get("SeriesNumber") or 0) + 1001
+    except (TypeError, ValueError):
+        ds.SeriesNumber = 1001
+    ds.SeriesDescription = f"P2SAM {PROPOSAL_STATUS}"[:64]
+    ds.InstanceNumber = 1
+    ds.Manufacturer = "P2SAM"
+    ds.ManufacturerModelName = "P2SAM for 3D Slicer"
+    ds.SoftwareVersions = version[:64]
+    ds.StructureSetLabel = "P2SAM proposal"
+    ds.StructureSetName = f"P2SAM {PROPOSAL_STATUS}"[:64]
+    ds.StructureSetDescription = _provenance_text(provenance)
+    ds.StructureSetDate = now.strftime("%Y%m%d")
+    ds.StructureSetTime = now.strftime("%H%M%S")
+    ds.ApprovalStatus = "UNAPPROVED"  # RT Approval: a proposal nobody has reviewed yet
+
+    def image_item(k: int) -> Dataset:
+        item = Dataset()
+        item.ReferencedSOPClassUID = sources[k].SOPClassUID
+        item.ReferencedSOPInstanceUID = sources[k].SOPInstanceUID
+        return item
+
+    series_item = Dataset()
+    series_item.SeriesInstanceUID = first.SeriesInstanceUID
+    series_item.ContourImageSequence = DicomSequence([image_item(k) for k in range(nz)])
+    study_item = Dataset()
+    study_item.ReferencedSOPClassUID = _STUDY_COMPONENT_MANAGEMENT
+    study_item.ReferencedSOPInstanceUID = first.StudyInstanceUID
+    study_item.RTReferencedSeriesSequence = DicomSequence([series_item])
+    for_item = Dataset()
+    for_item.FrameOfReferenceUID = frame_of_reference
+    for_item.RTReferencedStudySequence = DicomSequence([study_item])
+    ds.ReferencedFrameOfReferenceSequence = DicomSequence([for_item])
+
+    index_to_lps, origin = _index_to_lps(reference)
+    rois, roi_contours, observations = [], [], []
+    for number, seg in enumerate(segments, start=1):
+        roi = Dataset()
+        roi.ROINumber = number
+        roi.ReferencedFrameOfReferenceUID = frame_of_reference
+        roi.ROIName = (seg.name or f"Segment {number}")[:64]
+        roi.ROIGenerationAlgorithm = "AUTOMATIC"
+        roi.ROIGenerationDescription = (f"P2SAM {PROPOSAL_STATUS}: {model_name}"
+                                        + (f" {model_sha[:16]}" if model_sha else ""))[:64]
+        rois.append(roi)
+        arr = seg.array()
+        contours = []
+        for k in np.flatnonzero(arr.reshape(arr.shape[0], -1).any(axis=1)):
+            for outline in pixel_outlines(arr[k]):
+                ijk = np.column_stack([outline, np.full(len(outline), float(k))])
+                points = ijk @ index_to_lps.T + origin
+                item = Dataset()
+                item.ContourGeometricType = "CLOSED_PLANAR"
+                item.NumberOfContourPoints = len(points)
+                item.ContourData = [f"{v:.4f}" for v in points.ravel()]
+                item.ContourImageSequence = DicomSequence([image_item(int(k))])
+                contours.append(item)
+        rc_item = Dataset()
+        rc_item.ReferencedROINumber = number
+        rc_item.ROIDisplayColor = [int(round(255 * float(np.clip(c, 0, 1)))) for c in seg.color]
+        if contours:
+            rc_item.ContourSequence = DicomSequence(contours)
+        roi_contours.append(rc_item)
+        obs = Dataset()
+        obs.ObservationNumber = number
+        obs.ReferencedROINumber = number
+        obs.ROIObservationLabel = roi.ROIName
+        obs.RTROIInterpretedType = ""
+        obs.ROIInterpreter = ""
+        observations.append(obs)
+    ds.StructureSetROISequence = DicomSequence(rois)
+    ds.ROIContourSequence = DicomSequence(roi_contours)
+    ds.RTROIObservationsSequence = DicomSequence(observations)
+    ds.save_as(tmp, enforce_file_format=True)

@@ -21,8 +21,11 @@ PathLike = Union[str, Path]
 VOLUME_EXTENSIONS = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd")
 
 
-#: segmentation outputs: extension -> kind returned by :func:`output_kind`
+#: segmentation outputs: extension -> kind returned by :func:`output_kind` (the default for that extension)
 OUTPUT_EXTENSIONS = ((".seg.nrrd", "seg.nrrd"), (".nii.gz", "nifti"), (".nii", "nifti"), (".dcm", "dicom-seg"))
+#: every output kind -> the extensions it may be written with (``rtstruct``: asked for explicitly)
+OUTPUT_KINDS = {"seg.nrrd": (".seg.nrrd",), "nifti": (".nii.gz", ".nii"), "dicom-seg": (".dcm",),
+                "rtstruct": (".dcm",)}
 
 
 _LPS_FROM_RAS = np.diag([-1.0, -1.0, 1.0])

@@ -12,8 +12,9 @@ import SimpleITK as sitk
 from ..errors import InputError
 from ..outputs import atomic_path
 from ..volume import Segment, VolumeSource, same_geometry
-from .dicom_objects import _read_dicom_seg, _read_rtstruct, _write_dicom_seg
-from .files import OUTPUT_EXTENSIONS, PathLike, VOLUME_EXTENSIONS, _dicom_candidate, _looks_like_dicom, _lower_name
+from .dicom_objects import _read_dicom_seg, _read_rtstruct, _write_dicom_seg, _write_rtstruct
+from .files import (
+    OUTPUT_EXTENSIONS, OUTPUT_KINDS, VOLUME_EXTENSIONS, PathLike, _dicom_candidate, _looks_like_dicom, _lower_name)
 from .slicer_nifti import (
     _read_labelmap, _read_nrrd_header, _read_seg_nrrd, _sidecar_path, _write_nifti, _write_seg_nrrd)
 
@@ -81,12 +82,23 @@ def read_segmentation(path: PathLike, reference: sitk.Image, reference_source: O
     return _read_labelmap(p, reference, names)
 
 
-def output_kind(path: PathLike) -> str:
-    """``"seg.nrrd"`` (``.seg.nrrd``), ``"nifti"`` (``.nii``, ``.nii.gz``) or ``"dicom-seg"`` (``.dcm``)."""
+def output_kind(path: PathLike, kind: Optional[str] = None) -> str:
+    """The kind of segmentation file to write at ``path``.
+
+    Without ``kind``, from the extension: ``"seg.nrrd"`` (``.seg.nrrd``), ``"nifti"`` (``.nii``,
+    ``.nii.gz``) or ``"dicom-seg"`` (``.dcm``). With ``kind`` (one of :data:`OUTPUT_KINDS`, e.g.
+    ``"rtstruct"`` for a ``.dcm``), checked against the extension.
+    """
     low = _lower_name(path)
-    for ext, kind in OUTPUT_EXTENSIONS:
+    if kind is not None:
+        if kind not in OUTPUT_KINDS:
+            raise InputError(kind, "unknown output format; use one of: " + ", ".join(OUTPUT_KINDS))
+        if not low.endswith(OUTPUT_KINDS[kind]):
+            raise InputError(path, f"a {kind} output needs the extension {' or '.join(OUTPUT_KINDS[kind])}")
+        return kind
+    for ext, found in OUTPUT_EXTENSIONS:
         if low.endswith(ext):
-            return kind
+            return found
     raise InputError(path, "unsupported output type; use one of: " + ", ".join(e for e, _ in OUTPUT_EXTENSIONS))
 
 
@@ -110,31 +122,34 @@ def check_writable_file(path: PathLike, overwrite: bool = False, source: Optiona
         raise InputError(name, f"output folder {parent} is not writable")
 
 
-def check_output_path(path: PathLike, overwrite: bool = False, reference_source: Optional[VolumeSource] = None) -> str:
+def check_output_path(path: PathLike, overwrite: bool = False, reference_source: Optional[VolumeSource] = None,
+                      kind: Optional[str] = None) -> str:
     """Check, before any computation, that ``path`` can be written; return its :func:`output_kind`.
 
     Raises:
-        InputError: unsupported extension, file exists and not ``overwrite``, folder
-            missing or not writable, ``.dcm`` requested but the follow-up is not a DICOM series.
+        InputError: unsupported extension or ``kind``, file exists and not ``overwrite``, folder
+            missing or not writable, DICOM output (SEG or RTSTRUCT) but the follow-up is not a
+            DICOM series of single-frame slices.
     """
-    kind = output_kind(path)
+    kind = output_kind(path, kind)
     p = os.path.abspath(str(path))
     check_writable_file(path, overwrite)
     if kind == "nifti" and os.path.exists(_sidecar_path(p)) and not overwrite:
         raise InputError(path, f"its label table {os.path.basename(_sidecar_path(p))} already exists; "
                                "pass --overwrite to replace it")
-    if kind == "dicom-seg" and (reference_source is None or reference_source.kind != "dicom"
-                                or not reference_source.dicom_files):
-        raise InputError(path, "DICOM SEG output needs the follow-up as a DICOM series; "
+    what = {"dicom-seg": "DICOM SEG", "rtstruct": "RTSTRUCT"}.get(kind)
+    if what and (reference_source is None or reference_source.kind != "dicom" or not reference_source.dicom_files):
+        raise InputError(path, f"{what} output needs the follow-up as a DICOM series; "
                                "write .seg.nrrd or .nii.gz instead")
-    if kind == "dicom-seg" and len(reference_source.dicom_files) < 2:
-        raise InputError(path, "DICOM SEG output needs the follow-up as a series of single-frame slices "
+    if what and len(reference_source.dicom_files) < 2:
+        raise InputError(path, f"{what} output needs the follow-up as a series of single-frame slices "
                                "(a multi-frame follow-up is not supported); write .seg.nrrd or .nii.gz instead")
     return kind
 
 
 def write_segmentation(path: PathLike, segments: List[Segment], reference: sitk.Image, provenance: dict,
-                       reference_source: Optional[VolumeSource] = None, overwrite: bool = False) -> str:
+                       reference_source: Optional[VolumeSource] = None, overwrite: bool = False,
+                       kind: Optional[str] = None) -> str:
     """Write ``segments`` (masks on ``reference``'s grid, the follow-up) atomically.
 
     * ``.seg.nrrd``: Slicer segmentation on ``reference``'s full grid (LPS space
@@ -149,6 +164,14 @@ def write_segmentation(path: PathLike, segments: List[Segment], reference: sitk.
       ``reference_source.dicom_files``; algorithm ``P2SAM`` with the model name, its
       SHA-256 and the status from ``provenance`` (keys ``model`` = ``{"name", "sha256"}``,
       ``version``); SeriesDescription contains ``"P2SAM unreviewed proposal"``.
+    * ``.dcm`` with ``kind="rtstruct"``: DICOM RT Structure Set on the follow-up series: one ROI
+      per segment (name, colour), per slice the segment's pixel outlines as CLOSED_PLANAR
+      contours in patient coordinates (the series' frame of reference; holes as inner contours,
+      even-odd rule), approval status UNAPPROVED and the provenance in the structure set
+      description.
+
+    Args:
+        kind: the output kind when the extension allows several (``"rtstruct"``); default: by extension.
 
     Returns:
         The path written (as given).
@@ -157,7 +180,7 @@ def write_segmentation(path: PathLike, segments: List[Segment], reference: sitk.
         InputError: see :func:`check_output_path`; no segments; a segment not on
             ``reference``'s geometry; the file could not be written.
     """
-    kind = check_output_path(path, overwrite=overwrite, reference_source=reference_source)
+    kind = check_output_path(path, overwrite=overwrite, reference_source=reference_source, kind=kind)
     target = str(path)
     if not segments:
         raise InputError(path, "no segments to write")
@@ -175,6 +198,9 @@ def write_segmentation(path: PathLike, segments: List[Segment], reference: sitk.
             # the image is moved into place first, then its label table
             with atomic_path(sidecar) as tmp_json, atomic_path(target, suffix) as tmp:
                 _write_nifti(tmp, tmp_json, segments, reference, provenance)
+        elif kind == "rtstruct":
+            with atomic_path(target) as tmp:
+                _write_rtstruct(tmp, target, segments, reference, provenance, reference_source)
         else:
             with atomic_path(target) as tmp:
                 _write_dicom_seg(tmp, target, segments, reference, provenance, reference_source)
