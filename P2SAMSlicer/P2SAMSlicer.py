@@ -22,7 +22,7 @@ import qt
 import vtk
 
 import slicer
-from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
+from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode, vtkMRMLSequenceNode
 from slicer.i18n import tr as _
 from slicer.i18n import translate
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
@@ -100,8 +100,12 @@ class P2SAMSlicerParameterNode:
     """The module's settings, saved with the scene.
 
     priorVolume, priorSegmentation, followupVolume - the inputs. The ticked prior segments are
-    kept in the same node by P2SAMSlicerLib.panel_state.SegmentSelection (one parameter).
-    outputSegmentation - node to fill; None creates a new node (the default).
+    kept in the same node by P2SAMSlicerLib.panel_state.SegmentSelection (one parameter), the
+    "More follow-ups" ticks by P2SAMSlicerLib.followups.NodeSelection.
+    followupSequence - every volume of this sequence is a follow-up (instead of the volumes).
+    chainFollowups - several follow-ups: each from the previous one's result, not from the prior.
+    outputSegmentation - one follow-up: the user's node to write into (as a Segment Editor edit);
+        None creates a new node (the default). Several follow-ups: always new nodes.
     model - MODEL_LITEMEDSAM or MODEL_SAM; samCheckpoint / samModelType - for MODEL_SAM.
     maxParts, negativeParts, roiMarginMm, sliceMarginMm - P²SAM parameters.
     device - auto, cpu (force CPU), cuda or mps.
@@ -111,6 +115,8 @@ class P2SAMSlicerParameterNode:
     priorVolume: vtkMRMLScalarVolumeNode
     priorSegmentation: vtkMRMLSegmentationNode
     followupVolume: vtkMRMLScalarVolumeNode
+    followupSequence: vtkMRMLSequenceNode
+    chainFollowups: bool = False
     outputSegmentation: vtkMRMLSegmentationNode
     model: Annotated[str, Choice([MODEL_LITEMEDSAM, MODEL_SAM])] = MODEL_LITEMEDSAM
     samCheckpoint: pathlib.Path
@@ -167,8 +173,10 @@ class P2SAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         self._busy = BusyState()  # a blocking run in progress (see _runBlocking)
         self._lastOutput = None
+        self._lastOutputs = []  # [(output node, report, follow-up volume or None)] of the last run
         self._timer = None
         self._segmentListSignature = None
+        self._updatingMoreFollowups = False
 
     def setup(self) -> None:
         """Called when the user opens the module the first time and the widget is initialized."""
@@ -183,12 +191,12 @@ class P2SAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic = P2SAMSlicerLogic()
 
         self.ui.progressBar.setVisible(False)
-        self.ui.reportTableWidget.setColumnCount(6)
+        self.ui.reportTableWidget.setColumnCount(7)
         self.ui.reportTableWidget.setHorizontalHeaderLabels(
-            [_("Segment"), _("Prior mL"), _("Follow-up mL"), _("Change %"), _("Slices"), _("Flagged")])
+            [_("Follow-up"), _("Segment"), _("Prior mL"), _("Follow-up mL"), _("Change %"), _("Slices"), _("Flagged")])
         self.ui.reportTableWidget.horizontalHeader().setSectionResizeMode(qt.QHeaderView.ResizeToContents)
-        self.ui.flaggedTableWidget.setColumnCount(4)
-        self.ui.flaggedTableWidget.setHorizontalHeaderLabels([_("Segment"), _("Slice"), _("Why"), ""])
+        self.ui.flaggedTableWidget.setColumnCount(5)
+        self.ui.flaggedTableWidget.setHorizontalHeaderLabels([_("Follow-up"), _("Segment"), _("Slice"), _("Why"), ""])
         self.ui.flaggedTableWidget.horizontalHeader().setSectionResizeMode(qt.QHeaderView.ResizeToContents)
 
         self._timer = qt.QTimer()
@@ -202,6 +210,7 @@ class P2SAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.segmentsListWidget.connect("itemChanged(QListWidgetItem*)", self.onSegmentItemChanged)
         self.ui.selectAllSegmentsButton.connect("clicked()", lambda: self.setAllSegmentsChecked(True))
         self.ui.selectNoSegmentsButton.connect("clicked()", lambda: self.setAllSegmentsChecked(False))
+        self.ui.moreFollowupsComboBox.connect("checkedNodesChanged()", self.onMoreFollowupsChanged)
         self.ui.openSegmentEditorButton.connect("clicked()", self.onOpenSegmentEditor)
         self.ui.installDependenciesButton.connect("clicked()", self.onInstallDependencies)
 
@@ -272,6 +281,10 @@ class P2SAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         p = self._parameterNode
         self._observeSegmentation(p.priorSegmentation if p else None)
         self.updateSegmentList()
+        self.updateMoreFollowups()
+        useSequence = bool(p) and p.followupSequence is not None
+        self.ui.followupVolumeSelector.enabled = not useSequence
+        self.ui.moreFollowupsComboBox.enabled = not useSequence
         isSam = bool(p) and p.model == MODEL_SAM
         self.ui.checkpointPathLineEdit.enabled = isSam
         self.ui.modelTypeComboBox.enabled = isSam
@@ -363,6 +376,39 @@ class P2SAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.updateSegmentList()
         self._checkCanApply()
 
+    # -- follow-ups --------------------------------------------------------------------------
+    def _moreFollowupsSelection(self):
+        from P2SAMSlicerLib.followups import NodeSelection
+
+        return NodeSelection(self._parameterNode.parameterNode if self._parameterNode else None)
+
+    def updateMoreFollowups(self) -> None:
+        """Tick the "More follow-ups" volumes stored in the parameter node (no echo into the selection)."""
+        if not self._parameterNode:
+            return
+        wanted = set(self._moreFollowupsSelection().ids())
+        combo = self.ui.moreFollowupsComboBox
+        self._updatingMoreFollowups = True
+        try:
+            for n in range(slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode")):
+                node = slicer.mrmlScene.GetNthNodeByClass(n, "vtkMRMLScalarVolumeNode")
+                combo.setCheckState(node, qt.Qt.Checked if node.GetID() in wanted else qt.Qt.Unchecked)
+        finally:
+            self._updatingMoreFollowups = False
+
+    def onMoreFollowupsChanged(self) -> None:
+        if self._updatingMoreFollowups or not self._parameterNode or self._busy.busy:
+            return
+        self._moreFollowupsSelection().store(list(self.ui.moreFollowupsComboBox.checkedNodes()))
+
+    def followups(self) -> list:
+        """What Apply propagates onto, in visit order (:func:`P2SAMSlicerLib.followups.followup_list`)."""
+        from P2SAMSlicerLib.followups import followup_list
+
+        p = self._parameterNode
+        return followup_list(p.followupVolume, self._moreFollowupsSelection().nodes(slicer.mrmlScene),
+                             p.followupSequence, p.priorVolume)
+
     # -- apply / cancel ----------------------------------------------------------------------
     def _isRunning(self) -> bool:
         return self._job is not None or self._busy.busy
@@ -375,7 +421,7 @@ class P2SAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         self.ui.applyButton.text = _("Apply")
         p = self._parameterNode
-        if not p or not p.priorVolume or not p.priorSegmentation or not p.followupVolume:
+        if not p or not p.priorVolume or not p.priorSegmentation or not (p.followupVolume or p.followupSequence):
             self.ui.applyButton.enabled = False
             self.ui.applyButton.toolTip = _("Select the prior volume, its segmentation and the follow-up volume.")
         elif not self.checkedSegmentIds():
@@ -423,25 +469,40 @@ class P2SAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             args = modelArguments(p)
             parameters = propagationParameters(p)
             segmentIds = self.checkedSegmentIds()
+            followups = self.followups()
+            several = followups if len(followups) > 1 or p.followupSequence is not None else None
+            if several and p.outputSegmentation is not None:
+                self.log(_("Several follow-ups: each result goes into a new segmentation (the chosen output "
+                           "segmentation is not used)."))
             if p.runInBackground:
-                self._startBackground(p, segmentIds, args, parameters)
+                self._startBackground(p, segmentIds, args, parameters, several)
             else:
-                self._runBlocking(p, segmentIds, args, parameters)
+                self._runBlocking(p, segmentIds, args, parameters, several)
 
-    def _startBackground(self, p, segmentIds, args, parameters) -> None:
+    def _startBackground(self, p, segmentIds, args, parameters, followups=None) -> None:
+        """Start the run in a separate process; ``followups`` (several) or the follow-up volume (one)."""
         from P2SAMSlicerLib.background import BackgroundPropagation
 
-        inputs = self.logic.prepareInputs(p.priorVolume, p.priorSegmentation, p.followupVolume, segmentIds,
-                                          p.outputSegmentation)
-        self.log(_("Propagating {n} segment(s) of '{seg}' onto '{fu}' in the background...").format(
-            n=len(inputs.prior_segments), seg=inputs.segmentation_name, fu=inputs.followup_name))
-        job = BackgroundPropagation(inputs.prior_image, inputs.prior_segments, inputs.followup_image,
-                                    model=args["model"], model_type=args["modelType"], device=args["device"],
-                                    config=parameters)
+        if followups:
+            inputs = self.logic.propagationLogic().prepareSeries(p.priorVolume, p.priorSegmentation, followups,
+                                                                 segmentIds)
+            images, names, output = [f.image for f in followups], [f.name for f in followups], None
+            self.log(_("Propagating {n} segment(s) of '{seg}' onto {k} follow-ups{chain} in the background...").format(
+                n=len(inputs.prior_segments), seg=inputs.segmentation_name, k=len(followups),
+                chain=_(" (chained)") if p.chainFollowups else ""))
+        else:
+            inputs = self.logic.prepareInputs(p.priorVolume, p.priorSegmentation, p.followupVolume, segmentIds,
+                                              p.outputSegmentation)
+            images, names, output = inputs.followup_image, [inputs.followup_name], p.outputSegmentation
+            self.log(_("Propagating {n} segment(s) of '{seg}' onto '{fu}' in the background...").format(
+                n=len(inputs.prior_segments), seg=inputs.segmentation_name, fu=inputs.followup_name))
+        job = BackgroundPropagation(inputs.prior_image, inputs.prior_segments, images, names=names,
+                                    chain=bool(followups) and p.chainFollowups, model=args["model"],
+                                    model_type=args["modelType"], device=args["device"], config=parameters)
         job.start()
         self._job = job
         choice = {"model": args["model"], "model_type": args["modelType"], "device": args["device"]}
-        self._jobContext = (inputs, p.followupVolume, p.outputSegmentation, choice)
+        self._jobContext = (inputs, followups, p.followupVolume, output, choice)
         self._setRunning(True)
         self._timer.start()
 
@@ -456,7 +517,7 @@ class P2SAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         self._timer.stop()
         self._job = None
-        inputs, followupVolume, outputSegmentation, choice = self._jobContext
+        inputs, followups, followupVolume, outputSegmentation, choice = self._jobContext
         self._jobContext = None
         try:
             error = job.error()
@@ -470,15 +531,24 @@ class P2SAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                     slicer.util.errorDisplay(_("P²SAM failed:\n{message}").format(message=error.get("message", "")))
                 return
             with slicer.util.tryWithErrorDisplay(_("P²SAM could not create the output segmentation."), waitCursor=True):
-                segments, report = job.result()
-                node = self.logic.createOutput(segments, report, inputs.followup_image, followupVolume,
-                                               outputSegmentation, None, choice)
-                self.showResult(node, report, followupVolume)
+                outcome = job.results()
+                logic = self.logic.propagationLogic()
+                if followups:
+                    outputs = [(logic.createOutput(done["segments"], done["report"], f.image, f.volume_node, None,
+                                                   f"{f.name} P2SAM", choice), done["report"], f.volume_node)
+                               for f, done in zip(followups, outcome["followups"])]
+                    self.showResults(outputs, outcome["report"])
+                else:
+                    done = outcome["followups"][0]
+                    node = logic.createOutput(done["segments"], done["report"], inputs.followup_image, followupVolume,
+                                              outputSegmentation, None, choice,
+                                              save_state=self.undoCheckpoint(outputSegmentation))
+                    self.showResults([(node, done["report"], followupVolume)])
         finally:
             job.cleanup()
             self._setRunning(False)
 
-    def _runBlocking(self, p, segmentIds, args, parameters) -> None:
+    def _runBlocking(self, p, segmentIds, args, parameters, followups=None) -> None:
         """Run inside Slicer's process; the GUI processes events at every progress step.
 
         While it runs, Slicer delivers user events from inside ``processEvents``: every
@@ -491,61 +561,96 @@ class P2SAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._setRunning(True)
             try:
                 self.log(_("Propagating inside Slicer (the window reacts between steps)..."))
-                followupVolume = p.followupVolume
-                outcome = self.logic.process(p.priorVolume, p.priorSegmentation, followupVolume, p.outputSegmentation,
-                                             segmentIds, model=args["model"], modelType=args["modelType"],
-                                             device=args["device"], parameters=parameters,
-                                             progress=self._busy.progress_callback(self.onProgress,
-                                                                                   slicer.app.processEvents),
-                                             cancel=self._busy.should_cancel)
-                self.showResult(outcome.output_node, outcome.report, followupVolume)
+                progress = self._busy.progress_callback(self.onProgress, slicer.app.processEvents)
+                if followups:
+                    outcome = self.logic.processSeries(
+                        p.priorVolume, p.priorSegmentation, followups, segmentIds, model=args["model"],
+                        modelType=args["modelType"], device=args["device"], parameters=parameters,
+                        chain=p.chainFollowups, progress=progress, cancel=self._busy.should_cancel)
+                    reports = outcome.report["followups"]
+                    self.showResults([(node, r["report"], f.volume_node)
+                                      for node, r, f in zip(outcome.output_nodes, reports, followups)], outcome.report)
+                else:
+                    followupVolume, output = p.followupVolume, p.outputSegmentation
+                    outcome = self.logic.process(p.priorVolume, p.priorSegmentation, followupVolume, output,
+                                                 segmentIds, model=args["model"], modelType=args["modelType"],
+                                                 device=args["device"], parameters=parameters, progress=progress,
+                                                 cancel=self._busy.should_cancel,
+                                                 save_state=self.undoCheckpoint(output))
+                    self.showResults([(outcome.output_node, outcome.report, followupVolume)])
             except CancelledError:
                 self.log(_("Cancelled: the scene was not changed."))
             finally:
                 self._setRunning(False)
 
+    def undoCheckpoint(self, outputSegmentation):
+        """For a proposal written into the user's segmentation: a function that gives the Segment Editor one
+        undo step for it (the editor is switched to that segmentation first). None for a new node."""
+        if outputSegmentation is None:
+            return None
+
+        def saveState():
+            try:
+                editor = slicer.modules.segmenteditor.widgetRepresentation().self().editor
+                if editor.segmentationNode() is not outputSegmentation:
+                    editor.setSegmentationNode(outputSegmentation)
+                editor.saveStateForUndo()
+            except Exception as exc:  # the proposal is still written; only the undo step is missing
+                self.log(_("No undo step in the Segment Editor ({e}).").format(e=exc))
+
+        return saveState
+
     # -- results -------------------------------------------------------------------------------
-    def showResult(self, outputNode, report: dict, followupVolume) -> None:
-        """Show the new segmentation over the follow-up, fill the report and flagged-slice tables."""
-        self._lastOutput = outputNode
-        outputNode.CreateDefaultDisplayNodes()
-        outputNode.GetDisplayNode().SetVisibility(True)
-        slicer.util.setSliceViewerLayers(background=followupVolume, fit=True)
-        for warning in report.get("warnings", []):
-            self.log(_("Warning: {w}").format(w=warning))
-        self.log(_("Done: '{name}' ({status}).").format(name=outputNode.GetName(), status=report.get("status", "")))
+    def showResults(self, outputs, seriesReport=None) -> None:
+        """Show the new segmentations, fill the report and flagged-slice tables.
+
+        Args:
+            outputs: ``[(output node, report, follow-up volume node or None)]``, one per follow-up.
+            seriesReport: the combined report of a run on several follow-ups.
+        """
+        from P2SAMSlicerLib.logic import flagged_rows, summary_rows
+
+        self._lastOutputs = list(outputs)
+        self._lastOutput = outputs[0][0]
+        for outputNode, report, followupVolume in outputs:
+            outputNode.CreateDefaultDisplayNodes()
+            outputNode.GetDisplayNode().SetVisibility(True)
+            for warning in report.get("warnings", []):
+                self.log(_("Warning: {w}").format(w=warning))
+            self.log(_("Done: '{name}' ({status}).").format(name=outputNode.GetName(), status=report.get("status", "")))
+        if outputs[0][2] is not None:
+            slicer.util.setSliceViewerLayers(background=outputs[0][2], fit=True)
+        status = (seriesReport or outputs[0][1]).get("status", "")
         self.ui.resultsStatusLabel.text = _(
-            "'{name}' holds the proposal (status: {status}). Review the flagged slices, correct them with the "
+            "{names} hold the proposal (status: {status}). Review the flagged slices, correct them with the "
             "Segment Editor, and set each segment's status to Completed when done.").format(
-            name=outputNode.GetName(), status=report.get("status", ""))
+            names=", ".join(f"'{outputNode.GetName()}'" for outputNode, _report, _volume in outputs), status=status)
         table = self.ui.reportTableWidget
-        segments = report.get("segments", [])
-        table.setRowCount(len(segments))
-        for row, s in enumerate(segments):
-            change = s.get("change_percent")
-            cells = [s.get("name", ""), _fmt(s.get("prior_volume_ml")), _fmt(s.get("followup_volume_ml")),
-                     "n/a" if change is None else f"{change:+.1f}", str(s.get("slices_processed", "")),
-                     str(s.get("slices_flagged", ""))]
+        rows = summary_rows(outputs)
+        table.setRowCount(len(rows))
+        for row, cells in enumerate(rows):
             for col, text in enumerate(cells):
                 table.setItem(row, col, qt.QTableWidgetItem(text))
-        flagged = self.logic.flaggedSliceLocations(outputNode)
+        flagged = flagged_rows(self.logic.propagationLogic(), outputs)
         ftable = self.ui.flaggedTableWidget
         ftable.setRowCount(len(flagged))
         for row, entry in enumerate(flagged):
-            ftable.setItem(row, 0, qt.QTableWidgetItem(str(entry["segment"])))
-            ftable.setItem(row, 1, qt.QTableWidgetItem(str(entry["index"])))
-            ftable.setItem(row, 2, qt.QTableWidgetItem(str(entry.get("reason", ""))))
+            for col, key in enumerate(("followup", "segment", "index", "reason")):
+                ftable.setItem(row, col, qt.QTableWidgetItem(str(entry.get(key, ""))))
             button = qt.QPushButton(_("Go"))
-            button.toolTip = _("Show slice {k} of the follow-up in the slice views").format(k=entry["index"])
-            button.connect("clicked()", lambda ras=entry["ras"]: self.jumpTo(ras))
-            ftable.setCellWidget(row, 3, button)
+            button.toolTip = _("Show slice {k} of '{fu}' in the slice views").format(k=entry["index"],
+                                                                                     fu=entry["followup"])
+            button.connect("clicked()", lambda e=entry: self.jumpTo(e["ras"], e.get("volume")))
+            ftable.setCellWidget(row, 4, button)
         self.ui.flaggedLabel.text = (_("Slices to review (click Go to show one):") if flagged
                                      else _("No slice was flagged; still review the proposal before use."))
         self.ui.openSegmentEditorButton.enabled = True
         self.ui.resultsCollapsibleButton.collapsed = False
 
-    def jumpTo(self, ras) -> None:
-        """Centre every slice view on a RAS point (a flagged slice)."""
+    def jumpTo(self, ras, volume=None) -> None:
+        """Centre every slice view on a RAS point (a flagged slice), showing ``volume`` when given."""
+        if volume is not None and slicer.mrmlScene.IsNodePresent(volume):
+            slicer.util.setSliceViewerLayers(background=volume)
         slicer.modules.markups.logic().JumpSlicesToLocation(float(ras[0]), float(ras[1]), float(ras[2]), True)
 
     def onOpenSegmentEditor(self) -> None:
@@ -614,10 +719,6 @@ class P2SAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         return True
 
 
-def _fmt(value) -> str:
-    return "" if value is None else f"{float(value):.2f}"
-
-
 #
 # P2SAMSlicerLogic
 #
@@ -659,7 +760,7 @@ class P2SAMSlicerLogic(ScriptedLoadableModuleLogic):
 
     def process(self, priorVolume, priorSegmentation, followupVolume, outputSegmentation=None, segmentIds=None,
                 model="litemedsam", modelType=None, device="auto", parameters=None, progress=None, cancel=None,
-                outputName=None):
+                outputName=None, save_state=None):
         """Propagate (blocking); returns ``ProcessOutcome(output_node, report, result)``.
 
         See :meth:`P2SAMSlicerLib.logic.PropagationLogic.process` for the arguments and errors.
@@ -667,7 +768,18 @@ class P2SAMSlicerLogic(ScriptedLoadableModuleLogic):
         return self.propagationLogic().process(priorVolume, priorSegmentation, followupVolume, outputSegmentation,
                                                segmentIds, model=model, modelType=modelType, device=device,
                                                parameters=parameters, progress=progress, cancel=cancel,
-                                               outputName=outputName)
+                                               outputName=outputName, save_state=save_state)
+
+    def processSeries(self, priorVolume, priorSegmentation, followups, segmentIds=None, model="litemedsam",
+                      modelType=None, device="auto", parameters=None, chain=False, progress=None, cancel=None):
+        """Propagate onto several follow-ups (blocking); returns ``SeriesOutcome(output_nodes, report, result)``.
+
+        See :meth:`P2SAMSlicerLib.logic.PropagationLogic.processSeries`.
+        """
+        return self.propagationLogic().processSeries(priorVolume, priorSegmentation, followups, segmentIds,
+                                                     model=model, modelType=modelType, device=device,
+                                                     parameters=parameters, chain=chain, progress=progress,
+                                                     cancel=cancel)
 
     def createOutput(self, *args, **kwargs):
         """See :meth:`P2SAMSlicerLib.logic.PropagationLogic.createOutput`."""

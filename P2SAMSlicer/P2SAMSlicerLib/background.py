@@ -64,23 +64,26 @@ def import_paths() -> List[str]:
 
 
 class BackgroundPropagation:
-    """One propagation in a child process.
+    """One run in a child process: a prior onto one follow-up, or onto several (model loaded once).
 
     Args:
-        prior_image, prior_segments, followup: the engine's inputs (SimpleITK images, Segments).
-        model, model_type, device, config: as :func:`.runner.run_propagation`.
+        prior_image, prior_segments: the prior (SimpleITK image, Segments on its grid).
+        followup: one follow-up image, or a list of them (visit order).
+        names, chain: the follow-ups' names; chaining (see :func:`.runner.run_series`).
+        model, model_type, device, config: as :func:`.runner.run_series`.
         python: interpreter to run (default :func:`default_python`).
         work_dir: parent of the job folder (default: the system temporary folder).
     """
 
-    def __init__(self, prior_image, prior_segments: Sequence, followup, *, model: str = "litemedsam",
-                 model_type: Optional[str] = None, device: str = "auto", config: Optional[dict] = None,
-                 python: Optional[str] = None, work_dir: Optional[str] = None) -> None:
+    def __init__(self, prior_image, prior_segments: Sequence, followup, *, names: Optional[Sequence[str]] = None,
+                 chain: bool = False, model: str = "litemedsam", model_type: Optional[str] = None,
+                 device: str = "auto", config: Optional[dict] = None, python: Optional[str] = None,
+                 work_dir: Optional[str] = None) -> None:
         self.python = python or default_python()
         self.folder = tempfile.mkdtemp(prefix="P2SAM-", dir=work_dir)
         try:
-            runner.write_job(self.folder, prior_image, prior_segments, followup, model=model, model_type=model_type,
-                             device=device, config=config)
+            runner.write_job(self.folder, prior_image, prior_segments, followup, names=names, chain=chain,
+                             model=model, model_type=model_type, device=device, config=config)
         except BaseException:
             shutil.rmtree(self.folder, ignore_errors=True)
             raise
@@ -195,10 +198,16 @@ class BackgroundPropagation:
         return "\n".join(text.splitlines()[-lines:])
 
     def result(self):
-        """``(segments, report)`` of a successful run (see :func:`.runner.read_result`)."""
+        """``(segments, report)`` of a successful run's (first) follow-up (see :func:`.runner.read_result`)."""
         if self.returncode != 0:
             raise RuntimeError("the background propagation has not finished successfully")
         return runner.read_result(self.folder)
+
+    def results(self) -> dict:
+        """Every follow-up's outcome and the combined report (see :func:`.runner.read_results`)."""
+        if self.returncode != 0:
+            raise RuntimeError("the background propagation has not finished successfully")
+        return runner.read_results(self.folder)
 
     def cleanup(self) -> None:
         """Stop the process if needed and delete the job folder."""

@@ -434,6 +434,16 @@ def masks_from_segmentation_node(segmentation_node, reference: sitk.Image) -> Di
     return out
 
 
+def segment_mask(segmentation_node, segment_id: str, reference: sitk.Image) -> np.ndarray:
+    """One segment as bool ``[k, j, i]`` on ``reference``'s grid (shared labelmap layers handled)."""
+    segmentation = _labelmap_segmentation(segmentation_node, reference)
+    segment = segmentation.GetSegment(segment_id)
+    if segment is None:
+        raise BridgeError(f"segmentation '{segmentation_node.GetName()}' has no segment with ID {segment_id}")
+    label = int(segment.GetLabelValue()) if _is_shared(segmentation, segment_id) else None
+    return oriented_image_to_mask(segment.GetRepresentation(BINARY_LABELMAP), reference, label)
+
+
 def segment_tag(segment, key: str) -> Optional[str]:
     """The value of a segment tag, or None."""
     value = vtk.reference("")

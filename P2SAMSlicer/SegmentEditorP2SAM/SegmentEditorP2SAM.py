@@ -69,7 +69,7 @@ class SegmentEditorP2SAMTest(ScriptedLoadableModuleTest):
 
         run_test_methods(self, ["test_EffectIsRegistered", "test_ClickCorrectsASlice"], report=self.delayDisplay)
 
-    def _editor(self):
+    def _editor(self) -> "slicer.qMRMLSegmentEditorWidget":
         editor = slicer.qMRMLSegmentEditorWidget()
         editor.setMRMLScene(slicer.mrmlScene)
         editorNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentEditorNode")

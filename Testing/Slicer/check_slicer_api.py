@@ -49,6 +49,7 @@ NAMING = {
     "priorSegmentation": "vtkMRMLSegmentationNode", "outputSegmentation": "vtkMRMLSegmentationNode",
     "volume_node": "vtkMRMLScalarVolumeNode", "priorVolume": "vtkMRMLScalarVolumeNode",
     "followupVolume": "vtkMRMLScalarVolumeNode", "reference_volume_node": "vtkMRMLScalarVolumeNode",
+    "prior_volume": "vtkMRMLScalarVolumeNode", "followup_volume": "vtkMRMLScalarVolumeNode",
     "segmentation": "vtkSegmentation", "segment": "vtkSegment",
     "oriented": "vtkOrientedImageData", "sourceImage": "vtkOrientedImageData", "source_image": "vtkOrientedImageData",
     "modifier": "vtkOrientedImageData", "resampled": "vtkOrientedImageData", "target": "vtkOrientedImageData",
@@ -216,7 +217,8 @@ class FileChecker(ast.NodeVisitor):
                     continue
                 ok = alias.name in checked[module]
                 self.report(node, f"{module}.{alias.name}", "ok" if ok else "unknown",
-                            "" if ok else f"not a name of {module} in Slicer 5.8.1")
+                            "" if ok else f"not a name of {module} in the vendored list (Slicer 5.8.1); if Slicer "
+                                          "has it, re-run extract_slicer_api.py")
                 if module == "slicer" and self.api.known(alias.name):
                     self.bind(bound, ("class", alias.name))
                 elif self.api.python_class(alias.name):
@@ -257,6 +259,10 @@ class FileChecker(ast.NodeVisitor):
         for fn in node.body:
             if not isinstance(fn, ast.FunctionDef):
                 continue
+            if fn.returns is not None:  # self.method() -> the class its return annotation names
+                t = self.annotation_type(fn.returns)
+                if t is not None and t != SKIP:
+                    env["()" + fn.name] = t
             decorators = [ast.unparse(d) for d in fn.decorator_list]
             if "property" in decorators:
                 t = self.annotation_type(fn.returns) if fn.returns is not None else None
@@ -335,8 +341,9 @@ class FileChecker(ast.NodeVisitor):
                         scope.setdefault(sub.target.id, SKIP)
         # names assigned something of unknown class (tuple unpacking, own helpers) follow NAMING
         for sub in ast.walk(node):
-            if isinstance(sub, ast.Assign):
-                for target in sub.targets:
+            targets = sub.targets if isinstance(sub, ast.Assign) else [sub.target] if isinstance(sub, ast.For) else []
+            if targets:
+                for target in targets:
                     for name in ast.walk(target):
                         if isinstance(name, ast.Name) and name.id not in scope and name.id in NAMING \
                                 and self.api.known(NAMING[name.id]):
@@ -427,7 +434,9 @@ class FileChecker(ast.NodeVisitor):
             return None
         if kind == "scriptedwidget" and attr in self.api.doc.get("scripted_widgets", {}).get(base[1], {}):
             cls = self.api.doc["scripted_widgets"][base[1]][attr]
-            return ("instance", cls) if cls and self.api.known(cls) else None
+            if cls and self.api.known(cls):
+                return ("instance", cls)
+            return ("opaque", f"an attribute of the {base[1]} module widget whose class the source does not show")
         return None
 
     def call_type(self, call: ast.Call) -> Optional[tuple]:
@@ -466,6 +475,8 @@ class FileChecker(ast.NodeVisitor):
                     return ("modulewidget", base[1])
             if base[0] == "modulewidget" and func.attr == "self":
                 return ("scriptedwidget", base[1])
+            if base[0] == "self" and self.classes:
+                return self.classes[-1][1].get("()" + func.attr)
             return None
         if isinstance(func, ast.Name):
             t = self.lookup(func.id)
@@ -485,6 +496,9 @@ class FileChecker(ast.NodeVisitor):
         text = ast.unparse(node)
         if base == SKIP:
             return
+        if base is not None and base[0] == "opaque":
+            self.report(node, text, "unchecked", base[1])
+            return
         if base is not None and base[0] == "paramnode":
             ok = attr in self.param_classes.get(base[1], {}) or attr in ("parameterNode", "connectGui", "disconnectGui",
                                                                          "AddObserver", "RemoveObserver")
@@ -501,7 +515,9 @@ class FileChecker(ast.NodeVisitor):
             if name == "slicer":
                 ok = (attr in ("app", "mrmlScene", "modules", "moduleNames") or f"slicer.{attr}" in self.api.python
                       or attr in self.api.slicer_namespace() or self.api.known(attr))
-                self.report(node, f"slicer.{attr}", "ok" if ok else "unknown", "" if ok else "not in Slicer 5.8.1")
+                self.report(node, f"slicer.{attr}", "ok" if ok else "unknown",
+                            "" if ok else "not in the vendored list (Slicer 5.8.1); if Slicer has it, re-run "
+                                          "extract_slicer_api.py")
             elif name.startswith("slicer."):
                 ok = attr in self.api.python_names(name)
                 self.report(node, f"{name}.{attr}", "ok" if ok else "unknown", "" if ok else f"not in {name}")
@@ -548,6 +564,12 @@ class FileChecker(ast.NodeVisitor):
             member = self.api.member(cls, attr)
             if member is not None and not (store and member == "method"):
                 self.report(node, f"{cls}.{attr}", "ok")
+                return
+            subclass = next((c for c in sorted(self.api.classes) if c != cls and cls in self.api.lineage(c)
+                             and self.api.member(c, attr) is not None), None)
+            if subclass is not None and not store:
+                # VTK and PythonQt return objects as their own (most derived) class
+                self.report(node, f"{subclass}.{attr}", "ok", f"declared {cls}, used as {subclass}")
                 return
             qt_members_possible = cls in self.api.qt or (attr[:1].islower() and set(self.api.lineage(cls)) & self.api.qt)
             if qt_members_possible:

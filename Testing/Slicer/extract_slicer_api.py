@@ -210,7 +210,7 @@ def slicer_part(repo: Path, commit: str) -> dict:
             widget = re.search(r"class\s+" + m.group(1) + r"Widget\b.*?(?=\nclass\s|\Z)", text, re.S)
             if widget:
                 attrs: Dict[str, Optional[str]] = {}
-                for a in re.finditer(r"self\.(\w+)\s*=\s*(?:slicer\.(\w+)\()?", widget.group(0)):
+                for a in re.finditer(r"self\.(\w+)\s*=\s*(?:(?:slicer|\w+PythonQt)\.(\w+)\()?", widget.group(0)):
                     if a.group(2) or a.group(1) not in attrs:
                         attrs[a.group(1)] = a.group(2)
                 scripted_widgets[m.group(1).lower()] = attrs
