@@ -12,6 +12,7 @@ import os
 import shutil
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 from typing import List, Optional
 
@@ -440,7 +441,9 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     tune_process()  # glibc allocator settings for fast CPU inference (see runtime.py)
     try:
-        return int(args.func(args) or 0)
+        with warnings.catch_warnings():  # warnings for people: "p2sam: warning: <file>: <what>"
+            warnings.showwarning = lambda message, *a, **k: print(f"p2sam: warning: {message}", file=sys.stderr)
+            return int(args.func(args) or 0)
     except P2SAMError as exc:
         print(f"p2sam: error: {exc}", file=sys.stderr)
         return 2

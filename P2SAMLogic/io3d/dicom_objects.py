@@ -13,7 +13,7 @@ import SimpleITK as sitk
 from .. import __version__
 from ..errors import InputError
 from ..volume import DEFAULT_COLORS, PROPOSAL_STATUS, Segment, VolumeSource
-from .files import _float_list, _index_to_lps, _mask_like, _select, _to_reference
+from .files import _float_list, _index_to_lps, _mask_like, _select, _to_reference, require_overlap
 
 
 def _check_dicom_reference(p: Path, ds, reference_source: Optional[VolumeSource]) -> None:
@@ -266,6 +266,7 @@ def _read_dicom_seg(p: Path, ds, reference: sitk.Image, reference_source: Option
         mask.SetOrigin([float(v) for v in origin])
         mask.SetSpacing([pixel_spacing[1], pixel_spacing[0], step])
         mask.SetDirection([float(v) for v in direction.flatten()])
+        require_overlap(p, mask, reference)
         out.append(Segment(name=s["name"], color=s["color"], mask=_to_reference(p, s["name"], mask, reference),
                            segment_id=str(s["number"]), tags={}))
     return out

@@ -129,6 +129,78 @@ def _to_reference(path: PathLike, name: str, mask: sitk.Image, reference: sitk.I
     return out
 
 
+def _physical_box(image: sitk.Image) -> Tuple[np.ndarray, np.ndarray]:
+    """Axis-aligned LPS box (mm) around the voxels of ``image`` (their outer faces, not their centres)."""
+    size = np.array(image.GetSize(), dtype=np.float64)
+    corners = [image.TransformContinuousIndexToPhysicalPoint([float(c) for c in (np.array(bits) * size - 0.5)])
+               for bits in np.ndindex(2, 2, 2)]
+    corners = np.array(corners)
+    return corners.min(axis=0), corners.max(axis=0)
+
+
+def grid_overlap(source: sitk.Image, reference: sitk.Image) -> Tuple[float, float]:
+    """``(share of source's box inside reference's, share of reference's box covered by source's)``, 0..1."""
+    (a0, a1), (b0, b1) = _physical_box(source), _physical_box(reference)
+    inter = np.prod(np.clip(np.minimum(a1, b1) - np.maximum(a0, b0), 0.0, None))
+    return float(inter / max(np.prod(a1 - a0), 1e-12)), float(inter / max(np.prod(b1 - b0), 1e-12))
+
+
+def _describe_grid(image: sitk.Image) -> str:
+    size = "x".join(str(v) for v in image.GetSize())
+    spacing = "x".join(f"{v:g}" for v in image.GetSpacing())
+    origin = ", ".join(f"{v:g}" for v in image.GetOrigin())
+    return f"{size} voxels of {spacing} mm at ({origin})"
+
+
+def check_segmentation_grid(path: PathLike, source: sitk.Image, reference: sitk.Image,
+                            coverage_warning: bool = True) -> float:
+    """Check a segmentation's voxel grid against the prior image's, once per file.
+
+    Same grid: nothing. Another grid that overlaps the prior image in physical space: a warning
+    naming the file (its masks are resampled onto the prior image, nearest neighbour), saying how
+    much of the prior image it covers when that is not all (structures outside it are missing).
+    No overlap at all: an error naming the file.
+
+    Returns:
+        The share of the prior image's box the grid covers (1.0 for the same grid).
+    Raises:
+        InputError: the grid does not overlap the prior image.
+    """
+    if same_geometry(source, reference):
+        return 1.0
+    inside, covered = grid_overlap(source, reference)
+    if inside <= 0.0:
+        raise InputError(path, f"its voxel grid ({_describe_grid(source)}) does not overlap the prior image "
+                               f"({_describe_grid(reference)}) in physical space; give the segmentation drawn on "
+                               "the prior image")
+    note = ""
+    if coverage_warning and covered < 0.99:
+        note = (f"; it covers only {100 * covered:.0f}% of the prior image: structures outside it are missing "
+                "from this segmentation")
+    warnings.warn(f"{path}: on another voxel grid than the prior image ({_describe_grid(source)} vs "
+                  f"{_describe_grid(reference)}); resampled onto the prior image (nearest neighbour){note}",
+                  stacklevel=3)
+    return covered
+
+
+def require_overlap(path: PathLike, source: sitk.Image, reference: sitk.Image) -> None:
+    """Error naming the file when a segmentation's grid does not overlap the prior image in physical space.
+
+    (For files whose grid may legitimately be a crop of the image's, such as Slicer's .seg.nrrd.)
+    """
+    if not same_geometry(source, reference) and grid_overlap(source, reference)[0] <= 0.0:
+        raise InputError(path, f"its voxel grid ({_describe_grid(source)}) does not overlap the prior image "
+                               f"({_describe_grid(reference)}) in physical space; give the segmentation drawn on "
+                               "the prior image")
+
+
+def touches_grid_edge(mask: np.ndarray) -> bool:
+    """True when a ``[k, j, i]`` mask has a voxel on a face of its own grid (the structure may be cut there)."""
+    m = np.asarray(mask, dtype=bool)
+    return bool(m[0].any() or m[-1].any() or m[:, 0].any() or m[:, -1].any() or m[:, :, 0].any()
+                or m[:, :, -1].any())
+
+
 def _mask_like(arr: np.ndarray, reference: sitk.Image) -> sitk.Image:
     img = sitk.GetImageFromArray(arr.astype(np.uint8))
     img.CopyInformation(reference)

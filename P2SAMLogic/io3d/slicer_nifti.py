@@ -20,7 +20,9 @@ import SimpleITK as sitk
 from ..errors import InputError
 from ..outputs import dumps_json
 from ..volume import DEFAULT_COLORS, Segment
-from .files import PathLike, _LPS_FROM_RAS, _index_to_lps, _select, _sitk_reason, _strip_volume_extension, _to_reference
+from .files import (
+    PathLike, _LPS_FROM_RAS, _index_to_lps, _select, _sitk_reason, _strip_volume_extension, _to_reference,
+    check_segmentation_grid, require_overlap, touches_grid_edge)
 
 
 def _nrrd_type_table() -> Dict[str, str]:
@@ -230,6 +232,7 @@ def _read_seg_nrrd(p: Path, reference: sitk.Image, names: Optional[Sequence[str]
         mask.SetOrigin([float(v) for v in origin])
         mask.SetSpacing(spacing)
         mask.SetDirection([float(v) for v in direction.flatten()])
+        require_overlap(p, mask, reference)
         out.append(Segment(name=info["name"], color=info["color"], mask=_to_reference(p, info["name"], mask, reference),
                            segment_id=info["id"] or info["name"], tags=info["tags"]))
     return out
@@ -288,6 +291,7 @@ def _read_labelmap(p: Path, reference: sitk.Image, names: Optional[Sequence[str]
         raise InputError(p, "labelmap is empty (no nonzero voxel)")
     if len(values) > 1000:
         raise InputError(p, f"has {len(values)} distinct values: it looks like an image, not a labelmap")
+    covered = check_segmentation_grid(p, img, reference)
     table = _sidecar_labels(p)
     infos = []
     for n, v in enumerate(values):
@@ -301,6 +305,9 @@ def _read_labelmap(p: Path, reference: sitk.Image, names: Optional[Sequence[str]
         info = infos[idx]
         mask = sitk.GetImageFromArray((arr == info["value"]).astype(np.uint8))
         mask.CopyInformation(img)
+        if covered < 0.99 and touches_grid_edge(sitk.GetArrayViewFromImage(mask)):
+            warnings.warn(f"{p}: segment '{info['name']}' touches the edge of the labelmap's grid, inside the prior "
+                          "image: it may be cut there; check it against the prior image", stacklevel=2)
         out.append(Segment(name=info["name"], color=tuple(info["color"]),
                            mask=_to_reference(p, info["name"], mask, reference),
                            segment_id=info["id"], tags=dict(info["tags"])))

@@ -379,7 +379,7 @@ def test_read_segmentation_names_and_errors(tmp_path):
     with pytest.raises(InputError, match="segment 'Empty' is empty"):
         io3d.read_segmentation(path, ref)
     far = make_image(origin=(500.0, 500.0, 500.0))
-    with pytest.raises(InputError, match="segment 'Sphere' lies outside the prior image"):
+    with pytest.raises(InputError, match="does not overlap the prior image"):
         io3d.read_segmentation(path, far, names=["Sphere"])
     # a coarser reference elsewhere in space: resampled in physical space
     coarse = sitk.Image(20, 24, 6, sitk.sitkFloat32)
