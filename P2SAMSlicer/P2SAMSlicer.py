@@ -818,7 +818,8 @@ class P2SAMSlicerTest(ScriptedLoadableModuleTest):
         from P2SAMSlicerLib.selftest import run_test_methods
 
         run_test_methods(self, ["test_EngineImports", "test_BadInputsAreRefused", "test_PropagationReachesDiceFloor",
-                                "test_WidgetRunsInBackground"], report=self.delayDisplay)
+                                "test_WidgetRunsInBackground", "test_SeveralFollowupsInOneRun",
+                                "test_ProposalIntoExistingSegmentationIsOneUndoStep"], report=self.delayDisplay)
 
     # -- helpers -------------------------------------------------------------------------------
     def _dataDir(self) -> str:
@@ -923,6 +924,49 @@ class P2SAMSlicerTest(ScriptedLoadableModuleTest):
                          slicer.vtkSlicerSegmentationsModuleLogic.InProgress)
         self.assertTrue(np.allclose(segment.GetColor(), (0.9, 0.2, 0.2)))
         self.delayDisplay(f"Dice {dice:.3f} >= {self.DICE_FLOOR}")
+
+    def test_SeveralFollowupsInOneRun(self):
+        """Two follow-ups (one a copy moved by 3 mm) in one blocking run: two new segmentation nodes, one report."""
+        self._skipWithoutDependencies()
+        self.delayDisplay("Several follow-ups (registration only)")
+        import SimpleITK as sitk
+        from P2SAMSlicerLib import mrml_bridge
+        from P2SAMSlicerLib.followups import followup_list
+
+        priorNode, segmentationNode, followupNode, followup, _truth = self._loadCase()
+        moved = sitk.Image(followup)
+        moved.SetOrigin([v + d for v, d in zip(moved.GetOrigin(), (3.0, 0.0, 0.0))])
+        secondNode = mrml_bridge.image_to_volume_node(moved, slicer.mrmlScene, "second follow-up (SIMULATED)")
+        before = slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode")
+        outcome = P2SAMSlicerLogic().processSeries(priorNode, segmentationNode, followup_list(followupNode, [secondNode]),
+                                                   segmentIds=["GTV"], parameters={"method": "rigid"})
+        self.assertEqual(slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode"), before + 2)
+        self.assertEqual([outputNode.GetName() for outputNode in outcome.output_nodes],
+                         ["follow-up (SIMULATED) P2SAM", "second follow-up (SIMULATED) P2SAM"])
+        self.assertEqual(len(outcome.report["followups"]), 2)
+
+    def test_ProposalIntoExistingSegmentationIsOneUndoStep(self):
+        """A proposal written into the user's segmentation keeps its other segment; the Segment Editor's
+        undo takes the whole proposal back."""
+        self._skipWithoutDependencies()
+        self.delayDisplay("Proposal into an existing segmentation, undo")
+        from P2SAMSlicerLib import mrml_bridge
+
+        priorNode, segmentationNode, followupNode, followup, _truth = self._loadCase()
+        outcome = P2SAMSlicerLogic().process(priorNode, segmentationNode, followupNode, segmentIds=["VertebralBody"],
+                                             parameters={"method": "rigid"})
+        mine = outcome.output_node  # "my" segmentation on the follow-up, holding VertebralBody
+        before = mrml_bridge.masks_from_segmentation_node(mine, followup)["VertebralBody"]
+        widget = slicer.util.getModuleWidget("P2SAMSlicer")
+        P2SAMSlicerLogic().process(priorNode, segmentationNode, followupNode, mine, segmentIds=["GTV"],
+                                   parameters={"method": "rigid"}, save_state=widget.undoCheckpoint(mine))
+        masks = mrml_bridge.masks_from_segmentation_node(mine, followup)
+        self.assertEqual(sorted(masks), ["GTV", "VertebralBody"])
+        self.assertTrue((masks["VertebralBody"] == before).all(), "the user's segment was changed")
+        editor = slicer.modules.segmenteditor.widgetRepresentation().self().editor
+        self.assertIs(editor.segmentationNode(), mine)
+        editor.undo()
+        self.assertEqual(sorted(mrml_bridge.masks_from_segmentation_node(mine, followup)), ["VertebralBody"])
 
     def test_WidgetRunsInBackground(self):
         """The module panel's Apply runs in a background process and creates the output node."""

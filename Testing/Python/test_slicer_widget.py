@@ -190,8 +190,10 @@ def test_module_self_test_reports_a_skip_as_skipped(panel):
     case.test_BadInputsAreRefused = lambda: ran.append("bad inputs")
     case.test_PropagationReachesDiceFloor = lambda: case.skipTest("P²SAM's Python packages are not installed")
     case.test_WidgetRunsInBackground = lambda: ran.append("widget")
+    case.test_SeveralFollowupsInOneRun = lambda: ran.append("several")
+    case.test_ProposalIntoExistingSegmentationIsOneUndoStep = lambda: ran.append("undo")
     run_self_test(case)
-    assert ran == ["imports", "bad inputs", "widget"]
+    assert ran == ["imports", "bad inputs", "widget", "several", "undo"]
     assert any("skipped: P²SAM's Python packages are not installed" in m for m in case.messages)
     case.test_BadInputsAreRefused = lambda: case.fail("bad input accepted")
     with pytest.raises(AssertionError, match="bad input accepted"):

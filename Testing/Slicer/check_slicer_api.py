@@ -96,17 +96,18 @@ class Api:
         self.python = doc.get("python", {})
         self.used: Set[str] = set()  # classes looked at (extract_slicer_api.py keeps only these)
 
-    def known(self, cls: str) -> bool:
+    def known(self, cls: str, mark: bool = True) -> bool:
         if cls in self.classes:
-            self.used.add(cls)
+            if mark:
+                self.used.add(cls)
             return True
         return False
 
-    def lineage(self, cls: str) -> List[str]:
+    def lineage(self, cls: str, mark: bool = True) -> List[str]:
         out, todo = [], [cls]
         while todo:
             c = todo.pop(0)
-            if c in out or not self.known(c):
+            if c in out or not self.known(c, mark):
                 continue
             out.append(c)
             todo.extend(self.classes[c].get("bases", []))
@@ -341,7 +342,8 @@ class FileChecker(ast.NodeVisitor):
                         scope.setdefault(sub.target.id, SKIP)
         # names assigned something of unknown class (tuple unpacking, own helpers) follow NAMING
         for sub in ast.walk(node):
-            targets = sub.targets if isinstance(sub, ast.Assign) else [sub.target] if isinstance(sub, ast.For) else []
+            targets = (sub.targets if isinstance(sub, ast.Assign)
+                       else [sub.target] if isinstance(sub, (ast.For, ast.comprehension)) else [])
             if targets:
                 for target in targets:
                     for name in ast.walk(target):
@@ -565,7 +567,7 @@ class FileChecker(ast.NodeVisitor):
             if member is not None and not (store and member == "method"):
                 self.report(node, f"{cls}.{attr}", "ok")
                 return
-            subclass = next((c for c in sorted(self.api.classes) if c != cls and cls in self.api.lineage(c)
+            subclass = next((c for c in sorted(self.api.classes) if c != cls and cls in self.api.lineage(c, mark=False)
                              and self.api.member(c, attr) is not None), None)
             if subclass is not None and not store:
                 # VTK and PythonQt return objects as their own (most derived) class
