@@ -422,3 +422,13 @@ def test_model_arguments_from_the_settings(module_with_standins, tmp_path):
     checkpoint.write_bytes(b"x")
     settings.samCheckpoint, settings.samModelType = checkpoint, "vit_b"
     assert module.modelArguments(settings) == {"model": str(checkpoint), "modelType": "vit_b", "device": "cpu"}
+
+
+def test_every_engine_package_is_installed_by_pip_and_cmake():
+    """pyproject.toml lists every package folder of P2SAMLogic (a missing one is absent from a wheel); the
+    extension's CMake copies the engine with a recursive glob."""
+    block = re.search(r"^packages = \[(.*?)\]", (ROOT / "pyproject.toml").read_text(), re.M | re.S).group(1)
+    listed = {name.strip().strip('"') for name in block.split(",") if name.strip()}
+    on_disk = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "P2SAMLogic").rglob("__init__.py")}
+    assert on_disk == listed, on_disk ^ listed
+    assert "GLOB_RECURSE P2SAM_ENGINE_PYTHON_SCRIPTS" in (MODULE_DIR / "CMakeLists.txt").read_text()
