@@ -198,6 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "it did not help on the development data, see README)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_segment_image)
+
+    from .cohort import add_parser as add_propagate_many  # argparse only; Dask is imported when it runs
+    add_propagate_many(sub)
     return parser
 
 
@@ -300,7 +303,9 @@ def _pick_series(path: str, uids: Optional[List[str]]) -> Optional[str]:
     return uids[0] if len(uids) == 1 else None
 
 
-def _propagate(args: argparse.Namespace) -> int:
+def _propagate(args: argparse.Namespace, model=None) -> int:
+    """``p2sam propagate``; ``model``: an already loaded model to use instead of loading ``args.model``
+    (``propagate-many`` workers load theirs once)."""
     from tqdm import tqdm
 
     from .errors import InputError
@@ -350,8 +355,8 @@ def _propagate(args: argparse.Namespace) -> int:
             state["last"] = n
         bar.set_postfix_str(message[:60], refresh=False)
 
-    net = None
-    if config.method != "rigid":
+    net = model
+    if net is None and config.method != "rigid":
         from .models import load_model
         net = load_model(args.model, args.model_type, args.device)
     try:
