@@ -162,3 +162,16 @@ def test_unreachable_server_is_named(tmp_path):
     assert "cannot reach the P2SAM server at http://127.0.0.1:" in str(err.value)
     with pytest.raises(ServerError, match="must start with http"):
         P2SAMServerClient("gpu-server:8000")
+
+
+def test_client_needs_neither_slicer_nor_torch():
+    """The client runs in Slicer's main process: standard library, SimpleITK and P2SAMLogic's file I/O only."""
+    import ast
+
+    from conftest import imported_roots
+
+    path = ROOT / "P2SAMSlicer" / "P2SAMSlicerLib" / "server_client.py"
+    roots = set(imported_roots(ast.parse(path.read_text(encoding="utf-8"))))
+    assert not roots & {"slicer", "vtk", "qt", "ctk", "torch", "requests", "monailabel", "fastapi"}, roots
+    assert not set(imported_roots(ast.parse(path.read_text(encoding="utf-8")), top_level_only=True)) & {
+        "SimpleITK", "P2SAMLogic"}
