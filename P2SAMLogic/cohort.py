@@ -85,7 +85,8 @@ Where it runs
                   cores/workers torch threads
   --scheduler A   an existing Dask cluster (e.g. tcp://10.0.0.5:8786); its
                   workers need this package installed and must see the
-                  manifest's paths (shared file system)
+                  manifest's paths (shared file system); set
+                  --threads-per-worker (Dask starts workers with 1 thread)
 
 Summary (replaced on every run): <manifest stem>.summary.csv and .json beside
 the manifest, or --summary PATH.csv (+ PATH.json): per case and segment the
@@ -599,8 +600,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     g.add_argument("--scheduler", default=None, metavar="ADDRESS",
                    help="use an existing Dask cluster (tcp://host:8786) instead of a local one")
     g.add_argument("--threads-per-worker", type=int, default=None, metavar="T",
-                   help="torch threads per worker (default: CPU cores / workers locally; the worker's setting on "
-                        "an existing cluster)")
+                   help="torch threads per worker (default: CPU cores / workers locally; on an existing cluster "
+                        "the workers' own setting, which Dask starts at 1: give about cores / worker processes)")
     io_ = p.add_argument_group("outputs")
     io_.add_argument("--overwrite", action="store_true",
                      help="run every case again, replacing outputs (default: skip cases whose output and report exist)")
