@@ -222,6 +222,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "it did not help on the development data, see README)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_segment_image)
+
+    from .cohort import add_parser as add_propagate_many  # argparse only; Dask is imported when it runs
+    add_propagate_many(sub)
     return parser
 
 
@@ -344,7 +347,9 @@ def _propagation_config(args: argparse.Namespace):
     return config, names, window
 
 
-def _propagate(args: argparse.Namespace) -> int:
+def _propagate(args: argparse.Namespace, model=None) -> int:
+    """``p2sam propagate``; ``model``: an already loaded model to use instead of loading ``args.model``
+    (``propagate-many`` workers load theirs once)."""
     from tqdm import tqdm
 
     from .errors import InputError
@@ -392,8 +397,8 @@ def _propagate(args: argparse.Namespace) -> int:
             state["last"] = n
         bar.set_postfix_str(message[:60], refresh=False)
 
-    net = None
-    if config.method != "rigid":
+    net = model
+    if net is None and config.method != "rigid":
         from .models import load_model
         net = load_model(args.model, args.model_type, args.device)
     try:

@@ -12,6 +12,9 @@
 * :mod:`.runner` -- the program that process runs (pure Python: SimpleITK + P2SAMLogic).
 * :mod:`.dependencies` -- which Python packages the engine needs and how to install them.
 * :mod:`.correction` -- the Segment Editor effect's logic (click correction, re-propagation).
+* :mod:`.server_client` -- "Run on server": the same job on a P2SAM MONAI Label server (apps/p2sam),
+  with a version/checksum handshake; :class:`~.server_client.ServerPropagation` has the interface of
+  :class:`~.background.BackgroundPropagation`.
 
 This ``__init__`` imports nothing, so the background process can import
 ``P2SAMSlicerLib.runner`` without loading Slicer's libraries.
