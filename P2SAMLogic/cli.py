@@ -12,6 +12,7 @@ import os
 import shutil
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 from typing import List, Optional
 
@@ -93,13 +94,25 @@ Inputs
         volume (each label a segment), a DICOM RTSTRUCT (rasterised on P) or
         a DICOM SEG
 
-Output O, by extension
+Output O, by extension (or --output-format)
   .seg.nrrd  Slicer segmentation on F's voxel grid: names, colours, provenance
              tags (model, SHA-256, parameters, version, date, status)
   .nii.gz    labelmap (label i = i-th segment) + O.labels.json beside it
-  .dcm       DICOM SEG referencing F's series (F must be a DICOM folder)
+  .dcm       DICOM SEG referencing F's series (F must be a DICOM folder); with
+             --output-format rtstruct a DICOM RTSTRUCT instead: one ROI per
+             segment (name, colour), its outline on every slice as closed
+             planar contours in F's frame of reference (holes as inner
+             contours), approval status UNAPPROVED
 Every output is marked as an UNREVIEWED PROPOSAL. Outputs are written only
 after the whole run succeeded, each atomically; inputs are never modified.
+
+Several follow-ups (e.g. the weekly scans of a treatment course)
+  --followup F1 F2 F3 --output-dir D   one run, the model loaded once: D gets
+             <name>.seg.nrrd (or the --output-format's extension) and
+             <name>.overlay.png per follow-up (name: file stem or DICOM folder
+             name) and one report.json for all of them, with the volume course.
+  --chain    each follow-up is propagated from the previous one's image and
+             proposal (F2 from F1's result...) instead of from P.
 
 Speed: on a CPU each follow-up crop costs one encode (~1 s with LiteMedSAM on
 2 cores) plus the decoding of ~8 candidate boxes and their retrieval; the
@@ -114,6 +127,10 @@ Examples
       --followup week3_ct/ --output week3.seg.nrrd --report week3.json --overlay week3.png
   p2sam propagate --prior-image plan/ --prior-segmentation plan/RS.dcm \\
       --followup fu/ --series-uid 1.2.3.4 --output fu_seg.dcm --segments GTV,Lung_L
+  p2sam propagate --prior-image plan/ --prior-segmentation plan/RS.dcm \\
+      --followup fu/ --output fu_rs.dcm --output-format rtstruct
+  p2sam propagate --prior-image plan_ct.nrrd --prior-segmentation plan.seg.nrrd \\
+      --followup cbct_w1/ cbct_w2/ cbct_w3/ --output-dir course/ [--chain]
 """
 
 
@@ -138,8 +155,15 @@ def build_parser() -> argparse.ArgumentParser:
     io.add_argument("--prior-image", required=True, metavar="P", help="prior (planning) scan: file or DICOM folder")
     io.add_argument("--prior-segmentation", required=True, metavar="S",
                     help="segments on P: .seg.nrrd, labelmap, RTSTRUCT or DICOM SEG")
-    io.add_argument("--followup", required=True, metavar="F", help="follow-up scan: file or DICOM folder")
-    io.add_argument("--output", required=True, metavar="O", help="output segmentation (.seg.nrrd, .nii.gz or .dcm)")
+    io.add_argument("--followup", required=True, nargs="+", metavar="F",
+                    help="follow-up scan: file or DICOM folder; several (in visit order) need --output-dir")
+    io.add_argument("--output", default=None, metavar="O", help="output segmentation (.seg.nrrd, .nii.gz or .dcm)")
+    io.add_argument("--output-dir", default=None, metavar="D",
+                    help="folder for one segmentation and overlay per follow-up and report.json (instead of --output)")
+    io.add_argument("--output-format", default=None, choices=["seg.nrrd", "nifti", "dicom-seg", "rtstruct"],
+                    help="what to write (default: by --output's extension; seg.nrrd with --output-dir)")
+    io.add_argument("--chain", action="store_true",
+                    help="propagate each follow-up from the previous one's result instead of from P")
     io.add_argument("--segments", default=None, metavar="NAME,...",
                     help="comma-separated names of the segments to propagate (default: all)")
     io.add_argument("--series-uid", action="append", default=None, metavar="UID",
@@ -198,6 +222,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "it did not help on the development data, see README)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_segment_image)
+
+    from .cohort import add_parser as add_propagate_many  # argparse only; Dask is imported when it runs
+    add_propagate_many(sub)
     return parser
 
 
@@ -300,14 +327,10 @@ def _pick_series(path: str, uids: Optional[List[str]]) -> Optional[str]:
     return uids[0] if len(uids) == 1 else None
 
 
-def _propagate(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
+def _propagation_config(args: argparse.Namespace):
+    """``(PropagationConfig, segment names, window)`` from the ``propagate`` options."""
     from .errors import InputError
-    from .io3d import check_output_path, check_writable_file, read_segmentation, read_volume, write_segmentation
-    from .propagate import PropagationConfig, propagate
-    from .report import overlay_montage, write_report
-    from .io2d import write_png_atomic
+    from .propagate import PropagationConfig
 
     window = None
     if args.window:
@@ -321,6 +344,30 @@ def _propagate(args: argparse.Namespace) -> int:
                                negative_parts=args.negative_parts, roi_margin_mm=args.roi_margin,
                                slice_margin_mm=args.slice_margin, intensity_window=window,
                                prior_weight=args.prior_weight).validate()
+    return config, names, window
+
+
+def _propagate(args: argparse.Namespace, model=None) -> int:
+    """``p2sam propagate``; ``model``: an already loaded model to use instead of loading ``args.model``
+    (``propagate-many`` workers load theirs once)."""
+    from tqdm import tqdm
+
+    from .errors import InputError
+    from .io3d import check_output_path, check_writable_file, read_segmentation, read_volume, write_segmentation
+    from .propagate import propagate
+    from .report import overlay_montage, write_report
+    from .io2d import write_png_atomic
+
+    if args.output_dir or len(args.followup) > 1:
+        from .series_cli import propagate_many_followups
+
+        return propagate_many_followups(args)
+    if not args.output:
+        raise InputError("--output", "give the output file (or --output-dir D for one output per follow-up)")
+    if args.chain:
+        raise InputError("--chain", "chains several follow-ups; give them all to --followup with --output-dir")
+    args.followup = args.followup[0]
+    config, names, window = _propagation_config(args)
     # every input and output path is checked before anything heavy runs
     outs = [os.path.abspath(p) for p in (args.output, args.report, args.overlay) if p]
     if len(set(outs)) != len(outs):
@@ -333,7 +380,7 @@ def _propagate(args: argparse.Namespace) -> int:
         raise InputError("--followup", "is the same file as --prior-image")
     prior, prior_src = read_volume(args.prior_image, _pick_series(args.prior_image, args.series_uid))
     follow, follow_src = read_volume(args.followup, _pick_series(args.followup, args.series_uid))
-    kind = check_output_path(args.output, args.overwrite, follow_src)
+    kind = check_output_path(args.output, args.overwrite, follow_src, args.output_format)
     for option, path in (("--report", args.report), ("--overlay", args.overlay)):
         if path:
             check_writable_file(path, args.overwrite, f"{option} {path}")
@@ -350,8 +397,8 @@ def _propagate(args: argparse.Namespace) -> int:
             state["last"] = n
         bar.set_postfix_str(message[:60], refresh=False)
 
-    net = None
-    if config.method != "rigid":
+    net = model
+    if net is None and config.method != "rigid":
         from .models import load_model
         net = load_model(args.model, args.model_type, args.device)
     try:
@@ -364,7 +411,7 @@ def _propagate(args: argparse.Namespace) -> int:
     written: List[str] = []
     try:
         write_segmentation(args.output, result.segments, follow, result.provenance, follow_src,
-                           overwrite=args.overwrite)
+                           overwrite=args.overwrite, kind=kind)
         written.append(args.output)
         if args.report:
             write_report(args.report, result, {"inputs": {
@@ -399,7 +446,9 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     tune_process()  # glibc allocator settings for fast CPU inference (see runtime.py)
     try:
-        return int(args.func(args) or 0)
+        with warnings.catch_warnings():  # warnings for people: "p2sam: warning: <file>: <what>"
+            warnings.showwarning = lambda message, *a, **k: print(f"p2sam: warning: {message}", file=sys.stderr)
+            return int(args.func(args) or 0)
     except P2SAMError as exc:
         print(f"p2sam: error: {exc}", file=sys.stderr)
         return 2

@@ -1,18 +1,17 @@
-"""Reading 2D images and masks from disk, and writing masks atomically.
+"""Reading 2D images and masks from disk, and writing masks atomically (P2SAMLogic.outputs).
 
 Every array returned here is in the *original* frame of its file:
 images ``H x W x 3`` uint8 RGB, masks ``H x W`` bool.
 """
 from __future__ import annotations
 
-import os
-import uuid
 from pathlib import Path
-from typing import Callable, Tuple, Union
+from typing import Tuple, Union
 
 import numpy as np
 
 from .errors import InputError
+from .outputs import atomic_path, write_text_atomic  # noqa: F401 (write_text_atomic: re-exported for callers)
 
 PathLike = Union[str, Path]
 
@@ -113,42 +112,9 @@ def check_mask(mask: np.ndarray, image_shape: Tuple[int, ...], source: str, imag
     return m
 
 
-def _create_temp(path: Path, suffix: str) -> Tuple[int, str]:
-    """A new, exclusive temporary file beside ``path``, mode 0o666 so the umask applies as for a plain write."""
-    tmp = str(path.parent / f".tmp-{os.getpid()}-{uuid.uuid4().hex}{suffix}")
-    return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666), tmp
-
-
-def _write_atomic(path: PathLike, suffix: str, write: Callable[[int, str], None]) -> None:
-    """Create a temporary file beside ``path``, let ``write(fd, tmp_path)`` fill it (and close ``fd``),
-    then rename it over ``path``; on any failure the temporary file is removed and ``path`` is untouched."""
-    path = Path(path)
-    fd, tmp = _create_temp(path, suffix)
-    try:
-        write(fd, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def write_png_atomic(path: PathLike, array: np.ndarray) -> None:
-    """Write ``array`` (uint8 ``H x W`` or ``H x W x 3``) as PNG via a temporary file + rename."""
+    """Write ``array`` (uint8 ``H x W`` or ``H x W x 3``) as PNG, atomically (:func:`P2SAMLogic.outputs.atomic_path`)."""
     from PIL import Image
 
-    def write(fd: int, tmp: str) -> None:
-        os.close(fd)
+    with atomic_path(path, ".png") as tmp:
         Image.fromarray(np.ascontiguousarray(array)).save(tmp, format="PNG")
-
-    _write_atomic(path, ".png", write)
-
-
-def write_text_atomic(path: PathLike, text: str) -> None:
-    """Write a text file via a temporary file + rename."""
-
-    def write(fd: int, tmp: str) -> None:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-
-    _write_atomic(path, Path(path).suffix, write)

@@ -6,7 +6,6 @@ contour in the segment's colour and the rigidly registered prior contour in whit
 """
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import List, Optional, Tuple, Union
@@ -15,7 +14,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from .io2d import write_png_atomic, write_text_atomic
+from .outputs import dumps_json, write_text_atomic
 from .intensity import choose_window
 from .volume import guess_modality
 
@@ -27,17 +26,7 @@ def write_report(path: PathLike, result, extra: Optional[dict] = None) -> None:
     d = result.report_dict()
     if extra:
         d.update(extra)
-    write_text_atomic(path, json.dumps(d, indent=2, default=_json_default))
-
-
-def _json_default(o):
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, (np.floating,)):
-        return None if not math.isfinite(float(o)) else float(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    return str(o)
+    write_text_atomic(path, dumps_json(d, indent=2))
 
 
 def _outline(mask: np.ndarray) -> np.ndarray:
@@ -124,8 +113,3 @@ def overlay_montage(followup: sitk.Image, result, max_tiles: int = 16, tile: int
         if flag:
             draw.rectangle([x, y + cap, x + tile - 1, y + cap + tile - 1], outline=(255, 80, 80))
     return np.asarray(canvas)
-
-
-def write_overlay(path: PathLike, followup: sitk.Image, result, **kwargs) -> None:
-    """Write :func:`overlay_montage` as a PNG, atomically."""
-    write_png_atomic(path, overlay_montage(followup, result, **kwargs))

@@ -106,21 +106,6 @@ def mask_image_like(array: np.ndarray, reference: sitk.Image) -> sitk.Image:
     return img
 
 
-def physical_bounds(image: sitk.Image, mask: Optional[np.ndarray] = None) -> np.ndarray:
-    """``2 x 3`` LPS min/max corners (mm) of the voxel centres of ``image`` (or of ``mask``'s voxels)."""
-    if mask is None:
-        size = np.array(image.GetSize()) - 1
-        idx = np.array([[i, j, k] for i in (0, size[0]) for j in (0, size[1]) for k in (0, size[2])])
-    else:
-        kji = np.argwhere(mask)
-        if kji.size == 0:
-            raise ValueError("empty mask has no bounds")
-        lo, hi = kji.min(0)[::-1], kji.max(0)[::-1]
-        idx = np.array([[i, j, k] for i in (lo[0], hi[0]) for j in (lo[1], hi[1]) for k in (lo[2], hi[2])])
-    pts = np.array([image.TransformContinuousIndexToPhysicalPoint([float(v) for v in p]) for p in idx])
-    return np.stack([pts.min(0), pts.max(0)])
-
-
 #: default colours for segments whose source has none (Slicer's generic anatomy palette order)
 DEFAULT_COLORS: Sequence[Tuple[float, float, float]] = (
     (0.502, 0.682, 0.502), (0.945, 0.839, 0.569), (0.694, 0.478, 0.396), (0.435, 0.722, 0.824),

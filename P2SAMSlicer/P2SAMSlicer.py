@@ -22,7 +22,7 @@ import qt
 import vtk
 
 import slicer
-from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
+from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode, vtkMRMLSequenceNode
 from slicer.i18n import tr as _
 from slicer.i18n import translate
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
@@ -99,9 +99,13 @@ Segment-Anything models); see the project page for the publication to cite.
 class P2SAMSlicerParameterNode:
     """The module's settings, saved with the scene.
 
-    priorVolume, priorSegmentation, followupVolume - the inputs.
-    selectedSegmentIds - prior segments to propagate (the checklist; not bound to one widget).
-    outputSegmentation - node to fill; None creates a new node (the default).
+    priorVolume, priorSegmentation, followupVolume - the inputs. The ticked prior segments are
+    kept in the same node by P2SAMSlicerLib.panel_state.SegmentSelection (one parameter), the
+    "More follow-ups" ticks by P2SAMSlicerLib.followups.NodeSelection.
+    followupSequence - every volume of this sequence is a follow-up (instead of the volumes).
+    chainFollowups - several follow-ups: each from the previous one's result, not from the prior.
+    outputSegmentation - one follow-up: the user's node to write into (as a Segment Editor edit);
+        None creates a new node (the default). Several follow-ups: always new nodes.
     model - MODEL_LITEMEDSAM or MODEL_SAM; samCheckpoint / samModelType - for MODEL_SAM.
     maxParts, negativeParts, roiMarginMm, sliceMarginMm - P²SAM parameters.
     device - auto, cpu (force CPU), cuda or mps.
@@ -111,8 +115,9 @@ class P2SAMSlicerParameterNode:
     priorVolume: vtkMRMLScalarVolumeNode
     priorSegmentation: vtkMRMLSegmentationNode
     followupVolume: vtkMRMLScalarVolumeNode
+    followupSequence: vtkMRMLSequenceNode
+    chainFollowups: bool = False
     outputSegmentation: vtkMRMLSegmentationNode
-    selectedSegmentIds: List[str]
     model: Annotated[str, Choice([MODEL_LITEMEDSAM, MODEL_SAM])] = MODEL_LITEMEDSAM
     samCheckpoint: pathlib.Path
     samModelType: Annotated[str, Choice(["auto", "vit_b", "vit_l", "vit_h"])] = "auto"
@@ -163,11 +168,15 @@ class P2SAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._updatingSegmentList = False
         self._job = None  # running BackgroundPropagation
         self._jobContext = None  # (inputs, followupVolume, outputSegmentation, modelChoice)
-        self._blockingRun = False
-        self._cancelRequested = False
+        _ensureEngineImportable()
+        from P2SAMSlicerLib.panel_state import BusyState
+
+        self._busy = BusyState()  # a blocking run in progress (see _runBlocking)
         self._lastOutput = None
+        self._lastOutputs = []  # [(output node, report, follow-up volume or None)] of the last run
         self._timer = None
         self._segmentListSignature = None
+        self._updatingMoreFollowups = False
 
     def setup(self) -> None:
         """Called when the user opens the module the first time and the widget is initialized."""
@@ -182,12 +191,12 @@ class P2SAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic = P2SAMSlicerLogic()
 
         self.ui.progressBar.setVisible(False)
-        self.ui.reportTableWidget.setColumnCount(6)
+        self.ui.reportTableWidget.setColumnCount(7)
         self.ui.reportTableWidget.setHorizontalHeaderLabels(
-            [_("Segment"), _("Prior mL"), _("Follow-up mL"), _("Change %"), _("Slices"), _("Flagged")])
+            [_("Follow-up"), _("Segment"), _("Prior mL"), _("Follow-up mL"), _("Change %"), _("Slices"), _("Flagged")])
         self.ui.reportTableWidget.horizontalHeader().setSectionResizeMode(qt.QHeaderView.ResizeToContents)
-        self.ui.flaggedTableWidget.setColumnCount(4)
-        self.ui.flaggedTableWidget.setHorizontalHeaderLabels([_("Segment"), _("Slice"), _("Why"), ""])
+        self.ui.flaggedTableWidget.setColumnCount(5)
+        self.ui.flaggedTableWidget.setHorizontalHeaderLabels([_("Follow-up"), _("Segment"), _("Slice"), _("Why"), ""])
         self.ui.flaggedTableWidget.horizontalHeader().setSectionResizeMode(qt.QHeaderView.ResizeToContents)
 
         self._timer = qt.QTimer()
@@ -201,6 +210,7 @@ class P2SAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.segmentsListWidget.connect("itemChanged(QListWidgetItem*)", self.onSegmentItemChanged)
         self.ui.selectAllSegmentsButton.connect("clicked()", lambda: self.setAllSegmentsChecked(True))
         self.ui.selectNoSegmentsButton.connect("clicked()", lambda: self.setAllSegmentsChecked(False))
+        self.ui.moreFollowupsComboBox.connect("checkedNodesChanged()", self.onMoreFollowupsChanged)
         self.ui.openSegmentEditorButton.connect("clicked()", self.onOpenSegmentEditor)
         self.ui.installDependenciesButton.connect("clicked()", self.onInstallDependencies)
 
@@ -209,6 +219,7 @@ class P2SAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def cleanup(self) -> None:
         """Called when the application closes and the module widget is destroyed."""
+        self._busy.request_cancel()
         if self._job is not None:
             self._job.cleanup()
             self._job = None
@@ -228,6 +239,8 @@ class P2SAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
 
     def onSceneStartClose(self, caller, event) -> None:
+        if self._busy.request_cancel():
+            self.log(_("The scene is closing: the propagation stops at its next step."))
         if self._job is not None:
             self._job.cleanup()
             self._job = None
@@ -268,6 +281,10 @@ class P2SAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         p = self._parameterNode
         self._observeSegmentation(p.priorSegmentation if p else None)
         self.updateSegmentList()
+        self.updateMoreFollowups()
+        useSequence = bool(p) and p.followupSequence is not None
+        self.ui.followupVolumeSelector.enabled = not useSequence
+        self.ui.moreFollowupsComboBox.enabled = not useSequence
         isSam = bool(p) and p.model == MODEL_SAM
         self.ui.checkpointPathLineEdit.enabled = isSam
         self.ui.modelTypeComboBox.enabled = isSam
@@ -292,101 +309,109 @@ class P2SAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._checkCanApply()
 
     # -- segment checklist -------------------------------------------------------------------
+    def _selection(self):
+        """The ticked segments, kept in the parameter node (:class:`P2SAMSlicerLib.panel_state.SegmentSelection`)."""
+        from P2SAMSlicerLib.panel_state import SegmentSelection
+
+        return SegmentSelection(self._parameterNode.parameterNode if self._parameterNode else None)
+
     def updateSegmentList(self) -> None:
-        """Keep the checklist in step with the prior segmentation and ``selectedSegmentIds``.
+        """Show the prior segmentation's segments, ticked as the stored selection says.
 
         The list is rebuilt only when the segmentation or its segments' names or colours
-        change (never from inside a checkbox's own signal); otherwise only the ticks are set
-        from the parameter node (when a script changed it). Without a stored selection,
-        every segment is ticked.
+        change; otherwise only the ticks are set. Ticks changed here never echo back into
+        the selection (``_updatingSegmentList``).
         """
         p = self._parameterNode
         widget = self.ui.segmentsListWidget
-        node = p.priorSegmentation if p else None
+        segmentationNode = p.priorSegmentation if p else None
         signature = None
         ids = []
-        if node is not None:
-            segmentation = node.GetSegmentation()
+        if segmentationNode is not None:
+            segmentation = segmentationNode.GetSegmentation()
             ids = [segmentation.GetNthSegmentID(i) for i in range(segmentation.GetNumberOfSegments())]
-            signature = (node.GetID(), tuple((i, segmentation.GetSegment(i).GetName(),
+            signature = (segmentationNode.GetID(), tuple((i, segmentation.GetSegment(i).GetName(),
                                               tuple(segmentation.GetSegment(i).GetColor())) for i in ids))
-        touched = bool(p and p.parameterNode.GetParameter("P2SAM.SelectionTouched"))
-        if signature != getattr(self, "_segmentListSignature", None):
-            self._segmentListSignature = signature
-            self._updatingSegmentList = True
-            try:
+        checked = set(self._selection().checked(segmentationNode))
+        self._updatingSegmentList = True
+        try:
+            if signature != self._segmentListSignature:
+                self._segmentListSignature = signature
                 widget.clear()
-                if node is None:
-                    return
-                selected = [s for s in p.selectedSegmentIds if s in ids]
-                if not selected and not touched:
-                    selected = list(ids)
-                segmentation = node.GetSegmentation()
                 for segmentId in ids:
-                    segment = segmentation.GetSegment(segmentId)
+                    segment = segmentationNode.GetSegmentation().GetSegment(segmentId)
                     item = qt.QListWidgetItem(segment.GetName())
                     item.setFlags(item.flags() | qt.Qt.ItemIsUserCheckable)
-                    item.setCheckState(qt.Qt.Checked if segmentId in selected else qt.Qt.Unchecked)
                     item.setData(qt.Qt.UserRole, segmentId)
                     color = segment.GetColor()
                     item.setData(qt.Qt.DecorationRole, qt.QColor.fromRgbF(color[0], color[1], color[2]))
+                    item.setCheckState(qt.Qt.Checked if segmentId in checked else qt.Qt.Unchecked)
                     widget.addItem(item)
-            finally:
-                self._updatingSegmentList = False
-            self._storeSelection()
-            return
-        if p is None or self._updatingSegmentList:
-            return
-        wanted = set(p.selectedSegmentIds)
-        if touched and wanted != set(self.checkedSegmentIds()):
-            self._updatingSegmentList = True
-            try:
+            else:
                 for row in range(widget.count):
                     item = widget.item(row)
-                    item.setCheckState(qt.Qt.Checked if item.data(qt.Qt.UserRole) in wanted else qt.Qt.Unchecked)
-            finally:
-                self._updatingSegmentList = False
+                    item.setCheckState(qt.Qt.Checked if item.data(qt.Qt.UserRole) in checked else qt.Qt.Unchecked)
+        finally:
+            self._updatingSegmentList = False
 
     def checkedSegmentIds(self) -> List[str]:
-        widget = self.ui.segmentsListWidget
-        out = []
-        for row in range(widget.count):
-            item = widget.item(row)
-            if item.checkState() == qt.Qt.Checked:
-                out.append(item.data(qt.Qt.UserRole))
-        return out
-
-    def _storeSelection(self) -> None:
+        """The segment IDs Apply propagates (the stored selection, in the segmentation's order)."""
         p = self._parameterNode
-        if not p or self._updatingSegmentList:
-            return
-        checked = self.checkedSegmentIds()
-        if list(p.selectedSegmentIds) != checked:
-            p.selectedSegmentIds = checked
+        return self._selection().checked(p.priorSegmentation) if p else []
 
     def onSegmentItemChanged(self, item) -> None:
-        if self._updatingSegmentList or not self._parameterNode:
+        """A checkbox was clicked: store the ticks shown (one parameter write, see SegmentSelection)."""
+        if self._updatingSegmentList or not self._parameterNode or self._busy.busy:
             return
-        self._parameterNode.parameterNode.SetParameter("P2SAM.SelectionTouched", "1")
-        self._storeSelection()
+        widget = self.ui.segmentsListWidget
+        shown = [widget.item(row).data(qt.Qt.UserRole) for row in range(widget.count)
+                 if widget.item(row).checkState() == qt.Qt.Checked]
+        self._selection().store(self._parameterNode.priorSegmentation, shown)
         self._checkCanApply()
 
     def setAllSegmentsChecked(self, checked: bool) -> None:
-        widget = self.ui.segmentsListWidget
-        self._updatingSegmentList = True
-        try:
-            for row in range(widget.count):
-                widget.item(row).setCheckState(qt.Qt.Checked if checked else qt.Qt.Unchecked)
-        finally:
-            self._updatingSegmentList = False
-        if self._parameterNode:
-            self._parameterNode.parameterNode.SetParameter("P2SAM.SelectionTouched", "1")
-        self._storeSelection()
+        if not self._parameterNode or self._busy.busy:
+            return
+        self._selection().set_all(self._parameterNode.priorSegmentation, checked)
+        self.updateSegmentList()
         self._checkCanApply()
+
+    # -- follow-ups --------------------------------------------------------------------------
+    def _moreFollowupsSelection(self):
+        from P2SAMSlicerLib.followups import NodeSelection
+
+        return NodeSelection(self._parameterNode.parameterNode if self._parameterNode else None)
+
+    def updateMoreFollowups(self) -> None:
+        """Tick the "More follow-ups" volumes stored in the parameter node (no echo into the selection)."""
+        if not self._parameterNode:
+            return
+        wanted = set(self._moreFollowupsSelection().ids())
+        combo = self.ui.moreFollowupsComboBox
+        self._updatingMoreFollowups = True
+        try:
+            for n in range(slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode")):
+                node = slicer.mrmlScene.GetNthNodeByClass(n, "vtkMRMLScalarVolumeNode")
+                combo.setCheckState(node, qt.Qt.Checked if node.GetID() in wanted else qt.Qt.Unchecked)
+        finally:
+            self._updatingMoreFollowups = False
+
+    def onMoreFollowupsChanged(self) -> None:
+        if self._updatingMoreFollowups or not self._parameterNode or self._busy.busy:
+            return
+        self._moreFollowupsSelection().store(list(self.ui.moreFollowupsComboBox.checkedNodes()))
+
+    def followups(self) -> list:
+        """What Apply propagates onto, in visit order (:func:`P2SAMSlicerLib.followups.followup_list`)."""
+        from P2SAMSlicerLib.followups import followup_list
+
+        p = self._parameterNode
+        return followup_list(p.followupVolume, self._moreFollowupsSelection().nodes(slicer.mrmlScene),
+                             p.followupSequence, p.priorVolume)
 
     # -- apply / cancel ----------------------------------------------------------------------
     def _isRunning(self) -> bool:
-        return self._job is not None or self._blockingRun
+        return self._job is not None or self._busy.busy
 
     def _checkCanApply(self, caller=None, event=None) -> None:
         if self._isRunning():
@@ -396,7 +421,7 @@ class P2SAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         self.ui.applyButton.text = _("Apply")
         p = self._parameterNode
-        if not p or not p.priorVolume or not p.priorSegmentation or not p.followupVolume:
+        if not p or not p.priorVolume or not p.priorSegmentation or not (p.followupVolume or p.followupSequence):
             self.ui.applyButton.enabled = False
             self.ui.applyButton.toolTip = _("Select the prior volume, its segmentation and the follow-up volume.")
         elif not self.checkedSegmentIds():
@@ -432,8 +457,8 @@ class P2SAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._job.cancel()
             self.ui.applyButton.enabled = False
             return
-        if self._blockingRun:
-            self._cancelRequested = True
+        if self._busy.busy:  # this button is "Cancel" during a run
+            self._busy.request_cancel()
             self.ui.applyButton.enabled = False
             return
         if not self.ensureDependencies():
@@ -444,25 +469,40 @@ class P2SAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             args = modelArguments(p)
             parameters = propagationParameters(p)
             segmentIds = self.checkedSegmentIds()
+            followups = self.followups()
+            several = followups if len(followups) > 1 or p.followupSequence is not None else None
+            if several and p.outputSegmentation is not None:
+                self.log(_("Several follow-ups: each result goes into a new segmentation (the chosen output "
+                           "segmentation is not used)."))
             if p.runInBackground:
-                self._startBackground(p, segmentIds, args, parameters)
+                self._startBackground(p, segmentIds, args, parameters, several)
             else:
-                self._runBlocking(p, segmentIds, args, parameters)
+                self._runBlocking(p, segmentIds, args, parameters, several)
 
-    def _startBackground(self, p, segmentIds, args, parameters) -> None:
+    def _startBackground(self, p, segmentIds, args, parameters, followups=None) -> None:
+        """Start the run in a separate process; ``followups`` (several) or the follow-up volume (one)."""
         from P2SAMSlicerLib.background import BackgroundPropagation
 
-        inputs = self.logic.prepareInputs(p.priorVolume, p.priorSegmentation, p.followupVolume, segmentIds,
-                                          p.outputSegmentation)
-        self.log(_("Propagating {n} segment(s) of '{seg}' onto '{fu}' in the background...").format(
-            n=len(inputs.prior_segments), seg=inputs.segmentation_name, fu=inputs.followup_name))
-        job = BackgroundPropagation(inputs.prior_image, inputs.prior_segments, inputs.followup_image,
-                                    model=args["model"], model_type=args["modelType"], device=args["device"],
-                                    config=parameters)
+        if followups:
+            inputs = self.logic.propagationLogic().prepareSeries(p.priorVolume, p.priorSegmentation, followups,
+                                                                 segmentIds)
+            images, names, output = [f.image for f in followups], [f.name for f in followups], None
+            self.log(_("Propagating {n} segment(s) of '{seg}' onto {k} follow-ups{chain} in the background...").format(
+                n=len(inputs.prior_segments), seg=inputs.segmentation_name, k=len(followups),
+                chain=_(" (chained)") if p.chainFollowups else ""))
+        else:
+            inputs = self.logic.prepareInputs(p.priorVolume, p.priorSegmentation, p.followupVolume, segmentIds,
+                                              p.outputSegmentation)
+            images, names, output = inputs.followup_image, [inputs.followup_name], p.outputSegmentation
+            self.log(_("Propagating {n} segment(s) of '{seg}' onto '{fu}' in the background...").format(
+                n=len(inputs.prior_segments), seg=inputs.segmentation_name, fu=inputs.followup_name))
+        job = BackgroundPropagation(inputs.prior_image, inputs.prior_segments, images, names=names,
+                                    chain=bool(followups) and p.chainFollowups, model=args["model"],
+                                    model_type=args["modelType"], device=args["device"], config=parameters)
         job.start()
         self._job = job
         choice = {"model": args["model"], "model_type": args["modelType"], "device": args["device"]}
-        self._jobContext = (inputs, p.followupVolume, p.outputSegmentation, choice)
+        self._jobContext = (inputs, followups, p.followupVolume, output, choice)
         self._setRunning(True)
         self._timer.start()
 
@@ -477,7 +517,7 @@ class P2SAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         self._timer.stop()
         self._job = None
-        inputs, followupVolume, outputSegmentation, choice = self._jobContext
+        inputs, followups, followupVolume, outputSegmentation, choice = self._jobContext
         self._jobContext = None
         try:
             error = job.error()
@@ -491,92 +531,140 @@ class P2SAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                     slicer.util.errorDisplay(_("P²SAM failed:\n{message}").format(message=error.get("message", "")))
                 return
             with slicer.util.tryWithErrorDisplay(_("P²SAM could not create the output segmentation."), waitCursor=True):
-                segments, report = job.result()
-                node = self.logic.createOutput(segments, report, inputs.followup_image, followupVolume,
-                                               outputSegmentation, None, choice)
-                self.showResult(node, report, followupVolume)
+                outcome = job.results()
+                logic = self.logic.propagationLogic()
+                if followups:
+                    outputs = [(logic.createOutput(done["segments"], done["report"], f.image, f.volume_node, None,
+                                                   f"{f.name} P2SAM", choice), done["report"], f.volume_node)
+                               for f, done in zip(followups, outcome["followups"])]
+                    self.showResults(outputs, outcome["report"])
+                else:
+                    done = outcome["followups"][0]
+                    node = logic.createOutput(done["segments"], done["report"], inputs.followup_image, followupVolume,
+                                              outputSegmentation, None, choice,
+                                              save_state=self.undoCheckpoint(outputSegmentation))
+                    self.showResults([(node, done["report"], followupVolume)])
         finally:
             job.cleanup()
             self._setRunning(False)
 
-    def _runBlocking(self, p, segmentIds, args, parameters) -> None:
-        """Run inside Slicer's process; the GUI processes events at every progress step (Cancel works)."""
+    def _runBlocking(self, p, segmentIds, args, parameters, followups=None) -> None:
+        """Run inside Slicer's process; the GUI processes events at every progress step.
+
+        While it runs, Slicer delivers user events from inside ``processEvents``: every
+        handler asks ``self._busy`` first, so nothing starts a second run; Cancel and a
+        closing scene stop this one at its next step (nothing is added to the scene).
+        """
         from P2SAMLogic.errors import CancelledError
 
-        self._blockingRun = True
-        self._cancelRequested = False
-        self._setRunning(True)
+        with self._busy.running(_("a propagation")):
+            self._setRunning(True)
+            try:
+                self.log(_("Propagating inside Slicer (the window reacts between steps)..."))
+                progress = self._busy.progress_callback(self.onProgress, slicer.app.processEvents)
+                if followups:
+                    outcome = self.logic.processSeries(
+                        p.priorVolume, p.priorSegmentation, followups, segmentIds, model=args["model"],
+                        modelType=args["modelType"], device=args["device"], parameters=parameters,
+                        chain=p.chainFollowups, progress=progress, cancel=self._busy.should_cancel)
+                    reports = outcome.report["followups"]
+                    self.showResults([(node, r["report"], f.volume_node)
+                                      for node, r, f in zip(outcome.output_nodes, reports, followups)], outcome.report)
+                else:
+                    followupVolume, output = p.followupVolume, p.outputSegmentation
+                    outcome = self.logic.process(p.priorVolume, p.priorSegmentation, followupVolume, output,
+                                                 segmentIds, model=args["model"], modelType=args["modelType"],
+                                                 device=args["device"], parameters=parameters, progress=progress,
+                                                 cancel=self._busy.should_cancel,
+                                                 save_state=self.undoCheckpoint(output))
+                    self.showResults([(outcome.output_node, outcome.report, followupVolume)])
+            except CancelledError:
+                self.log(_("Cancelled: the scene was not changed."))
+            finally:
+                self._setRunning(False)
 
-        def progress(fraction, message):
-            self.onProgress(fraction, message)
-            slicer.app.processEvents()
+    def undoCheckpoint(self, outputSegmentation):
+        """For a proposal written into the user's segmentation: a function that gives the Segment Editor one
+        undo step for it (the editor is switched to that segmentation first). None for a new node."""
+        if outputSegmentation is None:
+            return None
 
-        try:
-            self.log(_("Propagating inside Slicer (the window reacts between steps)..."))
-            outcome = self.logic.process(p.priorVolume, p.priorSegmentation, p.followupVolume, p.outputSegmentation,
-                                         segmentIds, model=args["model"], modelType=args["modelType"],
-                                         device=args["device"], parameters=parameters, progress=progress,
-                                         cancel=lambda: self._cancelRequested)
-            self.showResult(outcome.output_node, outcome.report, p.followupVolume)
-        except CancelledError:
-            self.log(_("Cancelled: the scene was not changed."))
-        finally:
-            self._blockingRun = False
-            self._setRunning(False)
+        def saveState():
+            try:
+                editor = slicer.modules.segmenteditor.widgetRepresentation().self().editor
+                if editor.segmentationNode() is not outputSegmentation:
+                    editor.setSegmentationNode(outputSegmentation)
+                editor.saveStateForUndo()
+            except Exception as exc:  # the proposal is still written; only the undo step is missing
+                self.log(_("No undo step in the Segment Editor ({e}).").format(e=exc))
+
+        return saveState
 
     # -- results -------------------------------------------------------------------------------
-    def showResult(self, node, report: dict, followupVolume) -> None:
-        """Show the new segmentation over the follow-up, fill the report and flagged-slice tables."""
-        self._lastOutput = node
-        node.CreateDefaultDisplayNodes()
-        node.GetDisplayNode().SetVisibility(True)
-        slicer.util.setSliceViewerLayers(background=followupVolume, fit=True)
-        for warning in report.get("warnings", []):
-            self.log(_("Warning: {w}").format(w=warning))
-        self.log(_("Done: '{name}' ({status}).").format(name=node.GetName(), status=report.get("status", "")))
+    def showResults(self, outputs, seriesReport=None) -> None:
+        """Show the new segmentations, fill the report and flagged-slice tables.
+
+        Args:
+            outputs: ``[(output node, report, follow-up volume node or None)]``, one per follow-up.
+            seriesReport: the combined report of a run on several follow-ups.
+        """
+        from P2SAMSlicerLib.logic import flagged_rows, summary_rows
+
+        self._lastOutputs = list(outputs)
+        self._lastOutput = outputs[0][0]
+        for outputNode, report, followupVolume in outputs:
+            outputNode.CreateDefaultDisplayNodes()
+            outputNode.GetDisplayNode().SetVisibility(True)
+            for warning in report.get("warnings", []):
+                self.log(_("Warning: {w}").format(w=warning))
+            self.log(_("Done: '{name}' ({status}).").format(name=outputNode.GetName(), status=report.get("status", "")))
+        if outputs[0][2] is not None:
+            slicer.util.setSliceViewerLayers(background=outputs[0][2], fit=True)
+        status = (seriesReport or outputs[0][1]).get("status", "")
         self.ui.resultsStatusLabel.text = _(
-            "'{name}' holds the proposal (status: {status}). Review the flagged slices, correct them with the "
+            "{names} hold the proposal (status: {status}). Review the flagged slices, correct them with the "
             "Segment Editor, and set each segment's status to Completed when done.").format(
-            name=node.GetName(), status=report.get("status", ""))
+            names=", ".join(f"'{outputNode.GetName()}'" for outputNode, _report, _volume in outputs), status=status)
         table = self.ui.reportTableWidget
-        segments = report.get("segments", [])
-        table.setRowCount(len(segments))
-        for row, s in enumerate(segments):
-            change = s.get("change_percent")
-            cells = [s.get("name", ""), _fmt(s.get("prior_volume_ml")), _fmt(s.get("followup_volume_ml")),
-                     "n/a" if change is None else f"{change:+.1f}", str(s.get("slices_processed", "")),
-                     str(s.get("slices_flagged", ""))]
+        rows = summary_rows(outputs)
+        table.setRowCount(len(rows))
+        for row, cells in enumerate(rows):
             for col, text in enumerate(cells):
                 table.setItem(row, col, qt.QTableWidgetItem(text))
-        flagged = self.logic.flaggedSliceLocations(node)
+        flagged = flagged_rows(self.logic.propagationLogic(), outputs)
         ftable = self.ui.flaggedTableWidget
         ftable.setRowCount(len(flagged))
         for row, entry in enumerate(flagged):
-            ftable.setItem(row, 0, qt.QTableWidgetItem(str(entry["segment"])))
-            ftable.setItem(row, 1, qt.QTableWidgetItem(str(entry["index"])))
-            ftable.setItem(row, 2, qt.QTableWidgetItem(str(entry.get("reason", ""))))
+            for col, key in enumerate(("followup", "segment", "index", "reason")):
+                ftable.setItem(row, col, qt.QTableWidgetItem(str(entry.get(key, ""))))
             button = qt.QPushButton(_("Go"))
-            button.toolTip = _("Show slice {k} of the follow-up in the slice views").format(k=entry["index"])
-            button.connect("clicked()", lambda ras=entry["ras"]: self.jumpTo(ras))
-            ftable.setCellWidget(row, 3, button)
+            button.toolTip = _("Show slice {k} of '{fu}' in the slice views").format(k=entry["index"],
+                                                                                     fu=entry["followup"])
+            button.connect("clicked()", lambda e=entry: self.jumpTo(e["ras"], e.get("volume")))
+            ftable.setCellWidget(row, 4, button)
         self.ui.flaggedLabel.text = (_("Slices to review (click Go to show one):") if flagged
                                      else _("No slice was flagged; still review the proposal before use."))
         self.ui.openSegmentEditorButton.enabled = True
         self.ui.resultsCollapsibleButton.collapsed = False
 
-    def jumpTo(self, ras) -> None:
-        """Centre every slice view on a RAS point (a flagged slice)."""
+    def jumpTo(self, ras, volume=None) -> None:
+        """Centre every slice view on a RAS point (a flagged slice), showing ``volume`` when given."""
+        if volume is not None and slicer.mrmlScene.IsNodePresent(volume):
+            slicer.util.setSliceViewerLayers(background=volume)
         slicer.modules.markups.logic().JumpSlicesToLocation(float(ras[0]), float(ras[1]), float(ras[2]), True)
 
     def onOpenSegmentEditor(self) -> None:
-        node = self._lastOutput
-        if node is None or not slicer.mrmlScene.IsNodePresent(node):
+        if self._busy.busy:
+            self.log(_("Wait for the propagation to finish (or cancel it) before opening the Segment Editor."))
+            return
+        outputNode = self._lastOutput
+        if outputNode is None or not slicer.mrmlScene.IsNodePresent(outputNode):
             slicer.util.errorDisplay(_("The result segmentation is no longer in the scene."))
             return
-        followup = node.GetNodeReference(slicer.vtkMRMLSegmentationNode.GetReferenceImageGeometryReferenceRole())
+        followup = outputNode.GetNodeReference(slicer.vtkMRMLSegmentationNode.GetReferenceImageGeometryReferenceRole())
         slicer.util.selectModule("SegmentEditor")
         editor = slicer.modules.segmenteditor.widgetRepresentation().self().editor
-        editor.setSegmentationNode(node)
+        editor.setSegmentationNode(outputNode)
         if followup is not None:
             editor.setSourceVolumeNode(followup)
         editor.setActiveEffectByName(EFFECT_NAME)
@@ -611,6 +699,9 @@ class P2SAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onInstallDependencies(self) -> bool:
         from P2SAMSlicerLib import dependencies
 
+        if self._busy.busy:
+            return False
+
         outcome = None
         with slicer.util.tryWithErrorDisplay(_("Installing P²SAM's Python packages failed."), waitCursor=True):
             outcome = dependencies.slicer_install_missing(ask=True)
@@ -626,10 +717,6 @@ class P2SAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if outcome.installed:
             self.log(outcome.message)
         return True
-
-
-def _fmt(value) -> str:
-    return "" if value is None else f"{float(value):.2f}"
 
 
 #
@@ -673,7 +760,7 @@ class P2SAMSlicerLogic(ScriptedLoadableModuleLogic):
 
     def process(self, priorVolume, priorSegmentation, followupVolume, outputSegmentation=None, segmentIds=None,
                 model="litemedsam", modelType=None, device="auto", parameters=None, progress=None, cancel=None,
-                outputName=None):
+                outputName=None, save_state=None):
         """Propagate (blocking); returns ``ProcessOutcome(output_node, report, result)``.
 
         See :meth:`P2SAMSlicerLib.logic.PropagationLogic.process` for the arguments and errors.
@@ -681,7 +768,18 @@ class P2SAMSlicerLogic(ScriptedLoadableModuleLogic):
         return self.propagationLogic().process(priorVolume, priorSegmentation, followupVolume, outputSegmentation,
                                                segmentIds, model=model, modelType=modelType, device=device,
                                                parameters=parameters, progress=progress, cancel=cancel,
-                                               outputName=outputName)
+                                               outputName=outputName, save_state=save_state)
+
+    def processSeries(self, priorVolume, priorSegmentation, followups, segmentIds=None, model="litemedsam",
+                      modelType=None, device="auto", parameters=None, chain=False, progress=None, cancel=None):
+        """Propagate onto several follow-ups (blocking); returns ``SeriesOutcome(output_nodes, report, result)``.
+
+        See :meth:`P2SAMSlicerLib.logic.PropagationLogic.processSeries`.
+        """
+        return self.propagationLogic().processSeries(priorVolume, priorSegmentation, followups, segmentIds,
+                                                     model=model, modelType=modelType, device=device,
+                                                     parameters=parameters, chain=chain, progress=progress,
+                                                     cancel=cancel)
 
     def createOutput(self, *args, **kwargs):
         """See :meth:`P2SAMSlicerLib.logic.PropagationLogic.createOutput`."""
@@ -714,15 +812,14 @@ class P2SAMSlicerTest(ScriptedLoadableModuleTest):
         slicer.mrmlScene.Clear()
 
     def runTest(self):
-        """Run as few or as many tests as needed here."""
-        self.setUp()
-        self.test_EngineImports()
-        self.setUp()
-        self.test_BadInputsAreRefused()
-        self.setUp()
-        self.test_PropagationReachesDiceFloor()
-        self.setUp()
-        self.test_WidgetRunsInBackground()
+        """Every test, each after setUp(); a skipped test is reported as skipped, not failed
+        ("Reload and Test" calls this method directly, outside unittest's runner)."""
+        _ensureEngineImportable()
+        from P2SAMSlicerLib.selftest import run_test_methods
+
+        run_test_methods(self, ["test_EngineImports", "test_BadInputsAreRefused", "test_PropagationReachesDiceFloor",
+                                "test_WidgetRunsInBackground", "test_SeveralFollowupsInOneRun",
+                                "test_ProposalIntoExistingSegmentationIsOneUndoStep"], report=self.delayDisplay)
 
     # -- helpers -------------------------------------------------------------------------------
     def _dataDir(self) -> str:
@@ -813,20 +910,63 @@ class P2SAMSlicerTest(ScriptedLoadableModuleTest):
         priorNode, segmentationNode, followupNode, followup, truth = self._loadCase()
         outcome = P2SAMSlicerLogic().process(priorNode, segmentationNode, followupNode, segmentIds=["GTV"],
                                              device="cpu", parameters={"slice_margin_mm": 0.0, "max_parts": 2})
-        node = outcome.output_node
-        masks = mrml_bridge.masks_from_segmentation_node(node, followup)
+        outputNode = outcome.output_node
+        masks = mrml_bridge.masks_from_segmentation_node(outputNode, followup)
         expected = sitk.GetArrayFromImage(truth["GTV"]).astype(bool)
         got = masks["GTV"]
         dice = 2.0 * float((got & expected).sum()) / max(1, int(got.sum() + expected.sum()))
         self.assertGreaterEqual(dice, self.DICE_FLOOR)
-        self.assertEqual(node.GetNodeReference(slicer.vtkMRMLSegmentationNode.GetReferenceImageGeometryReferenceRole()),
+        self.assertEqual(outputNode.GetNodeReference(slicer.vtkMRMLSegmentationNode.GetReferenceImageGeometryReferenceRole()),
                          followupNode)
-        segment = node.GetSegmentation().GetSegment(node.GetSegmentation().GetNthSegmentID(0))
+        segment = outputNode.GetSegmentation().GetSegment(outputNode.GetSegmentation().GetNthSegmentID(0))
         self.assertEqual(segment.GetName(), "GTV")
         self.assertEqual(slicer.vtkSlicerSegmentationsModuleLogic.GetSegmentStatus(segment),
                          slicer.vtkSlicerSegmentationsModuleLogic.InProgress)
         self.assertTrue(np.allclose(segment.GetColor(), (0.9, 0.2, 0.2)))
         self.delayDisplay(f"Dice {dice:.3f} >= {self.DICE_FLOOR}")
+
+    def test_SeveralFollowupsInOneRun(self):
+        """Two follow-ups (one a copy moved by 3 mm) in one blocking run: two new segmentation nodes, one report."""
+        self._skipWithoutDependencies()
+        self.delayDisplay("Several follow-ups (registration only)")
+        import SimpleITK as sitk
+        from P2SAMSlicerLib import mrml_bridge
+        from P2SAMSlicerLib.followups import followup_list
+
+        priorNode, segmentationNode, followupNode, followup, _truth = self._loadCase()
+        moved = sitk.Image(followup)
+        moved.SetOrigin([v + d for v, d in zip(moved.GetOrigin(), (3.0, 0.0, 0.0))])
+        secondNode = mrml_bridge.image_to_volume_node(moved, slicer.mrmlScene, "second follow-up (SIMULATED)")
+        before = slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode")
+        outcome = P2SAMSlicerLogic().processSeries(priorNode, segmentationNode, followup_list(followupNode, [secondNode]),
+                                                   segmentIds=["GTV"], parameters={"method": "rigid"})
+        self.assertEqual(slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode"), before + 2)
+        self.assertEqual([outputNode.GetName() for outputNode in outcome.output_nodes],
+                         ["follow-up (SIMULATED) P2SAM", "second follow-up (SIMULATED) P2SAM"])
+        self.assertEqual(len(outcome.report["followups"]), 2)
+
+    def test_ProposalIntoExistingSegmentationIsOneUndoStep(self):
+        """A proposal written into the user's segmentation keeps its other segment; the Segment Editor's
+        undo takes the whole proposal back."""
+        self._skipWithoutDependencies()
+        self.delayDisplay("Proposal into an existing segmentation, undo")
+        from P2SAMSlicerLib import mrml_bridge
+
+        priorNode, segmentationNode, followupNode, followup, _truth = self._loadCase()
+        outcome = P2SAMSlicerLogic().process(priorNode, segmentationNode, followupNode, segmentIds=["VertebralBody"],
+                                             parameters={"method": "rigid"})
+        mine = outcome.output_node  # "my" segmentation on the follow-up, holding VertebralBody
+        before = mrml_bridge.masks_from_segmentation_node(mine, followup)["VertebralBody"]
+        widget = slicer.util.getModuleWidget("P2SAMSlicer")
+        P2SAMSlicerLogic().process(priorNode, segmentationNode, followupNode, mine, segmentIds=["GTV"],
+                                   parameters={"method": "rigid"}, save_state=widget.undoCheckpoint(mine))
+        masks = mrml_bridge.masks_from_segmentation_node(mine, followup)
+        self.assertEqual(sorted(masks), ["GTV", "VertebralBody"])
+        self.assertTrue((masks["VertebralBody"] == before).all(), "the user's segment was changed")
+        editor = slicer.modules.segmenteditor.widgetRepresentation().self().editor
+        self.assertIs(editor.segmentationNode(), mine)
+        editor.undo()
+        self.assertEqual(sorted(mrml_bridge.masks_from_segmentation_node(mine, followup)), ["VertebralBody"])
 
     def test_WidgetRunsInBackground(self):
         """The module panel's Apply runs in a background process and creates the output node."""
@@ -842,9 +982,7 @@ class P2SAMSlicerTest(ScriptedLoadableModuleTest):
         p.priorSegmentation = segmentationNode
         p.followupVolume = followupNode
         p.outputSegmentation = None
-        p.parameterNode.SetParameter("P2SAM.SelectionTouched", "1")
-        p.selectedSegmentIds = ["GTV"]
-        widget.updateSegmentList()
+        widget._selection().store(segmentationNode, ["GTV"])
         p.runInBackground = True
         p.device = "cpu"
         p.maxParts = 2
@@ -858,5 +996,6 @@ class P2SAMSlicerTest(ScriptedLoadableModuleTest):
             time.sleep(0.1)
         self.assertIsNone(widget._job, "the background run did not finish within 10 minutes")
         self.assertEqual(slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode"), nodesBefore + 1)
-        self.assertIsNotNone(widget._lastOutput)
-        self.assertIsNotNone(json.loads(widget._lastOutput.GetAttribute("P2SAM.Report")))
+        outputNode = widget._lastOutput
+        self.assertIsNotNone(outputNode)
+        self.assertIsNotNone(json.loads(outputNode.GetAttribute("P2SAM.Report")))

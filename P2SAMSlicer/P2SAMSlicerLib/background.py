@@ -25,8 +25,29 @@ from . import runner
 
 
 def default_python() -> str:
-    """Slicer's ``PythonSlicer`` when on the PATH (it sets up Slicer's environment), else this interpreter."""
-    return shutil.which("PythonSlicer") or sys.executable
+    """The interpreter for the background process: Slicer's ``PythonSlicer``.
+
+    Looked up on the PATH (Slicer puts its ``bin`` folder there), then next to
+    ``sys.executable``. ``sys.executable`` itself is used only when it is a Python
+    interpreter (its name starts with "python"): inside Slicer it may be the application
+    binary, and starting that would open a second Slicer instead of running the job.
+
+    Raises:
+        RuntimeError: no Python interpreter was found (the message says what to do).
+    """
+    found = shutil.which("PythonSlicer")
+    if found:
+        return found
+    executable = sys.executable or ""
+    folder = os.path.dirname(executable)
+    for name in ("PythonSlicer", "PythonSlicer.exe"):
+        candidate = os.path.join(folder, name)
+        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return candidate
+    if os.path.basename(executable).lower().startswith("python") and os.path.isfile(executable):
+        return executable
+    raise RuntimeError(f"cannot run P²SAM in the background: Slicer's PythonSlicer was found neither on the PATH "
+                       f"nor next to {executable or 'this program'}; untick 'Run in background' to run inside Slicer")
 
 
 def import_paths() -> List[str]:
@@ -43,22 +64,29 @@ def import_paths() -> List[str]:
 
 
 class BackgroundPropagation:
-    """One propagation in a child process.
+    """One run in a child process: a prior onto one follow-up, or onto several (model loaded once).
 
     Args:
-        prior_image, prior_segments, followup: the engine's inputs (SimpleITK images, Segments).
-        model, model_type, device, config: as :func:`.runner.run_propagation`.
+        prior_image, prior_segments: the prior (SimpleITK image, Segments on its grid).
+        followup: one follow-up image, or a list of them (visit order).
+        names, chain: the follow-ups' names; chaining (see :func:`.runner.run_series`).
+        model, model_type, device, config: as :func:`.runner.run_series`.
         python: interpreter to run (default :func:`default_python`).
         work_dir: parent of the job folder (default: the system temporary folder).
     """
 
-    def __init__(self, prior_image, prior_segments: Sequence, followup, *, model: str = "litemedsam",
-                 model_type: Optional[str] = None, device: str = "auto", config: Optional[dict] = None,
-                 python: Optional[str] = None, work_dir: Optional[str] = None) -> None:
-        self.folder = tempfile.mkdtemp(prefix="P2SAM-", dir=work_dir)
-        runner.write_job(self.folder, prior_image, prior_segments, followup, model=model, model_type=model_type,
-                         device=device, config=config)
+    def __init__(self, prior_image, prior_segments: Sequence, followup, *, names: Optional[Sequence[str]] = None,
+                 chain: bool = False, model: str = "litemedsam", model_type: Optional[str] = None,
+                 device: str = "auto", config: Optional[dict] = None, python: Optional[str] = None,
+                 work_dir: Optional[str] = None) -> None:
         self.python = python or default_python()
+        self.folder = tempfile.mkdtemp(prefix="P2SAM-", dir=work_dir)
+        try:
+            runner.write_job(self.folder, prior_image, prior_segments, followup, names=names, chain=chain,
+                             model=model, model_type=model_type, device=device, config=config)
+        except BaseException:
+            shutil.rmtree(self.folder, ignore_errors=True)
+            raise
         self.process: Optional[subprocess.Popen] = None
         self._offset = 0
         self._cancel_time: Optional[float] = None
@@ -67,6 +95,16 @@ class BackgroundPropagation:
 
     # -- life cycle -------------------------------------------------------------------------
     def start(self) -> None:
+        """Start the child process; if it cannot start, the job folder is removed and RuntimeError raised."""
+        try:
+            self._start()
+        except BaseException as exc:
+            self.cleanup()
+            if isinstance(exc, OSError):
+                raise RuntimeError(f"the background process could not be started with {self.python}: {exc}") from None
+            raise
+
+    def _start(self) -> None:
         env = dict(os.environ)
         extra = os.pathsep.join(import_paths())
         env["PYTHONPATH"] = extra + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
@@ -160,10 +198,16 @@ class BackgroundPropagation:
         return "\n".join(text.splitlines()[-lines:])
 
     def result(self):
-        """``(segments, report)`` of a successful run (see :func:`.runner.read_result`)."""
+        """``(segments, report)`` of a successful run's (first) follow-up (see :func:`.runner.read_result`)."""
         if self.returncode != 0:
             raise RuntimeError("the background propagation has not finished successfully")
         return runner.read_result(self.folder)
+
+    def results(self) -> dict:
+        """Every follow-up's outcome and the combined report (see :func:`.runner.read_results`)."""
+        if self.returncode != 0:
+            raise RuntimeError("the background propagation has not finished successfully")
+        return runner.read_results(self.folder)
 
     def cleanup(self) -> None:
         """Stop the process if needed and delete the job folder."""

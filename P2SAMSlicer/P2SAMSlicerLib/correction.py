@@ -12,6 +12,7 @@ masks returned are bool ``[j, i]`` slices.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
@@ -238,3 +239,65 @@ def view_normal_matches_k(slice_to_ras: np.ndarray, ijk_to_ras: np.ndarray, tole
     k_normal = np.cross(m[:, 0], m[:, 1])
     cos = abs(float(normal @ k_normal)) / max(1e-12, np.linalg.norm(normal) * np.linalg.norm(k_normal))
     return cos >= np.cos(np.radians(tolerance_deg))
+
+
+@dataclass
+class ClickTarget:
+    """Where a click on a slice view lands in the source volume, or why it is not the effect's to handle.
+
+    Attributes:
+        k, j, i: array indices ``[k, j, i]`` of the clicked voxel (slice, row, column).
+        problem: None when the click is on a voxel of a slice the view shows; otherwise a short
+            message for the effect's status line (the click is then left to Slicer, unconsumed).
+    """
+
+    k: int = -1
+    j: int = -1
+    i: int = -1
+    problem: Optional[str] = None
+
+    @property
+    def ok(self) -> bool:
+        return self.problem is None
+
+
+#: message when a view shows planes other than the source volume's slices
+NOT_ALIGNED = ("This view does not show slices of the source volume (P²SAM corrects one slice at a time); "
+               "click in the view that shows them (e.g. Red/axial for an axial CT), or reset its orientation.")
+#: message when the click lies outside the source volume
+OUTSIDE = "The click is outside the source volume."
+
+
+def _vtk_matrix_array(matrix) -> np.ndarray:
+    return np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)], dtype=np.float64)
+
+
+def click_target(slice_node, ijk_to_ras: np.ndarray, shape_kji: Sequence[int], xy: Sequence[float],
+                 parent_transform_node=None) -> ClickTarget:
+    """The voxel under a click on a slice view, as Slicer's Segment Editor computes it.
+
+    Args:
+        slice_node: the view's ``vtkMRMLSliceNode`` (its XYToRAS maps view pixels to RAS).
+        ijk_to_ras: the source volume's 4 x 4 matrix from array index ``(i, j, k)`` to RAS.
+        shape_kji: the source volume's array shape.
+        xy: the click in view pixels (the interactor's event position).
+        parent_transform_node: the segmentation's parent transform, if any (linear only).
+    Returns:
+        A :class:`ClickTarget`; ``problem`` is set when the view does not show planes of constant
+        ``k`` of the volume (within 1 degree), the click is outside the volume, or the
+        segmentation is under a non-linear transform.
+    """
+    if not view_normal_matches_k(_vtk_matrix_array(slice_node.GetSliceToRAS()), ijk_to_ras):
+        return ClickTarget(problem=NOT_ALIGNED)
+    ras = _vtk_matrix_array(slice_node.GetXYToRAS()) @ np.array([float(xy[0]), float(xy[1]), 0.0, 1.0])
+    if parent_transform_node is not None:
+        if not parent_transform_node.IsTransformToWorldLinear():
+            return ClickTarget(problem="The segmentation is under a non-linear transform; harden it first.")
+        world_to_parent = vtk.vtkMatrix4x4()
+        parent_transform_node.GetMatrixTransformFromWorld(world_to_parent)
+        ras = _vtk_matrix_array(world_to_parent) @ ras
+    ijk = np.linalg.solve(np.asarray(ijk_to_ras, dtype=np.float64), ras)[:3]
+    i, j, k = (int(np.floor(v + 0.5)) for v in ijk)
+    if not (0 <= k < shape_kji[0] and 0 <= j < shape_kji[1] and 0 <= i < shape_kji[2]):
+        return ClickTarget(k, j, i, problem=OUTSIDE)
+    return ClickTarget(k, j, i)

@@ -210,27 +210,27 @@ def install_missing(confirm: Callable[[str], bool], pip_install: Callable[[List[
         return InstallOutcome([], True, False, "Installation declined: P²SAM cannot run without these packages.")
     to_install = ([TORCH] if need_torch else []) + list(need_pip)
     loaded_before = {r.module for r in to_install if r.module in sys.modules}
-    installed: List[str] = []
-    if need_torch:
-        if not install_torch():
-            raise RuntimeError("PyTorch could not be installed; install it from the PyTorch Utils module "
-                               "(PyTorch extension), then try again")
-        installed.append(TORCH.name)
+    if need_torch and not install_torch():
+        raise RuntimeError("PyTorch could not be installed; install it from the PyTorch Utils module "
+                           "(PyTorch extension), then try again")
     for r in need_pip:
         pip_install(pip_arguments(r))
-        installed.append(r.name)
     importlib.invalidate_caches()
-    replaced = sorted(loaded_before)
-    restart = bool(replaced)
-    still = missing() + ([TORCH] if torch_missing() else [])
-    if still and not restart:
+    # what is usable now, checked again: not what was asked for
+    installed = [r for r in to_install if satisfies(installed_version(r), r.specifier)]
+    still = [r for r in to_install if r not in installed]
+    if still:
+        done = (" (" + ", ".join(r.name for r in installed) + " did install)") if installed else ""
         raise RuntimeError("installation finished but these packages are still not usable: "
-                           + ", ".join(r.requirement for r in still) + "; see the Python console for pip's output")
-    message = "Installed: " + ", ".join(installed) + "."
+                           + ", ".join(r.requirement for r in still) + done
+                           + "; see the Python console for pip's output")
+    replaced = sorted(r.module for r in installed if r.module in loaded_before)
+    restart = bool(replaced)
+    message = "Installed: " + ", ".join(r.name for r in installed) + "."
     if restart:
         message += (" Restart Slicer before using P²SAM: " + ", ".join(replaced)
                     + " had already been loaded in this session.")
-    return InstallOutcome(installed, False, restart, message)
+    return InstallOutcome([r.name for r in installed], False, restart, message)
 
 
 def slicer_install_missing(ask: bool = True) -> InstallOutcome:

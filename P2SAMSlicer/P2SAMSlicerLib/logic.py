@@ -20,7 +20,7 @@ import SimpleITK as sitk
 
 from . import mrml_bridge
 from .mrml_bridge import BridgeError
-from .runner import load_model_cached, run_propagation
+from .runner import run_propagation
 
 #: defaults shown in the GUI and used by :meth:`PropagationLogic.process`
 DEFAULT_PARAMETERS = {"max_parts": 5, "negative_parts": 1, "roi_margin_mm": 15.0, "slice_margin_mm": 5.0}
@@ -50,6 +50,15 @@ class ProcessOutcome:
     """What :meth:`PropagationLogic.process` returns: the new node and the engine's report (dict)."""
 
     output_node: object
+    report: dict
+    result: object = None
+
+
+@dataclass
+class SeriesOutcome:
+    """What :meth:`PropagationLogic.processSeries` returns: one new node per follow-up, the combined report."""
+
+    output_nodes: List
     report: dict
     result: object = None
 
@@ -112,13 +121,14 @@ class PropagationLogic:
                 segmentIds: Optional[Sequence[str]] = None, model: Union[str, object] = "litemedsam",
                 modelType: Optional[str] = None, device: str = "auto", parameters: Optional[dict] = None,
                 progress: Optional[Callable[[float, str], None]] = None,
-                cancel: Optional[Callable[[], bool]] = None, outputName: Optional[str] = None) -> ProcessOutcome:
+                cancel: Optional[Callable[[], bool]] = None, outputName: Optional[str] = None,
+                save_state: Optional[Callable[[], None]] = None) -> ProcessOutcome:
         """Propagate (blocking) and return the output segmentation node.
 
         Args:
             priorVolume, followupVolume: ``vtkMRMLScalarVolumeNode``.
             priorSegmentation: ``vtkMRMLSegmentationNode`` drawn on ``priorVolume`` (not modified).
-            outputSegmentation: node to fill (its segments are replaced), or None: a new node.
+            outputSegmentation: the user's node to write into (see :meth:`createOutput`), or None: a new node.
             segmentIds: prior segment IDs to propagate, in this order (None: all).
             model: ``"litemedsam"`` (embedded), a SAM checkpoint path, or a loaded model.
             modelType: ``vit_b``/``vit_l``/``vit_h`` for a checkpoint (None or ``"auto"``: inferred).
@@ -127,6 +137,7 @@ class PropagationLogic:
             progress: ``(fraction 0-1, message)`` callback; cancel: polled, True stops the run.
             outputName: name of the output node (default: ``"<follow-up> P2SAM"`` for a new node; a
                 given ``outputSegmentation`` keeps its name).
+            save_state: called once before the proposal is written into ``outputSegmentation`` (undo).
         Returns:
             :class:`ProcessOutcome` with the node (reference geometry = the follow-up's,
             placed next to the follow-up in the subject hierarchy, the report on the node).
@@ -138,35 +149,118 @@ class PropagationLogic:
         result = run_propagation(inputs.prior_image, inputs.prior_segments, inputs.followup_image, model=model,
                                  model_type=modelType, device=device, config=parameters, progress=progress,
                                  cancel=cancel)
+        if cancel is not None and cancel():  # asked to stop (e.g. the scene closed) after the engine's last check
+            from P2SAMLogic.errors import CancelledError
+
+            raise CancelledError("cancelled by the caller; nothing was added to the scene")
         report = result.report_dict()
         choice = {"model": model if isinstance(model, str) else "litemedsam", "model_type": modelType,
                   "device": device}
         node = self.createOutput(result.segments, report, inputs.followup_image, followupVolume, outputSegmentation,
-                                 outputName, choice)
+                                 outputName, choice, save_state=save_state)
         return ProcessOutcome(node, report, result)
 
+    # -- several follow-ups ---------------------------------------------------------------------
+    def prepareSeries(self, priorVolume, priorSegmentation, followups: Sequence,
+                      segmentIds: Optional[Sequence[str]] = None) -> PreparedInputs:
+        """Check the prior and copy it (like :meth:`prepareInputs`) for a run on several follow-ups.
+
+        Args:
+            followups: :class:`.followups.Followup` items (:func:`.followups.followup_list`).
+        Raises:
+            BridgeError: as :meth:`prepareInputs`; a follow-up identical to the prior (names it).
+        """
+        if priorVolume is None:
+            raise BridgeError("select the prior volume (the scan the prior segmentation was drawn on)")
+        if priorSegmentation is None:
+            raise BridgeError("select the prior segmentation")
+        if not followups:
+            raise BridgeError("select the follow-up volume (or a follow-up sequence)")
+        if segmentIds is not None and len(segmentIds) == 0:
+            raise BridgeError(f"no segment of '{priorSegmentation.GetName()}' is selected; tick at least one")
+        prior = mrml_bridge.volume_node_to_image(priorVolume, "prior volume")
+        for f in followups:
+            if (f.volume_node is not None and f.volume_node.GetID() == priorVolume.GetID()) or _identical(prior, f.image):
+                raise BridgeError(f"the follow-up '{f.name}' is the prior volume '{priorVolume.GetName()}'; "
+                                  "remove it from the follow-ups")
+        segments = mrml_bridge.segments_from_segmentation_node(
+            priorSegmentation, prior, segmentIds, reference_name=f"the prior volume '{priorVolume.GetName()}'")
+        return PreparedInputs(prior, segments, followups[0].image, priorVolume.GetName(), followups[0].name,
+                              priorSegmentation.GetName())
+
+    def processSeries(self, priorVolume, priorSegmentation, followups: Sequence,
+                      segmentIds: Optional[Sequence[str]] = None, model: Union[str, object] = "litemedsam",
+                      modelType: Optional[str] = None, device: str = "auto", parameters: Optional[dict] = None,
+                      chain: bool = False, progress: Optional[Callable[[float, str], None]] = None,
+                      cancel: Optional[Callable[[], bool]] = None) -> "SeriesOutcome":
+        """Propagate onto several follow-ups in one run (the model loaded once), one new node each.
+
+        Args:
+            followups: :class:`.followups.Followup` items, in visit order.
+            chain: each follow-up from the previous one's result instead of from the prior.
+            (the others as :meth:`process`)
+        Returns:
+            :class:`SeriesOutcome`: one new segmentation node per follow-up (named
+            ``"<follow-up> P2SAM"``), the combined report, the engine's result.
+        Raises:
+            as :meth:`process`; nothing is added to the scene unless every follow-up succeeded.
+        """
+        from .runner import run_series
+
+        inputs = self.prepareSeries(priorVolume, priorSegmentation, followups, segmentIds)
+        series = run_series(inputs.prior_image, inputs.prior_segments, [f.image for f in followups],
+                            names=[f.name for f in followups], chain=chain, model=model, model_type=modelType,
+                            device=device, config=parameters, progress=progress, cancel=cancel)
+        if cancel is not None and cancel():
+            from P2SAMLogic.errors import CancelledError
+
+            raise CancelledError("cancelled by the caller; nothing was added to the scene")
+        for f in followups:
+            if f.volume_node is not None and not self.scene.IsNodePresent(f.volume_node):
+                raise BridgeError(f"the follow-up volume '{f.name}' was removed from the scene during the run; "
+                                  "nothing was written")
+        choice = {"model": model if isinstance(model, str) else "litemedsam", "model_type": modelType,
+                  "device": device}
+        nodes = [self.createOutput(r.segments, r.report_dict(), f.image, f.volume_node, None,
+                                   f"{f.name} P2SAM", choice) for f, r in zip(followups, series.results)]
+        return SeriesOutcome(nodes, series.report_dict(), series)
+
     def createOutput(self, segments: Sequence, report: dict, followupImage: sitk.Image, followupVolume,
-                     outputSegmentation=None, outputName: Optional[str] = None, modelChoice: Optional[dict] = None):
-        """Write the engine's segments into the output node (new unless given); returns the node.
+                     outputSegmentation=None, outputName: Optional[str] = None, modelChoice: Optional[dict] = None,
+                     save_state: Optional[Callable[[], None]] = None, masking=None):
+        """Write the engine's segments into a new node, or into the node the user chose; returns the node.
+
+        A new node (``outputSegmentation`` None) is named ``"<follow-up> P2SAM"`` (or ``outputName``),
+        has the follow-up's geometry and sits next to it. A chosen node keeps its name and its other
+        segments: the proposal is written as a Segment Editor edit (:func:`.editing.write_proposal`:
+        the editor's overwrite, editable-area and intensity settings apply; ``save_state`` is called
+        once before, for one undo step). ``followupVolume`` may be None for a Sequence item: the
+        geometry then comes from ``followupImage``.
 
         The node also keeps the report, the follow-up geometry it refers to and the model
         choice (node attributes), for the flagged-slice list and the Segment Editor effect.
         """
-        if followupVolume is None or not self.scene.IsNodePresent(followupVolume):
+        if followupVolume is not None and not self.scene.IsNodePresent(followupVolume):
             raise BridgeError("the follow-up volume was removed from the scene during the run; nothing was written")
-        # a new node is named after the follow-up; a node the user chose keeps its name
-        name = outputName or (None if outputSegmentation is not None else f"{followupVolume.GetName()} P2SAM")
-        node = mrml_bridge.segments_to_segmentation_node(self.scene, segments, followupImage, name,
-                                                         reference_volume_node=followupVolume, node=outputSegmentation)
+        if outputSegmentation is None:
+            base = followupVolume.GetName() if followupVolume is not None else "follow-up"
+            node = mrml_bridge.segments_to_segmentation_node(self.scene, segments, followupImage,
+                                                             outputName or f"{base} P2SAM",
+                                                             reference_volume_node=followupVolume)
+        else:
+            from . import editing
+
+            node = outputSegmentation
+            masking = masking or editing.EditorMasking.from_scene(self.scene, node)
+            source = None
+            if masking.intensity_range is not None and followupVolume is not None:
+                import slicer
+
+                source = slicer.vtkSlicerSegmentationsModuleLogic.CreateOrientedImageDataFromVolumeNode(followupVolume)
+            editing.write_proposal(node, segments, followupImage, masking, source, save_state)
         mrml_bridge.store_report(node, report, followupImage)
         node.SetAttribute(mrml_bridge.MODEL_ATTRIBUTE, json.dumps(modelChoice or {"model": "litemedsam"}))
         return node
-
-    # -- models (shared with the Segment Editor effect) ------------------------------------------
-    @staticmethod
-    def model(model: Union[str, object] = "litemedsam", modelType: Optional[str] = None, device: str = "auto"):
-        """The loaded model, cached for the session (its embeddings too)."""
-        return load_model_cached(model, modelType, device)
 
     @staticmethod
     def flaggedSliceLocations(outputNode) -> List[dict]:
@@ -194,3 +288,40 @@ def _identical(a: sitk.Image, b: sitk.Image) -> bool:
     if not same_geometry(a, b):
         return False
     return bool(np.array_equal(sitk.GetArrayViewFromImage(a), sitk.GetArrayViewFromImage(b)))
+
+
+def _fmt(value) -> str:
+    return "" if value is None else f"{float(value):.2f}"
+
+
+def _followup_label(output) -> str:
+    outputNode, _report, followupVolume = output
+    return followupVolume.GetName() if followupVolume is not None else outputNode.GetName()
+
+
+def summary_rows(outputs: Sequence) -> List[List[str]]:
+    """The panel's report table: one row per (follow-up, segment).
+
+    Args:
+        outputs: ``[(output node, report dict, follow-up volume node or None)]``.
+    Returns:
+        Rows of text: follow-up, segment, prior mL, follow-up mL, change %, slices processed, slices flagged.
+    """
+    rows = []
+    for output in outputs:
+        for s in output[1].get("segments", []):
+            change = s.get("change_percent")
+            rows.append([_followup_label(output), str(s.get("name", "")), _fmt(s.get("prior_volume_ml")),
+                         _fmt(s.get("followup_volume_ml")), "n/a" if change is None else f"{change:+.1f}",
+                         str(s.get("slices_processed", "")), str(s.get("slices_flagged", ""))])
+    return rows
+
+
+def flagged_rows(logic: PropagationLogic, outputs: Sequence) -> List[dict]:
+    """Every flagged slice of every output: :meth:`PropagationLogic.flaggedSliceLocations` entries plus
+    ``"followup"`` (name) and ``"volume"`` (the follow-up volume node to show, or None)."""
+    out = []
+    for output in outputs:
+        for entry in logic.flaggedSliceLocations(output[0]):
+            out.append(dict(entry, followup=_followup_label(output), volume=output[2]))
+    return out

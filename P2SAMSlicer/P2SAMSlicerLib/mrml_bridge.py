@@ -97,10 +97,10 @@ def geometry_of(image: sitk.Image) -> dict:
             "ijk_to_ras": [[round(float(v), 6) for v in row] for row in ijk_to_ras_from_image(image)]}
 
 
-def _require_untransformed(node, role: str) -> None:
-    if node is not None and node.GetParentTransformNode() is not None:
-        raise BridgeError(f"{role} '{node.GetName()}' is under the transform "
-                          f"'{node.GetParentTransformNode().GetName()}'; harden the transform "
+def _require_untransformed(transformable_node, role: str) -> None:
+    if transformable_node is not None and transformable_node.GetParentTransformNode() is not None:
+        raise BridgeError(f"{role} '{transformable_node.GetName()}' is under the transform "
+                          f"'{transformable_node.GetParentTransformNode().GetName()}'; harden the transform "
                           "(Data module: right-click > Harden transform) or remove it, then try again")
 
 
@@ -432,6 +432,16 @@ def masks_from_segmentation_node(segmentation_node, reference: sitk.Image) -> Di
         label = int(segment.GetLabelValue()) if _is_shared(segmentation, sid) else None
         out[segment.GetName()] = oriented_image_to_mask(oriented, reference, label)
     return out
+
+
+def segment_mask(segmentation_node, segment_id: str, reference: sitk.Image) -> np.ndarray:
+    """One segment as bool ``[k, j, i]`` on ``reference``'s grid (shared labelmap layers handled)."""
+    segmentation = _labelmap_segmentation(segmentation_node, reference)
+    segment = segmentation.GetSegment(segment_id)
+    if segment is None:
+        raise BridgeError(f"segmentation '{segmentation_node.GetName()}' has no segment with ID {segment_id}")
+    label = int(segment.GetLabelValue()) if _is_shared(segmentation, segment_id) else None
+    return oriented_image_to_mask(segment.GetRepresentation(BINARY_LABELMAP), reference, label)
 
 
 def segment_tag(segment, key: str) -> Optional[str]:

@@ -1,4 +1,6 @@
-"""Run one propagation from files: the program behind the module's background process.
+"""Run a propagation from files: the program behind the module's background process.
+
+One prior onto one or several follow-ups (:func:`run_series`, the model loaded once).
 
 Pure Python (SimpleITK + P2SAMLogic; no Slicer, Qt or VTK), so that it runs in a plain
 ``PythonSlicer`` process while Slicer's GUI stays responsive. :func:`run_propagation` is
@@ -7,18 +9,19 @@ the same code.
 
 Job folder (written by :mod:`.background`, read here)::
 
-    job.json        {"prior": "prior.nrrd", "followup": "followup.nrrd",
-                     "segments": [{"name", "color", "segment_id", "file"}...],
+    job.json        {"prior": "prior.nrrd", "followups": [{"name", "file": "followup_<k>.nrrd"}...],
+                     "chain": false, "segments": [{"name", "color", "segment_id", "file"}...],
                      "model": "litemedsam" | checkpoint path, "model_type": null | "vit_b"...,
                      "device": "auto" | "cpu" | ..., "config": {PropagationConfig fields}}
-    prior.nrrd, followup.nrrd, segment_<n>.nrrd      inputs (masks on the prior's grid)
+    prior.nrrd, followup_<k>.nrrd, segment_<n>.nrrd      inputs (masks on the prior's grid)
 
 Written here::
 
     progress.jsonl  one {"fraction": 0-1, "message": "..."} per line, as the run advances
-    result.json     {"report": PropagationResult.report_dict(),
-                     "segments": [{"name", "color", "segment_id", "tags", "file"}...]}
-    result_<n>.nrrd output masks (uint8 0/1, follow-up grid)
+    result.json     {"report": the report (one follow-up) or the combined report (several),
+                     "followups": [{"name", "report": PropagationResult.report_dict(),
+                                    "segments": [{"name", "color", "segment_id", "tags", "file"}...]}...]}
+    result_<k>_<n>.nrrd  output masks (uint8 0/1, follow-up k's grid)
     error.json      {"type": "InputError" | "CancelledError" | ..., "message": "..."} on failure
 
 The run stops with :class:`~P2SAMLogic.errors.CancelledError` as soon as a file named
@@ -102,64 +105,101 @@ def run_propagation(prior_image: sitk.Image, prior_segments: Sequence, followup:
                      device=device or "auto", config=cfg, progress=progress, cancel=cancel)
 
 
+def run_series(prior_image: sitk.Image, prior_segments: Sequence, followups: Sequence[sitk.Image], *,
+               names: Optional[Sequence[str]] = None, chain: bool = False,
+               model: Union[str, object] = "litemedsam", model_type: Optional[str] = None,
+               device: str = "auto", config: Optional[dict] = None,
+               progress: Optional[Callable[[float, str], None]] = None,
+               cancel: Optional[Callable[[], bool]] = None):
+    """:func:`P2SAMLogic.series.propagate_series` with the model loaded (or reused) by :func:`load_model_cached`.
+
+    Returns:
+        The engine's :class:`~P2SAMLogic.series.SeriesResult` (one result per follow-up).
+    """
+    from P2SAMLogic.series import propagate_series
+
+    cfg = make_config(config)
+    if progress is not None:
+        progress(0.0, "loading the model")
+    net = load_model_cached(model, model_type, device) if cfg.method != "rigid" else "litemedsam"
+    return propagate_series(prior_image, list(prior_segments), list(followups), model=net, device=device or "auto",
+                            config=cfg, chain=chain, names=names, progress=progress, cancel=cancel)
+
+
 # ------------------------------------------------------------------------------------------
 # job folder I/O (shared with .background)
 
 
 def write_json_atomic(path: str, data) -> None:
-    tmp = path + ".part"
-    with open(tmp, "w", encoding="utf-8") as handle:
-        json.dump(data, handle, default=json_default)
-    os.replace(tmp, path)
+    """Write ``data`` as JSON, atomically (:mod:`P2SAMLogic.outputs`: one helper for every output)."""
+    from P2SAMLogic.outputs import dumps_json, write_text_atomic
+
+    write_text_atomic(path, dumps_json(data))
 
 
 def json_default(o):
-    """``json`` fallback for numpy scalars/arrays (non-finite floats -> null), else ``str``."""
-    try:
-        import numpy as np
+    """``json`` fallback for numpy values: :func:`P2SAMLogic.outputs.json_default`."""
+    from P2SAMLogic.outputs import json_default as default
 
-        if isinstance(o, np.integer):
-            return int(o)
-        if isinstance(o, np.floating):
-            return float(o) if np.isfinite(o) else None
-        if isinstance(o, np.ndarray):
-            return o.tolist()
-    except ImportError:  # pragma: no cover
-        pass
-    return str(o)
+    return default(o)
 
 
-def write_job(folder: str, prior_image: sitk.Image, prior_segments: Sequence, followup: sitk.Image, *,
+def write_job(folder: str, prior_image: sitk.Image, prior_segments: Sequence, followups, *,
+              names: Optional[Sequence[str]] = None, chain: bool = False,
               model: str = "litemedsam", model_type: Optional[str] = None, device: str = "auto",
               config: Optional[dict] = None) -> str:
-    """Write a job folder for :func:`main`; returns the path of its ``job.json``."""
+    """Write a job folder for :func:`main`; returns the path of its ``job.json``.
+
+    Args:
+        followups: one follow-up image, or several (a list, in visit order).
+        names: the follow-ups' names (default ``"follow-up 1"``...); chain: see :func:`run_series`.
+    """
     os.makedirs(folder, exist_ok=True)
+    followups = list(followups) if isinstance(followups, (list, tuple)) else [followups]
+    names = list(names) if names is not None else [f"follow-up {n + 1}" for n in range(len(followups))]
     sitk.WriteImage(prior_image, os.path.join(folder, "prior.nrrd"))
-    sitk.WriteImage(followup, os.path.join(folder, "followup.nrrd"))
+    entries = []
+    for n, (image, name) in enumerate(zip(followups, names)):
+        file = f"followup_{n}.nrrd"
+        sitk.WriteImage(image, os.path.join(folder, file))
+        entries.append({"name": str(name), "file": file})
     segments = []
     for n, s in enumerate(prior_segments):
         name = f"segment_{n}.nrrd"
         sitk.WriteImage(s.mask, os.path.join(folder, name), True)
         segments.append({"name": s.name, "color": [float(c) for c in s.color], "segment_id": s.segment_id,
                          "tags": dict(s.tags or {}), "file": name})
-    job = {"prior": "prior.nrrd", "followup": "followup.nrrd", "segments": segments, "model": model,
+    job = {"prior": "prior.nrrd", "followups": entries, "chain": bool(chain), "segments": segments, "model": model,
            "model_type": model_type, "device": device, "config": dict(config or {})}
     path = os.path.join(folder, "job.json")
     write_json_atomic(path, job)
     return path
 
 
-def read_result(folder: str) -> Tuple[List, dict]:
-    """``(segments, report)`` written by a finished job: :class:`Segment` list (follow-up grid), report dict."""
+def _read_segments(folder: str, entries: Sequence[dict]) -> List:
     from P2SAMLogic.volume import Segment
 
+    out = []
+    for s in entries:
+        mask = sitk.Cast(sitk.ReadImage(os.path.join(folder, s["file"])), sitk.sitkUInt8)
+        out.append(Segment(s["name"], tuple(s["color"]), mask, s.get("segment_id", ""), dict(s.get("tags", {}))))
+    return out
+
+
+def read_result(folder: str) -> Tuple[List, dict]:
+    """``(segments, report)`` of the first (or only) follow-up of a finished job (follow-up grid)."""
+    first = read_results(folder)["followups"][0]
+    return first["segments"], first["report"]
+
+
+def read_results(folder: str) -> dict:
+    """A finished job's outcome: ``{"report": report (combined for several follow-ups), "followups":
+    [{"name", "segments": [Segment on that follow-up's grid], "report"}]}``."""
     with open(os.path.join(folder, "result.json"), encoding="utf-8") as handle:
         result = json.load(handle)
-    segments = []
-    for s in result["segments"]:
-        mask = sitk.ReadImage(os.path.join(folder, s["file"]))
-        segments.append(Segment(s["name"], tuple(s["color"]), mask, s.get("segment_id", ""), dict(s.get("tags", {}))))
-    return segments, result["report"]
+    return {"report": result["report"],
+            "followups": [{"name": f["name"], "report": f["report"], "segments": _read_segments(folder, f["segments"])}
+                          for f in result["followups"]]}
 
 
 def read_error(folder: str) -> Optional[dict]:
@@ -171,17 +211,11 @@ def read_error(folder: str) -> Optional[dict]:
 
 
 def _read_job(folder: str):
-    from P2SAMLogic.volume import Segment
-
     with open(os.path.join(folder, "job.json"), encoding="utf-8") as handle:
         job = json.load(handle)
     prior = sitk.ReadImage(os.path.join(folder, job["prior"]))
-    followup = sitk.ReadImage(os.path.join(folder, job["followup"]))
-    segments = []
-    for s in job["segments"]:
-        mask = sitk.Cast(sitk.ReadImage(os.path.join(folder, s["file"])), sitk.sitkUInt8)
-        segments.append(Segment(s["name"], tuple(s["color"]), mask, s.get("segment_id", ""), dict(s.get("tags", {}))))
-    return job, prior, segments, followup
+    followups = [sitk.ReadImage(os.path.join(folder, f["file"])) for f in job["followups"]]
+    return job, prior, _read_segments(folder, job["segments"]), followups
 
 
 def run_job(folder: str) -> int:
@@ -204,17 +238,22 @@ def run_job(folder: str) -> int:
         return os.path.exists(cancel_path)
 
     try:
-        job, prior, segments, followup = _read_job(folder)
-        result = run_propagation(prior, segments, followup, model=job.get("model") or "litemedsam",
-                                 model_type=job.get("model_type"), device=job.get("device") or "auto",
-                                 config=job.get("config"), progress=progress, cancel=cancel)
-        out = []
-        for n, s in enumerate(result.segments):
-            name = f"result_{n}.nrrd"
-            sitk.WriteImage(sitk.Cast(s.mask, sitk.sitkUInt8), os.path.join(folder, name), True)
-            out.append({"name": s.name, "color": [float(c) for c in s.color], "segment_id": s.segment_id,
-                        "tags": dict(s.tags), "file": name})
-        write_json_atomic(os.path.join(folder, "result.json"), {"report": result.report_dict(), "segments": out})
+        job, prior, segments, followups = _read_job(folder)
+        series = run_series(prior, segments, followups, names=[f["name"] for f in job["followups"]],
+                            chain=bool(job.get("chain")), model=job.get("model") or "litemedsam",
+                            model_type=job.get("model_type"), device=job.get("device") or "auto",
+                            config=job.get("config"), progress=progress, cancel=cancel)
+        entries = []
+        for k, (name, result) in enumerate(zip(series.names, series.results)):
+            out = []
+            for n, s in enumerate(result.segments):
+                file = f"result_{k}_{n}.nrrd"
+                sitk.WriteImage(sitk.Cast(s.mask, sitk.sitkUInt8), os.path.join(folder, file), True)
+                out.append({"name": s.name, "color": [float(c) for c in s.color], "segment_id": s.segment_id,
+                            "tags": dict(s.tags), "file": file})
+            entries.append({"name": name, "report": result.report_dict(), "segments": out})
+        report = entries[0]["report"] if len(entries) == 1 else series.report_dict()
+        write_json_atomic(os.path.join(folder, "result.json"), {"report": report, "followups": entries})
         progress(1.0, "done")
         return EXIT_OK
     except CancelledError as e:

@@ -101,3 +101,53 @@ def imported_roots(tree, top_level_only: bool = False):
                 yield alias.name.split(".")[0]
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
             yield node.module.split(".")[0]
+
+
+# -- scale-out: a small simulated cohort (seconds per case) and its `p2sam propagate` reference -------
+import os  # noqa: E402
+
+
+def require_extra(module: str, extra: str):
+    """Import an optional extra's module, or skip (fail instead when P2SAM_REQUIRE_EXTRAS=1, as in
+    scripts/run_tests.sh, so that a broken install cannot hide behind a skip)."""
+    if os.environ.get("P2SAM_REQUIRE_EXTRAS") == "1":
+        import importlib
+
+        return importlib.import_module(module)
+    return pytest.importorskip(module, reason=f"needs the '{extra}' extra: pip install -e '.[{extra}]'")
+
+
+@pytest.fixture(scope="session")
+def small_cohort(tmp_path_factory):
+    """A folder with the small simulated cohort of Testing/Tools/make_small_cohort.py (seeds 1 and 2
+    plus a broken case) and ``cohort.csv``."""
+    from make_small_cohort import make_small_cohort
+
+    folder = tmp_path_factory.mktemp("small_cohort")
+    make_small_cohort(folder, seeds=(1, 2), broken=True)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def small_cohort_cli(small_cohort, tmp_path_factory):
+    """``{seed: Dice to the truth}`` of plain ``p2sam propagate`` runs (the reference for cohort and server)."""
+    import SimpleITK as sitk  # noqa: F811
+
+    from make_small_cohort import FAST_OPTIONS
+    from P2SAMLogic.cli import main
+    from P2SAMLogic.io3d import read_segmentation, read_volume
+
+    out = tmp_path_factory.mktemp("small_cohort_cli")
+    dice = {}
+    for seed in (1, 2):
+        target = out / f"cli_{seed}.seg.nrrd"
+        code = main(["propagate", "--quiet", "--device", "cpu", "--segments", "GTV", *FAST_OPTIONS,
+                     "--prior-image", str(small_cohort / "prior_ct.nrrd"),
+                     "--prior-segmentation", str(small_cohort / "prior.seg.nrrd"),
+                     "--followup", str(small_cohort / f"followup_{seed}.nrrd"), "--output", str(target)])
+        assert code == 0
+        fu, src = read_volume(str(small_cohort / f"followup_{seed}.nrrd"))
+        a = read_segmentation(str(target), fu, src)[0].array()
+        b = read_segmentation(str(small_cohort / f"truth_{seed}.seg.nrrd"), fu, src)[0].array()
+        dice[seed] = 2.0 * float((a & b).sum()) / max(1, int(a.sum()) + int(b.sum()))
+    return dice

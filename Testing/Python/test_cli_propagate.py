@@ -43,7 +43,10 @@ def run(capsys, *args):
 
 
 def snapshot(folder: Path) -> dict:
-    return {p.name: p.read_bytes() for p in Path(folder).iterdir() if p.is_file()}
+    """Every file and folder under ``folder``, recursively, hidden ones included: ``{relative path: bytes}``
+    (folders map to None), so a half-written file anywhere below it is caught."""
+    folder = Path(folder)
+    return {str(p.relative_to(folder)): (p.read_bytes() if p.is_file() else None) for p in sorted(folder.rglob("*"))}
 
 
 def test_p2sam_writes_segmentation_report_and_overlay(tmp_path, files, capsys):
@@ -117,6 +120,14 @@ def test_dicom_in_rtstruct_in_dicom_seg_out(tmp_path, files, capsys, lung_crop):
 
 
 # -- bad input: exit 2, a message naming the input, nothing written, inputs untouched --------------
+
+def test_snapshot_sees_hidden_files_in_sub_folders(tmp_path):
+    before = snapshot(tmp_path)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / ".o.seg.nrrd.1234.tmp").write_bytes(b"half")
+    after = snapshot(tmp_path)
+    assert after != before and after["out/.o.seg.nrrd.1234.tmp"] == b"half"
+
 
 def expect_error(capsys, tmp_path, args, pattern):
     before = snapshot(tmp_path)

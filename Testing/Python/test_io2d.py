@@ -204,11 +204,8 @@ def test_write_text_atomic(tmp_path):
 
 
 def test_atomic_writes_get_the_same_permissions_as_a_plain_write(tmp_path):
-    """Written masks / reports must be as readable as any file the user creates (umask), not 0600.
-
-    KNOWN FAILING (bug in P2SAMLogic.io2d): ``tempfile.mkstemp`` creates the temporary file with mode
-    0600 and ``os.replace`` keeps it, so every mask and JSON written is private to the writing user.
-    """
+    """Written masks / reports must be as readable as any file the user creates (umask), not 0600
+    (a temporary file made by ``tempfile.mkstemp`` is 0600, and ``os.replace`` would keep that)."""
     plain = tmp_path / "plain.png"
     plain.write_bytes(b"")
     expected = os.stat(plain).st_mode & 0o777

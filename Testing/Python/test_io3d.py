@@ -379,7 +379,7 @@ def test_read_segmentation_names_and_errors(tmp_path):
     with pytest.raises(InputError, match="segment 'Empty' is empty"):
         io3d.read_segmentation(path, ref)
     far = make_image(origin=(500.0, 500.0, 500.0))
-    with pytest.raises(InputError, match="segment 'Sphere' lies outside the prior image"):
+    with pytest.raises(InputError, match="does not overlap the prior image"):
         io3d.read_segmentation(path, far, names=["Sphere"])
     # a coarser reference elsewhere in space: resampled in physical space
     coarse = sitk.Image(20, 24, 6, sitk.sitkFloat32)
@@ -582,11 +582,11 @@ def test_failed_write_leaves_no_file(tmp_path, monkeypatch):
 
     old = tmp_path / "b.seg.nrrd"
     old.write_bytes(b"old result")
-    monkeypatch.setattr(io3d, "_write_seg_nrrd", boom)
+    monkeypatch.setattr(io3d.segmentations, "_write_seg_nrrd", boom)  # the writer the dispatcher calls
     with pytest.raises(InputError, match="disk full"):
         io3d.write_segmentation(old, segs, ref, {}, overwrite=True)
     assert [p.name for p in tmp_path.iterdir()] == ["b.seg.nrrd"] and old.read_bytes() == b"old result"
-    monkeypatch.setattr(io3d, "_write_nifti", boom)
+    monkeypatch.setattr(io3d.segmentations, "_write_nifti", boom)
     with pytest.raises(InputError, match="disk full"):
         io3d.write_segmentation(tmp_path / "c.nii.gz", segs, ref, {})
     assert [p.name for p in tmp_path.iterdir()] == ["b.seg.nrrd"]

@@ -274,15 +274,18 @@ def test_output_goes_into_the_followups_study(scene, lung):
     assert sh.GetItemParent(sh.GetItemByDataNode(node)) == study
 
 
-def test_a_chosen_output_node_is_refilled_and_keeps_its_name(scene, lung):
+def test_a_chosen_output_node_keeps_its_name_and_its_other_segments(scene, lung):
     ct, masks = lung
     volume = mrml_bridge.image_to_volume_node(ct, scene, "follow-up")
-    chosen = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "my review")
-    chosen.GetSegmentation().AddEmptySegment("old")
+    chosen = mrml_bridge.segments_to_segmentation_node(scene, prior_segments(masks, ("GTV",)), ct, "my review",
+                                                       reference_volume_node=volume)
     report = {"status": PROPOSAL_STATUS, "segments": []}
     node = PropagationLogic(scene).createOutput(prior_segments(masks, ("Bone",)), report, ct, volume, chosen)
     assert node is chosen and node.GetName() == "my review"
-    assert mrml_bridge.segment_names(node) == {"Bone": "Bone"}
+    assert sorted(mrml_bridge.segment_names(node).values()) == ["Bone", "GTV"]
+    kept = mrml_bridge.masks_from_segmentation_node(node, ct)
+    assert np.array_equal(kept["GTV"], arr(masks["GTV"]).astype(bool))
+    assert np.array_equal(kept["Bone"], arr(masks["Bone"]).astype(bool))
     assert mrml_bridge.stored_report(node) == report
     scene.RemoveNode(volume)
     with pytest.raises(BridgeError, match="removed from the scene"):
@@ -369,7 +372,8 @@ def e2e(shared_model, lung, followup_case, tmp_path_factory):
     outcome = PropagationLogic(scene).process(prior, segmentation, follow, segmentIds=["GTV"], device="cpu",
                                               parameters=E2E_PARAMETERS, progress=lambda f, m: calls.append((f, m)))
     assert segmentation.GetSegmentation().GetMTime() == prior_mtime, "the prior segmentation was modified"
-    # the same inputs through the command line, from files; the CLI reuses the loaded model
+    # the same inputs through the command line, from files, in the CLI's own way: it loads its own
+    # model (its own embedding cache: nothing computed by process() is reused)
     folder = tmp_path_factory.mktemp("cli")
     sitk.WriteImage(ct, str(folder / "prior.nrrd"))
     sitk.WriteImage(followup, str(folder / "followup.nrrd"))
@@ -379,8 +383,14 @@ def e2e(shared_model, lung, followup_case, tmp_path_factory):
     import P2SAMLogic.models
     from P2SAMLogic import cli
 
+    loaded = []
     original = P2SAMLogic.models.load_model
-    P2SAMLogic.models.load_model = lambda *a, **k: shared_model
+
+    def load_model(*args, **kwargs):
+        loaded.append(original(*args, **kwargs))
+        return loaded[-1]
+
+    P2SAMLogic.models.load_model = load_model  # counts loads; the model itself is loaded for real
     try:
         status = cli.main(["propagate", "--prior-image", str(folder / "prior.nrrd"), "--prior-segmentation",
                            str(folder / "prior.seg.nrrd"), "--followup", str(folder / "followup.nrrd"),
@@ -389,6 +399,8 @@ def e2e(shared_model, lung, followup_case, tmp_path_factory):
     finally:
         P2SAMLogic.models.load_model = original
     assert status == 0
+    assert len(loaded) == 1 and loaded[0] is not shared_model and loaded[0].encode_calls > 0, \
+        "the command line must run its own model, not reuse the module's embeddings"
     return scene, follow, outcome, calls, folder
 
 
@@ -534,3 +546,20 @@ def test_runner_reports_bad_input(lung, followup_case):
         assert not os.path.exists(os.path.join(job.folder, "result.json"))
     finally:
         job.cleanup()
+
+
+def test_correct_a_slice_then_repropagate_from_it(e2e, followup_case):
+    """The effect's "Use this slice as reference and re-propagate" on the module's output: the corrected
+    slice (here: the true contour) is P²SAM's reference for its neighbours."""
+    scene, follow, outcome, _, _ = e2e
+    followup, truth = followup_case
+    source = LOGIC.CreateOrientedImageDataFromVolumeNode(follow)
+    session = correction.session_for(outcome.output_node, source)
+    truth_arr = arr(truth["GTV"]).astype(bool)
+    present = np.flatnonzero(truth_arr.reshape(truth_arr.shape[0], -1).any(axis=1))
+    k = int(present[len(present) // 2])
+    masks = session.repropagate(k, truth_arr[k], neighbours=1, spacing_xy=correction.pixel_spacing(session.ijk_to_ras))
+    assert sorted(masks) == [k - 1, k + 1]
+    for j, mask in masks.items():
+        if truth_arr[j].sum() > 20:
+            assert dice(mask, truth_arr[j]) >= 0.5, j

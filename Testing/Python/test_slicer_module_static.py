@@ -97,8 +97,8 @@ def test_ui_parameter_names_are_parameter_node_fields():
     bound = ui_parameter_names()
     fields = parameter_node_fields()
     assert set(bound.values()) <= fields, set(bound.values()) - fields
-    # every field has a widget, except the segment checklist (kept in step by the widget code)
-    assert fields - set(bound.values()) == {"selectedSegmentIds"}
+    # every field has a widget (the segment checklist is kept by P2SAMSlicerLib.panel_state.SegmentSelection)
+    assert fields == set(bound.values())
 
 
 def test_ui_is_a_qmrml_widget_and_node_selectors_get_the_scene():
@@ -279,25 +279,37 @@ def test_version_specifiers(version, spec, ok):
 
 @pytest.fixture
 def fake_packages(monkeypatch):
-    """Pretend that torch and POT are missing (everything else is this environment's)."""
+    """Pretend that torch and POT are missing (everything else is this environment's).
+
+    ``pip`` (the fake below) installs exactly the requirements named in its arguments, so an
+    outcome can only list what was really asked of pip with the right name.
+    """
     from P2SAMSlicerLib import dependencies as d
 
-    state = {"missing": {"torch", "ot"}}
+    state = {"missing": {"torch", "ot"}, "pip_calls": []}
     real = d.installed_version
+    modules = {r.name.lower(): r.module for r in (*d.PIP_REQUIREMENTS, d.TORCH)}
 
     def installed(req):
         return None if req.module in state["missing"] else real(req)
 
+    def pip(args):
+        state["pip_calls"].append(list(args))
+        for a in args:
+            if not a.startswith("-"):
+                state["missing"].discard(modules.get(re.split(r"[<>=!~ ]", a)[0].lower()))
+
     monkeypatch.setattr(d, "installed_version", installed)
+    state["pip"] = pip
     return d, state
 
 
 def test_installer_asks_first_and_installs_nothing_when_declined(fake_packages):
     d, state = fake_packages
-    asked, pipped, torch = [], [], []
-    outcome = d.install_missing(lambda text: asked.append(text) or False, pipped.append,
+    asked, torch = [], []
+    outcome = d.install_missing(lambda text: asked.append(text) or False, state["pip"],
                                 lambda: torch.append(1) or True)
-    assert outcome.declined and not pipped and not torch
+    assert outcome.declined and not state["pip_calls"] and not torch and outcome.installed == []
     assert "torch" in asked[0] and "POT" in asked[0] and "numpy and SimpleITK are not touched" in asked[0]
 
 
@@ -312,33 +324,46 @@ def test_installer_installs_torch_first_then_pip_packages(fake_packages):
 
     def pip(args):
         order.append(args)
-        state["missing"].discard("ot")
+        state["pip"](args)
 
     outcome = d.install_missing(lambda text: True, pip, install_torch)
     assert order == ["torch", ["POT>=0.9"]]
     assert outcome.installed == ["torch", "POT"] and not outcome.declined
 
 
+def test_installer_lists_only_what_is_usable_afterwards(fake_packages):
+    """pip ran but one package is still missing: an error naming it, not a success listing it."""
+    d, state = fake_packages
+    state["missing"] = {"ot", "sklearn"}
+    broken = lambda args: None if any(a.startswith("POT") for a in args) else state["pip"](args)  # noqa: E731
+    with pytest.raises(RuntimeError, match=r"still not usable: POT>=0\.9 \(scikit-learn did install\)"):
+        d.install_missing(lambda text: True, broken, lambda: True)
+
+
 def test_installer_asks_for_a_restart_when_a_loaded_package_was_replaced(fake_packages, monkeypatch):
     d, state = fake_packages
     monkeypatch.setitem(sys.modules, "ot", types.ModuleType("ot"))  # loaded before the install
     state["missing"] = {"ot"}
-
-    def pip(args):
-        state["missing"].clear()
-
-    outcome = d.install_missing(lambda text: True, pip, lambda: True)
-    assert outcome.restart_needed and "Restart Slicer" in outcome.message
+    outcome = d.install_missing(lambda text: True, state["pip"], lambda: True)
+    assert outcome.installed == ["POT"] and outcome.restart_needed and "Restart Slicer" in outcome.message
+    # the same, but pip did nothing: no "installed, restart" claim
+    state["missing"] = {"ot"}
+    with pytest.raises(RuntimeError, match="still not usable: POT"):
+        d.install_missing(lambda text: True, lambda args: None, lambda: True)
 
 
 def test_installer_reports_a_failed_install(fake_packages, monkeypatch):
     d, state = fake_packages
     monkeypatch.delitem(sys.modules, "ot", raising=False)  # not loaded yet: no restart excuse
     with pytest.raises(RuntimeError, match="PyTorch could not be installed"):
-        d.install_missing(lambda text: True, lambda args: None, lambda: False)
+        d.install_missing(lambda text: True, state["pip"], lambda: False)
+    assert state["pip_calls"] == []  # nothing else was attempted
     state["missing"] = {"ot"}
     with pytest.raises(RuntimeError, match="still not usable: POT>=0.9"):
         d.install_missing(lambda text: True, lambda args: None, lambda: True)
+    state["missing"] = {"torch"}  # the PyTorch extension said yes, but torch is still not importable
+    with pytest.raises(RuntimeError, match="still not usable: torch>=2.0"):
+        d.install_missing(lambda text: True, state["pip"], lambda: True)
 
 
 # ------------------------------------------------------------------------------------------
@@ -347,45 +372,13 @@ def test_installer_reports_a_failed_install(fake_packages, monkeypatch):
 
 @pytest.fixture
 def module_with_standins(monkeypatch):
-    """Import P2SAMSlicer.py with minimal stand-ins for qt, ctk and Slicer's Python GUI helpers.
-
-    The stand-ins only let the file load (class bodies, decorators); the logic then runs on
-    slicer-core's real MRML scene. The GUI itself is exercised by the Slicer self-test.
-    """
+    """P2SAMSlicer.py loaded on the stand-ins of slicer_standins (Qt-side classes), on slicer-core's scene."""
     slicer = pytest.importorskip("slicer")
-    for name in ("qt", "ctk"):
-        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
-    slm = types.ModuleType("slicer.ScriptedLoadableModule")
+    import slicer_standins
 
-    class Base:
-        def __init__(self, *args, **kwargs):
-            pass
-
-    class Logic(Base):
-        def getParameterNode(self):
-            raise NotImplementedError
-
-    for cls_name in ("ScriptedLoadableModule", "ScriptedLoadableModuleWidget", "ScriptedLoadableModuleTest"):
-        setattr(slm, cls_name, type(cls_name, (Base,), {}))
-    slm.ScriptedLoadableModuleLogic = Logic
-    pnw = types.ModuleType("slicer.parameterNodeWrapper")
-    pnw.parameterNodeWrapper = lambda cls: cls
-    pnw.Choice = lambda values: ("Choice", tuple(values))
-    pnw.WithinRange = lambda lo, hi: ("WithinRange", lo, hi)
-    i18n = types.ModuleType("slicer.i18n")
-    i18n.tr = lambda text: text
-    i18n.translate = lambda context, text: text
-    for name, module in (("slicer.ScriptedLoadableModule", slm), ("slicer.parameterNodeWrapper", pnw),
-                         ("slicer.i18n", i18n)):
-        monkeypatch.setitem(sys.modules, name, module)
     scene = slicer.vtkMRMLScene()
-    monkeypatch.setattr(slicer, "mrmlScene", scene, raising=False)
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("P2SAMSlicer_under_test", MODULE_FILE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module, scene
+    slicer_standins.install(monkeypatch, scene)
+    return slicer_standins.load(MODULE_FILE, "P2SAMSlicer_under_test"), scene
 
 
 def test_module_logic_runs_on_slicer_core(module_with_standins):
@@ -429,3 +422,13 @@ def test_model_arguments_from_the_settings(module_with_standins, tmp_path):
     checkpoint.write_bytes(b"x")
     settings.samCheckpoint, settings.samModelType = checkpoint, "vit_b"
     assert module.modelArguments(settings) == {"model": str(checkpoint), "modelType": "vit_b", "device": "cpu"}
+
+
+def test_every_engine_package_is_installed_by_pip_and_cmake():
+    """pyproject.toml lists every package folder of P2SAMLogic (a missing one is absent from a wheel); the
+    extension's CMake copies the engine with a recursive glob."""
+    block = re.search(r"^packages = \[(.*?)\]", (ROOT / "pyproject.toml").read_text(), re.M | re.S).group(1)
+    listed = {name.strip().strip('"') for name in block.split(",") if name.strip()}
+    on_disk = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "P2SAMLogic").rglob("__init__.py")}
+    assert on_disk == listed, on_disk ^ listed
+    assert "GLOB_RECURSE P2SAM_ENGINE_PYTHON_SCRIPTS" in (MODULE_DIR / "CMakeLists.txt").read_text()

@@ -57,13 +57,49 @@ def test_jit_on_by_environment(tiny_sam_net, monkeypatch):
     assert SegmentAnything(tiny_sam_net, torch.device("cpu"), name="t", sha256="0" * 64).jit_encoder is True
 
 
-def test_runtime_tuning_is_idempotent_and_reports():
-    first = runtime.tune_process()
-    again = runtime.tune_process()
-    assert first == again and set(first) == {"glibc_malloc_tuned"}
-    if sys.platform.startswith("linux") and os.environ.get("P2SAM_NO_MALLOPT") is None:
-        assert first["glibc_malloc_tuned"] is True
-    assert runtime.peak_rss_mb() > 10
+_HEAP_PROBE = """
+import ctypes, ctypes.util, json, sys
+sys.path.insert(0, {root!r})
+from P2SAMLogic import runtime
+applied = runtime.tune_process()
+libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+address = libc.malloc(64 << 20)  # above glibc's default mmap threshold (at most 32 MiB)
+heap = [tuple(int(v, 16) for v in line.split()[0].split("-")) for line in open("/proc/self/maps")
+        if line.rstrip().endswith("[heap]")]
+print(json.dumps({{"applied": applied, "again": runtime.tune_process(),
+                   "in_heap": any(a <= address < b for a, b in heap)}}))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator settings are Linux-only")
+def test_allocator_tuning_moves_large_blocks_onto_the_heap():
+    """With the tuning, a 64 MiB block comes from the reusable heap; without it, from a fresh mmap."""
+    import json
+
+    code = _HEAP_PROBE.format(root=str(ROOT))
+    env = {k: v for k, v in os.environ.items() if k != "P2SAM_NO_MALLOPT"}
+    tuned = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                                      timeout=120, check=True).stdout)
+    plain = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                                      env={**env, "P2SAM_NO_MALLOPT": "1"}, check=True).stdout)
+    assert tuned == {"applied": {"glibc_malloc_tuned": True}, "again": {"glibc_malloc_tuned": True}, "in_heap": True}
+    assert plain == {"applied": {"glibc_malloc_tuned": False}, "again": {"glibc_malloc_tuned": False},
+                     "in_heap": False}
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the reference (/proc/self/statm) is Linux-only")
+def test_peak_rss_follows_a_known_allocation():
+    """peak_rss_mb, in MiB, is at least the resident size after touching a 256 MiB block, and no more
+    than the larger of that and the peak before (a child process starts with its parent's peak on Linux)."""
+    code = ("import os, sys, numpy as np; sys.path.insert(0, %r); from P2SAMLogic.runtime import peak_rss_mb\n"
+            "rss = lambda: int(open('/proc/self/statm').read().split()[1]) * os.sysconf('SC_PAGE_SIZE') / 2**20\n"
+            "peak0, rss0 = peak_rss_mb(), rss(); block = np.ones(256 << 17); rss1 = rss()\n"
+            "print(peak0, rss0, rss1, peak_rss_mb())" % str(ROOT))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    peak0, rss0, rss1, peak1 = (float(v) for v in out.stdout.split())
+    assert rss1 - rss0 >= 240.0, (rss0, rss1)  # the block is resident
+    assert rss1 - 1.0 <= peak1 <= max(peak0, rss1) + 16.0, (peak0, rss1, peak1)
 
 
 def test_prepared_sets_match_pot_exactly():

@@ -2,8 +2,7 @@
 """Regenerate ``Testing/Data/lung1_crop/`` (a small 3-D chest-CT crop with two labelled structures).
 
 Source: ``lung1_image.nrrd`` and ``lung1_label.nrrd`` of the PyRadiomics 3.0.1 source
-distribution (``pyradiomics-3.0.1/data/``, BSD-3-Clause), by default read from
-``/work/shared/data/pyradiomics_testcases``.
+distribution (``pyradiomics-3.0.1/data/``, BSD-3-Clause): pass that folder as ``--source``.
 
 What it writes (gzip-compressed NRRD, written by SimpleITK, LPS, physical geometry kept):
 
@@ -19,7 +18,7 @@ What it writes (gzip-compressed NRRD, written by SimpleITK, LPS, physical geomet
 
 Usage::
 
-    python Testing/Tools/make_lung1_crop.py [--source DIR] [--output DIR]
+    python Testing/Tools/make_lung1_crop.py --source PYRADIOMICS_DATA_DIR [--output DIR]
 """
 from __future__ import annotations
 
@@ -30,7 +29,6 @@ import numpy as np
 import SimpleITK as sitk
 
 ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_SOURCE = Path("/work/shared/data/pyradiomics_testcases")
 DEFAULT_OUTPUT = ROOT / "Testing" / "Data" / "lung1_crop"
 
 #: crop in lung1 voxel indices (i, j, k) = (column, row, slice): start and size
@@ -92,8 +90,8 @@ def make_crop(source: Path, output: Path) -> None:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--source", type=Path, default=DEFAULT_SOURCE,
-                        help="folder holding lung1_image.nrrd and lung1_label.nrrd (default: %(default)s)")
+    parser.add_argument("--source", type=Path, required=True,
+                        help="folder holding lung1_image.nrrd and lung1_label.nrrd (pyradiomics-3.0.1/data/)")
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="output folder (default: %(default)s)")
     args = parser.parse_args(argv)
     make_crop(args.source, args.output)

@@ -64,6 +64,16 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         AbstractScriptedSegmentEditorEffect.__init__(self, scriptedEffect)
         self._session = None
         self._sessionKey = None
+        self._busy = None  # P2SAMSlicerLib.panel_state.BusyState, created on first use
+
+    def busyState(self):
+        """The effect's :class:`BusyState`: a model call in progress (re-propagation processes GUI events)."""
+        if self._busy is None:
+            _importLib()
+            from P2SAMSlicerLib.panel_state import BusyState
+
+            self._busy = BusyState()
+        return self._busy
 
     def clone(self):
         import qSlicerSegmentationsEditorEffectsPythonQt as effects
@@ -135,17 +145,22 @@ Edits respect the editable area and overlap settings; undo with Ctrl+Z.</html>""
         return slicer.util.mainWindow().cursor
 
     # -- session --------------------------------------------------------------------------------
-    def deactivate(self):
+    def _forgetSession(self):
+        """The segmentation, source volume or geometry changed (or the effect was left): a running
+        re-propagation stops at its next step, and the next click starts a new session."""
+        if self._busy is not None:
+            self._busy.request_cancel()
         self._session = None
         self._sessionKey = None
+
+    def deactivate(self):
+        self._forgetSession()
 
     def sourceVolumeNodeChanged(self):
-        self._session = None
-        self._sessionKey = None
+        self._forgetSession()
 
     def referenceGeometryChanged(self):
-        self._session = None
-        self._sessionKey = None
+        self._forgetSession()
 
     def _currentSession(self):
         """The correction session for the current segmentation and source volume (rebuilt when they change)."""
@@ -168,30 +183,36 @@ Edits respect the editable area and overlap settings; undo with Ctrl+Z.</html>""
 
     # -- interaction ----------------------------------------------------------------------------
     def processInteractionEvents(self, callerInteractor, eventId, viewWidget):
-        abortEvent = False
+        """A left click on a slice view showing the source volume's slices corrects that slice.
+
+        Other clicks (another view orientation, outside the volume, Shift/Alt held, other
+        buttons, 3D views) are left to Slicer: not consumed, no dialog; the status line says why.
+        """
         if viewWidget.className() != "qMRMLSliceWidget":
-            return abortEvent
+            return False
         if eventId != vtk.vtkCommand.LeftButtonPressEvent or callerInteractor.GetShiftKey() or callerInteractor.GetAltKey():
-            return abortEvent
+            return False
+        if self.busyState().busy:
+            self.statusLabel.text = _("Still working; the click was ignored.")
+            return True
+        try:
+            correction, session, segmentationNode, sourceImage = self._currentSession()
+        except ValueError as exc:
+            self.statusLabel.text = str(exc)
+            return False
+        click = correction.click_target(viewWidget.sliceLogic().GetSliceNode(), session.ijk_to_ras,
+                                        session.volume.shape, callerInteractor.GetEventPosition(),
+                                        segmentationNode.GetParentTransformNode())
+        if not click.ok:
+            self.statusLabel.text = click.problem
+            return False
         confirmed = self.scriptedEffect.confirmCurrentSegmentVisible()
         if confirmed == self.scriptedEffect.NotConfirmed or confirmed == self.scriptedEffect.ConfirmedWithDialog:
             return True
         positive = not callerInteractor.GetControlKey()
-        xy = callerInteractor.GetEventPosition()
         with slicer.util.tryWithErrorDisplay(_("P²SAM could not update the slice."), waitCursor=True):
-            self._click(viewWidget, xy, positive)
+            self.clickAt(click.k, click.j, click.i, positive)
         return True
-
-    def _click(self, viewWidget, xy, positive):
-        correction, session, segmentationNode, sourceImage = self._currentSession()
-        sliceToRas = viewWidget.sliceLogic().GetSliceNode().GetSliceToRAS()
-        sliceToRasArray = np.array([[sliceToRas.GetElement(r, c) for c in range(4)] for r in range(4)])
-        if not correction.view_normal_matches_k(sliceToRasArray, session.ijk_to_ras):
-            raise ValueError(_("This view is not aligned with the source volume's slices. Use the view that shows "
-                               "them (e.g. Red/axial for an axial CT), or reset its orientation to the volume."))
-        ijk = self.xyToIjk(xy, viewWidget, sourceImage, segmentationNode.GetParentTransformNode())
-        ext = sourceImage.GetExtent()
-        self.clickAt(ijk[2] - ext[4], ijk[1] - ext[2], ijk[0] - ext[0], positive)
 
     def clickAt(self, k, j, i, positive=True):
         """A click on voxel ``(i, j)`` of slice ``k`` (array indices of the source volume); updates the
@@ -200,6 +221,10 @@ Edits respect the editable area and overlap settings; undo with Ctrl+Z.</html>""
         shape = session.volume.shape
         if not (0 <= k < shape[0] and 0 <= j < shape[1] and 0 <= i < shape[2]):
             return
+        with self.busyState().running(_("a click correction")):
+            self._correct(correction, session, segmentationNode, sourceImage, k, j, i, positive)
+
+    def _correct(self, correction, session, segmentationNode, sourceImage, k, j, i, positive):
         segmentId = self.scriptedEffect.parameterSetNode().GetSelectedSegmentID()
         segmentName = segmentationNode.GetSegmentation().GetSegment(segmentId).GetName()
         current = None
@@ -234,6 +259,8 @@ Edits respect the editable area and overlap settings; undo with Ctrl+Z.</html>""
 
     # -- buttons --------------------------------------------------------------------------------
     def onUndoClick(self):
+        if self.busyState().busy:
+            return
         with slicer.util.tryWithErrorDisplay(_("P²SAM could not undo the click."), waitCursor=True):
             correction, session, segmentationNode, sourceImage = self._currentSession()
             if session.last is None:
@@ -244,12 +271,17 @@ Edits respect the editable area and overlap settings; undo with Ctrl+Z.</html>""
                 self._writeSlices({k: mask})
 
     def onReset(self):
+        if self.busyState().busy:
+            return
         if self._session is not None:
             self._session.reset()
         self.statusLabel.text = _("Clicks forgotten. Click on a slice of the source volume.")
 
     def onRepropagate(self):
-        with slicer.util.tryWithErrorDisplay(_("P²SAM could not re-propagate."), waitCursor=True):
+        if self.busyState().busy:
+            return
+        with slicer.util.tryWithErrorDisplay(_("P²SAM could not re-propagate."), waitCursor=True), \
+                self.busyState().running(_("a re-propagation")):
             correction, session, segmentationNode, sourceImage = self._currentSession()
             segmentId = self.scriptedEffect.parameterSetNode().GetSelectedSegmentID()
             segmentName = segmentationNode.GetSegmentation().GetSegment(segmentId).GetName()
@@ -260,12 +292,21 @@ Edits respect the editable area and overlap settings; undo with Ctrl+Z.</html>""
             reference = correction.segment_mask_on(segmentationNode, segmentId, sourceImage)[k]
             n = self.scriptedEffect.integerParameter("Neighbours")
 
-            def progress(fraction, message):
+            def status(fraction, message):
                 self.statusLabel.text = _("Re-propagating: {message}").format(message=message)
-                slicer.app.processEvents()
 
-            masks = session.repropagate(k, reference, neighbours=n,
-                                        spacing_xy=correction.pixel_spacing(session.ijk_to_ras), progress=progress)
+            # clicks and buttons delivered by processEvents are refused while busy (processInteractionEvents)
+            from P2SAMLogic.errors import CancelledError
+
+            try:
+                masks = session.repropagate(k, reference, neighbours=n,
+                                            spacing_xy=correction.pixel_spacing(session.ijk_to_ras),
+                                            progress=self.busyState().progress_callback(status,
+                                                                                        slicer.app.processEvents),
+                                            cancel=self.busyState().should_cancel)
+            except CancelledError:
+                self.statusLabel.text = _("Re-propagation stopped; the segment was not changed.")
+                return
             self._writeSlices(masks)
             self.statusLabel.text = _("Re-computed slices {slices} of '{name}' from slice {k}.").format(
                 slices=", ".join(str(s) for s in sorted(masks)) or _("none"), name=segmentName, k=k)
