@@ -5,10 +5,12 @@ part (a blob: see :mod:`.structures`) the output is
 
 * **model** — the model's proposal, fused with the registered prior (zero level of
   ``(1 - w) SDF(model) + w SDF(registered)``, ``w = prior_weight``), when the evidence trusts it:
-  the decoder's predicted IoU is at least ``trust_iou``, the proposal agrees with the registered
-  prior (Dice at least ``trust_agreement``: a proposal that wandered to another structure does
-  not) and its features are not further from the reference structure than the registered
-  prior's own features are (Wasserstein distance ratio at most ``trust_score_ratio``);
+  the decoder's predicted IoU is at least ``trust_iou``; the proposal sits where the registered
+  prior is: one of the two lies mostly inside the other (overlap ``|P & R| / min(|P|, |R|)`` at
+  least ``trust_agreement``), which a structure that shrank or grew satisfies and a proposal that
+  wandered to a neighbour does not (Dice would punish real change); and its features are not
+  further from the reference structure than the registered prior's own features are
+  (Wasserstein distance ratio at most ``trust_score_ratio``);
 * **registered** — the registered prior, flagged for review, when the model is not trusted there;
 * beyond the registered prior's extent (``slice_margin_mm`` either side), **model** when the
   proposal looks like the reference structure (presence ratio below ``presence_threshold``) and
@@ -72,6 +74,12 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     return 1.0 if s == 0 else 2.0 * int((a & b).sum()) / s
 
 
+def overlap(a: np.ndarray, b: np.ndarray) -> float:
+    """``|a & b| / min(|a|, |b|)``: 1 when one mask lies inside the other, 0 when they do not touch."""
+    n = min(int(a.sum()), int(b.sum()))
+    return 0.0 if n == 0 else int((a & b).sum()) / n
+
+
 def signed_distance(mask: np.ndarray, spacing_ji: Sequence[float]) -> np.ndarray:
     """2D signed distance (mm) to the contour of ``mask`` (``H x W`` bool): negative inside."""
     inside = ndimage.distance_transform_edt(mask, sampling=spacing_ji)
@@ -112,8 +120,9 @@ def trusted(p: SliceProposal, proposal: np.ndarray, registered_k: np.ndarray, ru
     reasons: List[str] = []
     if p.predicted_iou < rule.trust_iou:
         reasons.append(f"predicted IoU {p.predicted_iou:.2f} < {rule.trust_iou:.2f}")
-    if agree < rule.trust_agreement:
-        reasons.append(f"agreement with the registration {agree:.2f} < {rule.trust_agreement:.2f}")
+    inside = overlap(proposal, registered_k)
+    if inside < rule.trust_agreement:
+        reasons.append(f"not where the registered contour is (overlap {inside:.2f} < {rule.trust_agreement:.2f})")
     if (math.isfinite(p.prior_score) and math.isfinite(p.score) and p.prior_score > 0
             and p.score > rule.trust_score_ratio * p.prior_score):
         reasons.append(f"less like the reference than the registered contour (distance ratio "

@@ -518,9 +518,11 @@ def propagate_part(study: Study, part_mask: sitk.Image, part_name: str, registra
 
 
 def propagate_structure(study: Study, seg: Segment, registration: StructureRegistration, net,
-                        cfg: PropagationConfig, stage: Dict[str, float], tick: Callable[[float, str], None]
+                        cfg: PropagationConfig, stage: Dict[str, float], tick: Callable[[float, str], None],
+                        keep_details: bool = False
                         ) -> Tuple[np.ndarray, np.ndarray, StructurePlan, Dict[str, _PartOutcome]]:
-    """One structure: plan → parts → recompose. Returns ``(output, registered, plan, parts)``."""
+    """One structure: plan → parts → recompose. Returns ``(output, registered, plan, parts)``;
+    ``keep_details`` also keeps every candidate's mask per slice (benchmarks)."""
     from .registration import warp_mask
 
     registered = sitk.GetArrayFromImage(warp_mask(seg.mask, study.followup, registration.transform)).astype(bool)
@@ -528,6 +530,8 @@ def propagate_structure(study: Study, seg: Segment, registration: StructureRegis
     if cfg.method in ("rigid", "deformable") or not registered.any():
         return registered.copy(), registered, plan, {}
     segmenter = _make_segmenter(net, cfg)
+    if keep_details and segmenter is not None:
+        segmenter.config.keep_candidate_masks = True
     outcomes: Dict[str, _PartOutcome] = {}
     windows_by_piece: Dict[int, Dict[int, np.ndarray]] = {}
     outer_registered: Dict[int, np.ndarray] = {}
@@ -681,7 +685,8 @@ def propagate(prior_image: sitk.Image, prior_segments: Sequence[Segment], follow
         tick(lo, f"{seg.name}: preparing")
         reg = registrations[seg.name]
         output, registered, plan, outcomes = propagate_structure(
-            study, seg, reg, net, cfg, stage, lambda f, m, lo=lo, hi=hi: tick(lo + (hi - lo) * 0.95 * f, m))
+            study, seg, reg, net, cfg, stage, lambda f, m, lo=lo, hi=hi: tick(lo + (hi - lo) * 0.95 * f, m),
+            keep_details)
         if not registered.any():
             notes.append(f"segment '{seg.name}': the registered prior covers no follow-up voxel centre "
                          "(structure thinner than the follow-up's voxels)")

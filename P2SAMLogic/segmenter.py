@@ -91,6 +91,8 @@ class P2SAMConfig:
         rank_prior_agreement: with a ``prior_mask`` given to :meth:`P2SAMSegmenter.segment`
             (3D: the registered prior on this slice), the rank sum gets a fourth term: each
             candidate's Dice with that mask (on the decoder's low-res grid).
+        keep_candidate_masks: every candidate's mask is returned too (``candidate_masks`` of the
+            result; for the benchmark's "selected vs best generated" analysis, not for production).
         kmeans_init: k-means++ restarts; seed: their random seed.
     """
 
@@ -115,6 +117,7 @@ class P2SAMConfig:
     batch_region_slack: Optional[float] = None
     selection: str = "auto"
     rank_prior_agreement: bool = False
+    keep_candidate_masks: bool = False
     kmeans_init: int = 10
     seed: int = 0
 
@@ -242,6 +245,7 @@ class SegmentationResult:
     window: Optional[List[float]] = None
     prior_score: float = math.nan
     prior_background: float = math.nan
+    candidate_masks: Optional[List[np.ndarray]] = field(default=None, repr=False)
 
     def summary(self) -> dict:
         return {
@@ -456,6 +460,13 @@ class P2SAMSegmenter:
             full = np.zeros(full_shape, dtype=bool)
             full[y0:y1, x0:x1] = result.mask
             result.mask = full
+            if result.candidate_masks is not None:
+                placed = []
+                for m in result.candidate_masks:
+                    f = np.zeros(full_shape, dtype=bool)
+                    f[y0:y1, x0:x1] = m
+                    placed.append(f)
+                result.candidate_masks = placed
             result.window = [float(x0), float(y0), float(x1), float(y1)]
             for cd in result.candidates:
                 cd.shift(offset)
@@ -504,6 +515,8 @@ class P2SAMSegmenter:
                                if k in ("encode", "match", "decode", "retrieval", "crop_total"))
         result = SegmentationResult(mask=mask, chosen=chosen, candidates=candidates, score=chosen.score,
                                     crop_box=None if crop_box is None else crop_box.tolist(), timings=timings)
+        if self.config.keep_candidate_masks:
+            result.candidate_masks = list(emb.frame.logits_to_original(logits)[:, 0].cpu().numpy() > 0)
         if prior_low is not None:
             t = time.perf_counter()
             probe = Candidate(parts=0, locator="prior mask")

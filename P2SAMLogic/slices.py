@@ -77,6 +77,8 @@ class SliceProposal:
             beyond the registered extent).
         box: the chosen prompt box, slice pixels.
         candidates: the number of candidates decoded.
+        candidate_masks: every candidate's ``h x w`` mask inside ``window`` (benchmarks only:
+            the segmenter's ``keep_candidate_masks``), else None.
     """
 
     k: int
@@ -90,6 +92,7 @@ class SliceProposal:
     prior_background: float
     box: Optional[List[float]]
     candidates: int = 0
+    candidate_masks: Optional[List[np.ndarray]] = None
 
     @property
     def presence(self) -> float:
@@ -223,5 +226,5 @@ def propose_slices(segmenter, refs: Sequence[Reference], targets: Sequence[int],
                 background=float(ch.background_distance), prior_score=float(res.prior_score),
                 prior_background=float(res.prior_background),
                 box=None if ch.box is None else (np.asarray(ch.box) + np.tile(win[:2], 2)).tolist(),
-                candidates=len(res.candidates))
+                candidates=len(res.candidates), candidate_masks=res.candidate_masks)
     return out

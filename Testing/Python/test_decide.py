@@ -1,0 +1,95 @@
+"""The per-slice decision between the model's proposal and the registered prior (P2SAMLogic.decide)."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from P2SAMLogic.decide import DecisionRule, decide_part, fuse_contours
+from P2SAMLogic.slices import SliceProposal
+
+SHAPE = (7, 48, 48)
+SPACING = (3.0, 1.0, 1.0)
+
+
+def disc(cy, cx, r):
+    yy, xx = np.mgrid[: SHAPE[1], : SHAPE[2]]
+    return (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+
+
+def proposal(k, mask, iou=0.95, score=1.0, prior_score=1.0, background=4.0):
+    """A proposal on the whole slice (window = the slice)."""
+    return SliceProposal(k=k, reference=k, window=np.array([0.0, 0.0, SHAPE[2], SHAPE[1]]), mask=mask,
+                         predicted_iou=iou, score=score, background=background, prior_score=prior_score,
+                         prior_background=4.0, box=None)
+
+
+def registered_volume():
+    reg = np.zeros(SHAPE, dtype=bool)
+    for k in range(2, 5):
+        reg[k] = disc(24, 24, 10)
+    return reg
+
+
+def test_trusted_proposals_are_fused_and_untrusted_ones_keep_the_registration():
+    reg = registered_volume()
+    props = {
+        2: proposal(2, disc(24, 25, 9)),  # agrees, confident: model
+        3: proposal(3, disc(8, 8, 6), iou=0.97),  # confident but elsewhere: registered
+        4: proposal(4, disc(24, 24, 9), iou=0.4),  # in place but unsure: registered
+    }
+    out, decisions, model = decide_part(props, reg, DecisionRule(), SPACING)
+    assert decisions[2].source == "model"
+    assert (out[2] == fuse_contours(props[2].mask, reg[2], 0.5, SPACING[1:])).all()
+    assert decisions[3].source == "registered" and "overlap" in decisions[3].reason
+    assert decisions[4].source == "registered" and "predicted IoU" in decisions[4].reason
+    assert (out[3] == reg[3]).all() and (out[4] == reg[4]).all()
+    # the raw proposals are kept for inspection
+    assert (model[3] == props[3].mask).all()
+
+
+def test_a_structure_that_really_shrank_is_trusted():
+    """Half the registered area, inside it: real change, not a wandering proposal."""
+    reg = registered_volume()
+    props = {3: proposal(3, disc(24, 24, 7))}
+    _, decisions, _ = decide_part(props, reg, DecisionRule(), SPACING)
+    assert decisions[3].source == "model", decisions[3].reason
+    assert decisions[3].agreement < 0.7  # the Dice with the registration is low: it changed
+
+
+def test_a_proposal_less_like_the_reference_than_the_registration_is_not_trusted():
+    reg = registered_volume()
+    props = {3: proposal(3, disc(24, 24, 9), score=2.0, prior_score=1.0)}
+    _, decisions, _ = decide_part(props, reg, DecisionRule(), SPACING)
+    assert decisions[3].source == "registered" and "less like the reference" in decisions[3].reason
+
+
+def test_without_fallback_every_non_empty_proposal_is_kept():
+    reg = registered_volume()
+    props = {3: proposal(3, disc(8, 8, 6), iou=0.2)}
+    out, decisions, _ = decide_part(props, reg, DecisionRule(mode="model", prior_weight=0.0), SPACING)
+    assert decisions[3].source == "model" and (out[3] == props[3].mask).all()
+
+
+def test_beyond_the_registered_extent_only_a_structure_like_proposal_next_to_a_kept_slice_stays():
+    reg = registered_volume()
+    props = {k: proposal(k, disc(24, 24, 9)) for k in range(2, 5)}
+    props[1] = proposal(1, disc(24, 24, 6), score=1.0, background=4.0)  # presence 0.25: kept
+    props[0] = proposal(0, disc(24, 24, 5), score=1.0, background=4.0)  # kept (neighbour kept)
+    props[5] = proposal(5, disc(24, 24, 6), score=3.5, background=4.0)  # presence 0.875: absent
+    props[6] = proposal(6, disc(24, 24, 6), score=1.0, background=4.0)  # like it, but neighbour 5 was not kept
+    out, decisions, _ = decide_part(props, reg, DecisionRule(), SPACING)
+    assert [decisions[k].source for k in range(7)] == ["model", "model", "model", "model", "model", "absent", "absent"]
+    assert "neighbour" in decisions[6].reason and "presence" in decisions[5].reason
+    assert not out[5].any() and not out[6].any() and out[1].any()
+    assert all(0.0 <= d.qa <= 1.0 for d in decisions.values() if math.isfinite(d.qa))
+
+
+def test_empty_proposal_inside_the_extent_keeps_the_registration():
+    reg = registered_volume()
+    props = {3: proposal(3, np.zeros(SHAPE[1:], dtype=bool))}
+    out, decisions, _ = decide_part(props, reg, DecisionRule(), SPACING)
+    assert decisions[3].source == "registered" and "nothing" in decisions[3].reason
+    assert (out[3] == reg[3]).all()
+    # registered slices the model did not process keep the registration too
+    assert decisions[2].source == "registered" and (out[2] == reg[2]).all()
