@@ -9,7 +9,7 @@ import math
 import warnings
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from typing import Dict, Iterator, Optional, Sequence, Tuple
+from typing import Dict, Iterator, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -366,7 +366,7 @@ def kmeans_sklearn(x: torch.Tensor, w: torch.Tensor, k: int, n_init: int = 10, s
 
 
 def part_prototype_sets(pooled: PooledFeatures, counts: Sequence[int], seed: int = 0, n_init: int = 10,
-                        backend: str = "torch", max_points: Optional[int] = MAX_CLUSTER_POINTS
+                        backend: str = "torch", max_points: Union[int, None, str] = "default"
                         ) -> Dict[int, torch.Tensor]:
     """Part prototypes for several part counts at once: L2-normalised k-means++ centroids.
 
@@ -374,6 +374,9 @@ def part_prototype_sets(pooled: PooledFeatures, counts: Sequence[int], seed: int
     clustered together by :func:`kmeans_batched` (``backend="torch"``, on the features'
     device) or one scikit-learn fit each (``backend="sklearn"``, CPU, every point). The seed
     is fixed, so the same input always gives the same prototypes.
+
+    ``max_points``: the torch backend's subsample bound (``"default"``: :data:`MAX_CLUSTER_POINTS`
+    as it is at the call, None: every point).
 
     Returns:
         ``{n: float32 n' x C unit vectors}`` on the features' device, ``n' <= n`` (fewer
@@ -390,8 +393,9 @@ def part_prototype_sets(pooled: PooledFeatures, counts: Sequence[int], seed: int
             out[k] = (x.float() * w[:, None]).sum(0, keepdim=True) / w.sum()
     if many:
         if backend == "torch":
+            cap = MAX_CLUSTER_POINTS if max_points == "default" else max_points
             with cpu_threads(x.device, 1), no_autocast(x.device):
-                fits = kmeans_batched(x, w, many, n_init=n_init, seed=seed, max_points=max_points)
+                fits = kmeans_batched(x, w, many, n_init=n_init, seed=seed, max_points=cap)
         else:
             fits = {k: kmeans_sklearn(x, w, k, n_init=n_init, seed=seed) for k in many}
         out.update({k: f.centres for k, f in fits.items()})
