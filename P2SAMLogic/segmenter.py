@@ -27,8 +27,9 @@ from .errors import InputError
 from .matching import peak_points, similarity_maps
 from .models.base import DecodeOutput, Embedding, PromptableModel
 from .models.frames import coverage_on_grid
-from .parts import PooledFeatures, background_features, foreground_features, part_prototypes
-from .retrieval import PreparedSet, prepare_set, wasserstein_prepared
+from .parts import (PooledFeatures, background_features, foreground_cells, foreground_features,
+                    part_prototype_sets)
+from .retrieval import PreparedSet, gather_sets, prepare_set, resolve_solver, wasserstein_scores
 from .roi import roi_context
 
 METHODS = ("p2sam", "persam", "no-retrieval")
@@ -361,9 +362,13 @@ class P2SAMSegmenter:
         )
         ref.timings["reference_encode"] = t1 - t0
         ref.timings["pooling"] = time.perf_counter() - t1
-        # cluster now, once per part count, so that no target pays for it
-        for n in self.part_counts():
-            self._prototypes(ref, n)
+        # cluster now, every part count in one batched k-means, so that no target pays for it
+        t = time.perf_counter()
+        counts = [n for n in self.part_counts() if n not in ref.prototypes]
+        ref.prototypes.update(part_prototype_sets(ref.foreground, counts, self.config.seed, self.config.kmeans_init,
+                                                  backend=getattr(self.config, "kmeans_backend", "torch")))
+        ref.clusterings += len(counts)
+        ref.timings["cluster"] = ref.timings.get("cluster", 0.0) + time.perf_counter() - t
         if self.config.method != "persam":
             self._negatives(ref, self.config.negative_parts)
         return ref
@@ -371,7 +376,8 @@ class P2SAMSegmenter:
     def _prototypes(self, ref: ReferenceState, n: int) -> torch.Tensor:
         if n not in ref.prototypes:
             t = time.perf_counter()
-            ref.prototypes[n] = part_prototypes(ref.foreground, n, self.config.seed, self.config.kmeans_init)
+            ref.prototypes[n] = part_prototype_sets(ref.foreground, [n], self.config.seed, self.config.kmeans_init,
+                                                    backend=getattr(self.config, "kmeans_backend", "torch"))[n]
             ref.clusterings += 1
             ref.timings["cluster"] = ref.timings.get("cluster", 0.0) + time.perf_counter() - t
         return ref.prototypes[n]
@@ -381,7 +387,8 @@ class P2SAMSegmenter:
             return None
         if m not in ref.negatives:
             t = time.perf_counter()
-            ref.negatives[m] = part_prototypes(ref.background, m, self.config.seed, self.config.kmeans_init)
+            ref.negatives[m] = part_prototype_sets(ref.background, [m], self.config.seed, self.config.kmeans_init,
+                                                   backend=getattr(self.config, "kmeans_backend", "torch"))[m]
             ref.clusterings += 1
             ref.timings["cluster"] = ref.timings.get("cluster", 0.0) + time.perf_counter() - t
         return ref.negatives[m]
@@ -759,26 +766,29 @@ class P2SAMSegmenter:
 
     def _score(self, ref: ReferenceState, emb: Embedding, cands: List[Candidate],
                logits: torch.Tensor, iou: torch.Tensor) -> None:
-        """Set each candidate's Wasserstein score (lower is better; empty masks get ``inf``)."""
+        """Set each candidate's Wasserstein scores (lower is better; empty masks get ``inf``).
+
+        All candidates' feature sets are gathered at once on the features' device and scored
+        together (:func:`~P2SAMLogic.retrieval.wasserstein_scores`): exact transport on the CPU,
+        batched Sinkhorn on a GPU (``config.transport`` when set, else ``auto``). Two host
+        transfers per call: the IoUs, areas and set sizes, then the scores.
+        """
         g = emb.grid
         valid = emb.frame.grid_valid(g).to(logits.device)
         cover = torch.nn.functional.adaptive_avg_pool2d((logits > 0).float(), g)[:, 0] * valid
         feats = emb.features[0]
-        # one host transfer for every candidate's IoU and area (not one per candidate on a GPU)
-        ious = iou.float().cpu().tolist()
-        areas = cover.sum(dim=(1, 2)).cpu().tolist()
+        cells, weights = foreground_cells(cover)
+        stats = torch.stack([iou.float(), cover.sum(dim=(1, 2)), cells.sum(1).float()]).cpu().numpy()
         for i, cd in enumerate(cands):
-            cd.predicted_iou = float(ious[i])
-            cd.area_cells = float(areas[i])
-            if cd.area_cells <= 0:
-                cd.score = math.inf
-                continue
-            pooled = foreground_features(feats, cover[i])
-            mine = prepare_set(pooled.features, pooled.weights, seed=0)
-            cd.score = wasserstein_prepared(mine, ref.prepared("foreground"))
-            background = ref.prepared("background")
-            if background is not None:
-                cd.background_distance = wasserstein_prepared(mine, background)
+            cd.predicted_iou = float(stats[0, i])
+            cd.area_cells = float(stats[1, i])
+        sizes = np.where(stats[1] > 0, stats[2], 0).astype(np.int64)
+        sets = gather_sets(feats, cells, weights, sizes, seed=0)
+        solver = resolve_solver(getattr(self.config, "transport", "auto"), feats.device)
+        fg, bg = wasserstein_scores(sets, [ref.prepared("foreground"), ref.prepared("background")], solver)
+        for i, cd in enumerate(cands):
+            cd.score = float(fg[i]) if sizes[i] > 0 else math.inf
+            cd.background_distance = float(bg[i]) if sizes[i] > 0 else math.inf
 
     def _select(self, cands: List[Candidate]) -> int:
         """Index of the winning candidate; sets each candidate's ``rank`` (lower is better, ``inf`` = empty)."""

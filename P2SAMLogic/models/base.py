@@ -314,6 +314,18 @@ class PromptableModel(ABC):
             batch = mask_input.shape[0]
         if batch is None:
             raise ValueError("decode needs at least one of points, boxes or mask_input")
+        with self._full_precision():
+            return self._decode(embedding, pts, bx, mask_input, batch, region)
+
+    def _full_precision(self):
+        """Disable any autocast a caller may have opened: the decoder (and everything after the
+        encoder) runs in float32 on every device; only the image encoder may run in bf16."""
+        if self.device.type in ("cuda", "cpu"):
+            return torch.autocast(self.device.type, enabled=False)
+        return nullcontext()
+
+    def _decode(self, embedding: Embedding, pts, bx, mask_input, batch: int,
+                region: Optional[Tuple[int, int, int, int]]) -> DecodeOutput:
         pe = self.net.prompt_encoder
         sparse, dense = pe(points=pts, boxes=bx, masks=mask_input)
         if sparse.shape[0] != batch:

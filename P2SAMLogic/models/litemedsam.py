@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._vendored_imports import medsam_lite_asset_path, medsam_lite_modules
-from .base import EmbeddingCache, PromptableModel, file_sha256
-from .checkpoint import load_strict, read_state_dict
+from .base import EmbeddingCache, PromptableModel
+from .checkpoint import cached_network, load_strict, no_weight_init, read_state_dict
 from .frames import ImageFrame
 
 
@@ -27,9 +27,13 @@ class _LiteMedSAMNet(nn.Module):
         self.mask_decoder = mask_decoder
 
 
-def build_litemedsam_network() -> nn.Module:
-    """The LiteMedSAM architecture, randomly initialised (256 x 256 input, 256 x 64 x 64 features)."""
+def build_litemedsam_network(init: bool = True) -> nn.Module:
+    """The LiteMedSAM architecture (256 x 256 input, 256 x 64 x 64 features), randomly initialised,
+    or (``init=False``) with uninitialised parameters, for weights loaded strictly right after."""
     _, sam, tiny_vit = medsam_lite_modules()
+    if not init:
+        with no_weight_init(tiny_vit):
+            return build_litemedsam_network()
     encoder = tiny_vit.TinyViT(
         img_size=256, in_chans=3, embed_dims=[64, 128, 160, 320], depths=[2, 2, 6, 2],
         num_heads=[2, 4, 5, 10], window_sizes=[7, 7, 14, 7], mlp_ratio=4.0, drop_rate=0.0,
@@ -62,10 +66,15 @@ class LiteMedSAM(PromptableModel):
     def __init__(self, device: torch.device, checkpoint: Optional[str] = None,
                  cache: Optional[EmbeddingCache] = None) -> None:
         path = str(checkpoint or medsam_lite_asset_path())
-        net = build_litemedsam_network()
-        load_strict(net, read_state_dict(path), path, "the LiteMedSAM architecture")
+
+        def build():
+            net = build_litemedsam_network(init=False)
+            load_strict(net, read_state_dict(path), path, "the LiteMedSAM architecture")
+            return net, {}
+
+        # built once per process, weights file and device (models/checkpoint.py: cached_network)
+        net, self.sha256, _ = cached_network("litemedsam", path, device, build)
         self.checkpoint_path = path
-        self.sha256 = file_sha256(path)
         super().__init__(net, device, cache)
 
     def describe(self) -> dict:

@@ -15,8 +15,8 @@ import torch.nn.functional as F
 
 from .._vendored_imports import segment_anything_modeling
 from ..errors import CheckpointError, InputError
-from .base import EmbeddingCache, PromptableModel, file_sha256
-from .checkpoint import load_strict, read_state_dict
+from .base import EmbeddingCache, PromptableModel
+from .checkpoint import cached_network, load_strict, no_weight_init, read_state_dict
 from .frames import ImageFrame
 
 
@@ -104,16 +104,26 @@ class SegmentAnything(PromptableModel):
         if model_type is not None and model_type not in SAM_ARCHITECTURES:
             raise InputError("--model-type", f"unknown model type '{model_type}'; expected one of "
                              + ", ".join(SAM_ARCHITECTURES))
-        state = read_state_dict(path)
-        found = infer_model_type(state)
-        if found is None:
-            raise CheckpointError(path, "is not a Segment Anything checkpoint (no ViT image encoder of "
-                                  "vit_b/vit_l/vit_h shape found)")
+
+        def build():
+            state = read_state_dict(path)
+            found = infer_model_type(state)
+            if found is None:
+                raise CheckpointError(path, "is not a Segment Anything checkpoint (no ViT image encoder of "
+                                      "vit_b/vit_l/vit_h shape found)")
+            if model_type is not None and found != model_type:
+                raise CheckpointError(path, f"holds a {found} network, but --model-type {model_type} was given")
+            with no_weight_init():
+                net = build_sam_network(SAM_ARCHITECTURES[found])
+            load_strict(net, state, path, f"the SAM {found} architecture")
+            return net, {"model_type": found}
+
+        # built once per process, weights file and device (models/checkpoint.py: cached_network)
+        net, sha, info = cached_network("sam", path, device, build)
+        found = info["model_type"]
         if model_type is not None and found != model_type:
             raise CheckpointError(path, f"holds a {found} network, but --model-type {model_type} was given")
-        net = build_sam_network(SAM_ARCHITECTURES[found])
-        load_strict(net, state, path, f"the SAM {found} architecture")
-        return cls(net, device, name=f"SAM-{found}", sha256=file_sha256(path), cache=cache)
+        return cls(net, device, name=f"SAM-{found}", sha256=sha, cache=cache)
 
     def _preprocess(self, image: np.ndarray, frame: ImageFrame) -> torch.Tensor:
         h, w = frame.resized_size
