@@ -71,20 +71,26 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
 _PROPAGATE_HELP = """\
 Carry the segments of a prior-visit scan onto a follow-up scan of the same patient.
 
-  1. rigid registration of the follow-up to the prior (mutual information,
-     multi-resolution, weighted to a region around the structures);
-  2. each prior segment is carried onto the follow-up by that transform; its
-     slices, plus a margin, are the slices to segment; every native prior
-     slice holding the structure is one reference, resampled on the
-     follow-up's slice grid, and cropped with the follow-up slice to a region
-     of interest (ROI) around the structure;
-  3. P²SAM on each (reference crop, follow-up crop) pair with the model
-     (default: the embedded LiteMedSAM): parts of the reference structure
-     place prompts on the follow-up crop, the decoder proposes masks,
-     Wasserstein retrieval picks one;
-  4. presence check on the slices beyond the registered extent, 3D clean-up
-     (connected components consistent with the prior, hole filling);
-  5. report: volumes, change, per-slice QA score and slices flagged for review.
+  1. registration, per structure: rigid (mutual information, weighted to a
+     region around it), then deformable on a box around it (demons for the
+     same modality, a B-spline across modalities). The prior carried by it is
+     the REGISTERED PRIOR: the localiser, the shape prior and the floor;
+  2. a ring (a wall, the myocardium, a PTV ring) is propagated as its filled
+     outer region and its cavity; a structure of several pieces piece by piece;
+  3. every native prior slice holding a part is one reference, resampled on
+     the follow-up's slice grid and cropped to a region of interest (ROI);
+     P²SAM on each follow-up slice (default model: the embedded LiteMedSAM):
+     parts of the reference structure place prompts, the decoder proposes
+     masks, Wasserstein retrieval picks one;
+  4. per slice, the model's proposal (fused with the registered prior) where
+     the evidence trusts it (predicted IoU, overlap with the registered prior,
+     features at least as close to the reference's as the registered prior's);
+     elsewhere the registered prior stays and the slice is FLAGGED. Beyond the
+     registered extent only what looks like the structure is kept;
+  5. 3D clean-up (connected components consistent with the prior, holes
+     filled in blobs), rings recomposed (outer minus cavity);
+  6. report: volumes, change, per slice where the contour came from (model or
+     registration), QA score, flags; the share of slices from the model.
 
 Inputs
   P, F  a volume file (.nrrd .nhdr .nii .nii.gz .mha .mhd) or a DICOM series
@@ -175,18 +181,27 @@ def build_parser() -> argparse.ArgumentParser:
     io.add_argument("--overwrite", action="store_true", help="replace existing output files (default: refuse)")
     _add_model_options(q)
     m = q.add_argument_group("method")
-    m.add_argument("--method", default="p2sam", choices=["p2sam", "registered-box", "rigid"],
-                   help="p2sam (default); registered-box: the model prompted with the registered prior's box "
-                        "on each slice; rigid: registration only, no model (baselines)")
+    m.add_argument("--method", default="p2sam", choices=["p2sam", "registered-box", "deformable", "rigid"],
+                   help="p2sam (default); baselines: registered-box (the model prompted with the registered "
+                        "prior's box on each slice), deformable (rigid + deformable registration only, no model), "
+                        "rigid (rigid registration only)")
+    m.add_argument("--deformable", default="auto", choices=["auto", "demons", "bspline", "none"],
+                   help="the deformable registration stage (default auto: demons when prior and follow-up are "
+                        "the same modality, B-spline with mutual information otherwise; none: rigid only)")
+    m.add_argument("--decision", default="evidence", choices=["evidence", "model"],
+                   help="evidence (default): per slice, the model's contour only where the evidence trusts it, "
+                        "else the registered contour (flagged); model: every non-empty proposal (no fallback)")
+    m.add_argument("--no-decompose", action="store_true",
+                   help="propagate rings and several-piece structures as one blob each (for comparisons)")
     m.add_argument("--max-parts", type=int, default=5, metavar="N", help="largest foreground part count (default 5)")
     m.add_argument("--negative-parts", type=int, default=1, metavar="M", help="background parts (default 1)")
     m.add_argument("--roi-margin", type=float, default=15.0, metavar="MM",
                    help="ROI = structure box grown by MM per side (default 15)")
     m.add_argument("--slice-margin", type=float, default=5.0, metavar="MM",
                    help="also examine slices up to MM beyond the registered prior's extent (default 5)")
-    m.add_argument("--prior-weight", type=float, default=0.5, metavar="W",
-                   help="on slices where both exist, the output contour is the zero level of (1-W) x the "
-                        "proposal's signed distance + W x the registered prior's (default 0.5; 0 = the model's "
+    m.add_argument("--prior-weight", type=float, default=0.75, metavar="W",
+                   help="on slices where the model is trusted, the output contour is the zero level of (1-W) x "
+                        "the proposal's signed distance + W x the registered prior's (default 0.75; 0 = the model's "
                         "proposal alone, 1 = the registered prior's shape on those slices)")
     m.add_argument("--window", default=None, metavar="LOW,HIGH",
                    help="intensity window for the model (default: CT -910,590 HU; MR 0.5-99.5 percentiles)")
@@ -340,7 +355,8 @@ def _propagation_config(args: argparse.Namespace):
             raise InputError("--window", f"'{args.window}' is not LOW,HIGH (two numbers)") from None
         window = (lo, hi)
     names = [n.strip() for n in args.segments.split(",") if n.strip()] if args.segments else None
-    config = PropagationConfig(segments=names, method=args.method, max_parts=args.max_parts,
+    config = PropagationConfig(segments=names, method=args.method, deformable=args.deformable,
+                               decision=args.decision, decompose=not args.no_decompose, max_parts=args.max_parts,
                                negative_parts=args.negative_parts, roi_margin_mm=args.roi_margin,
                                slice_margin_mm=args.slice_margin, intensity_window=window,
                                prior_weight=args.prior_weight).validate()
@@ -354,7 +370,7 @@ def _propagate(args: argparse.Namespace, model=None) -> int:
 
     from .errors import InputError
     from .io3d import check_output_path, check_writable_file, read_segmentation, read_volume, write_segmentation
-    from .propagate import propagate
+    from .propagate import needs_model, propagate
     from .report import overlay_montage, write_report
     from .io2d import write_png_atomic
 
@@ -398,7 +414,7 @@ def _propagate(args: argparse.Namespace, model=None) -> int:
         bar.set_postfix_str(message[:60], refresh=False)
 
     net = model
-    if net is None and config.method != "rigid":
+    if net is None and needs_model(config.method):
         from .models import load_model
         net = load_model(args.model, args.model_type, args.device)
     try:

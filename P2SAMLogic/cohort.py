@@ -330,6 +330,7 @@ def run_case(case: Case, options: Sequence[str], overwrite: bool = False, thread
         "change_percent", "slices_flagged", "flagged_slices", "dice"}]}``
     """
     from .cli import _propagate
+    from .propagate import needs_model
 
     start = time.perf_counter()
     out = {"line": case.line, "case": case.case_id, "status": "failed", "seconds": None, "output": case.output,
@@ -344,7 +345,7 @@ def run_case(case: Case, options: Sequence[str], overwrite: bool = False, thread
             out["status"] = "skipped"
         else:
             args = parse_propagate_argv(argv, f"case {case.case_id}")
-            net = None if args.method == "rigid" else _model(args.model, args.model_type, args.device)
+            net = None if not needs_model(args.method) else _model(args.model, args.model_type, args.device)
             _propagate(args, model=net)
             out["status"] = "done"
         out["segments"], out["warnings"] = _summarise(case, truth)

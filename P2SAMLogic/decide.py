@@ -41,9 +41,9 @@ class DecisionRule:
 
     mode: str = "evidence"
     trust_iou: float = 0.80
-    trust_agreement: float = 0.60
-    trust_score_ratio: float = 1.10
-    prior_weight: float = 0.5
+    trust_agreement: float = 0.70
+    trust_score_ratio: float = 1.00
+    prior_weight: float = 0.75
     presence_threshold: float = 0.7
 
 

@@ -54,6 +54,13 @@ CancelCallback = Callable[[], bool]
 #: (a baseline); ``deformable``: registration only (rigid + deformable); ``rigid``: rigid registration only
 METHODS = ("p2sam", "registered-box", "deformable", "rigid")
 DECISION_MODES = ("evidence", "model")
+#: methods that run no model (registration only)
+REGISTRATION_ONLY = ("deformable", "rigid")
+
+
+def needs_model(method: str) -> bool:
+    """Whether ``method`` runs a segmentation model (everything but the registration-only baselines)."""
+    return method not in REGISTRATION_ONLY
 
 
 @dataclass
@@ -102,8 +109,8 @@ class PropagationConfig:
     deformable: str = "auto"
     decision: str = "evidence"
     trust_iou: float = 0.80
-    trust_agreement: float = 0.60
-    trust_score_ratio: float = 1.10
+    trust_agreement: float = 0.70
+    trust_score_ratio: float = 1.00
     decompose: bool = True
     rank_prior_agreement: bool = False
     max_parts: int = 5
@@ -114,7 +121,7 @@ class PropagationConfig:
     registration_margin_mm: float = 40.0
     intensity_window: Optional[Tuple[float, float]] = None
     presence_threshold: float = 0.7
-    prior_weight: float = 0.5
+    prior_weight: float = 0.75
     cleanup_tolerance_mm: float = 5.0
     qa_flag_below: float = 0.6
     min_overlap: float = 0.5
@@ -527,7 +534,7 @@ def propagate_structure(study: Study, seg: Segment, registration: StructureRegis
 
     registered = sitk.GetArrayFromImage(warp_mask(seg.mask, study.followup, registration.transform)).astype(bool)
     plan = plan_structure(seg.name, seg.mask, decompose=cfg.decompose)
-    if cfg.method in ("rigid", "deformable") or not registered.any():
+    if not needs_model(cfg.method) or not registered.any():
         return registered.copy(), registered, plan, {}
     segmenter = _make_segmenter(net, cfg)
     if keep_details and segmenter is not None:
@@ -662,7 +669,7 @@ def propagate(prior_image: sitk.Image, prior_segments: Sequence[Segment], follow
 
     net = None
     t = time.perf_counter()
-    if cfg.method not in ("rigid", "deformable"):
+    if needs_model(cfg.method):
         if model is None or isinstance(model, str):
             from .models import load_model
             tick(0.15, "loading model")

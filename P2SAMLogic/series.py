@@ -22,7 +22,7 @@ import SimpleITK as sitk
 
 from . import __version__
 from .errors import InputError
-from .propagate import PropagationConfig, PropagationResult, propagate
+from .propagate import PropagationConfig, PropagationResult, needs_model, propagate
 from .volume import PROPOSAL_STATUS, Segment, VolumeSource
 
 ProgressCallback = Callable[[float, str], None]
@@ -141,7 +141,7 @@ def propagate_series(prior_image: sitk.Image, prior_segments: Sequence[Segment],
     cfg = (config or PropagationConfig()).validate()
     loads = 0
     net = model
-    if cfg.method != "rigid" and isinstance(model, str):
+    if needs_model(cfg.method) and isinstance(model, str):
         from . import models
 
         if progress is not None:

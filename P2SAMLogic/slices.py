@@ -78,7 +78,7 @@ class SliceProposal:
         box: the chosen prompt box, slice pixels.
         candidates: the number of candidates decoded.
         candidate_masks: every candidate's ``h x w`` mask inside ``window`` (benchmarks only:
-            the segmenter's ``keep_candidate_masks``), else None.
+            the segmenter's ``keep_candidate_masks``), else None; candidate_scores: their summaries.
     """
 
     k: int
@@ -93,6 +93,7 @@ class SliceProposal:
     box: Optional[List[float]]
     candidates: int = 0
     candidate_masks: Optional[List[np.ndarray]] = None
+    candidate_scores: Optional[List[dict]] = None
 
     @property
     def presence(self) -> float:
@@ -226,5 +227,6 @@ def propose_slices(segmenter, refs: Sequence[Reference], targets: Sequence[int],
                 background=float(ch.background_distance), prior_score=float(res.prior_score),
                 prior_background=float(res.prior_background),
                 box=None if ch.box is None else (np.asarray(ch.box) + np.tile(win[:2], 2)).tolist(),
-                candidates=len(res.candidates), candidate_masks=res.candidate_masks)
+                candidates=len(res.candidates), candidate_masks=res.candidate_masks,
+                candidate_scores=None if res.candidate_masks is None else [c.summary() for c in res.candidates])
     return out

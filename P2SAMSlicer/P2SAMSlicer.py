@@ -110,6 +110,8 @@ class P2SAMSlicerParameterNode:
     maxParts, negativeParts, roiMarginMm, sliceMarginMm - P²SAM parameters.
     device - auto, cpu (force CPU), cuda or mps.
     runInBackground - run in a separate process (GUI stays responsive).
+    runOnServer / serverUrl - send the job to a P2SAM MONAI Label server (apps/p2sam) instead; the
+        server's engine version and model checksum are checked first (one follow-up per run).
     """
 
     priorVolume: vtkMRMLScalarVolumeNode
@@ -127,6 +129,8 @@ class P2SAMSlicerParameterNode:
     sliceMarginMm: Annotated[float, WithinRange(0.0, 50.0)] = 5.0
     device: Annotated[str, Choice(["auto", "cpu", "cuda", "mps"])] = "auto"
     runInBackground: bool = True
+    runOnServer: bool = False
+    serverUrl: str = "http://127.0.0.1:8000"
 
 
 def modelArguments(parameterNode) -> dict:
@@ -474,13 +478,19 @@ class P2SAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if several and p.outputSegmentation is not None:
                 self.log(_("Several follow-ups: each result goes into a new segmentation (the chosen output "
                            "segmentation is not used)."))
-            if p.runInBackground:
+            if p.runOnServer:
+                if several:
+                    raise ValueError(_("Run on server takes one follow-up per run; untick the other follow-ups or "
+                                       "run locally."))
+                self._startBackground(p, segmentIds, args, parameters, None, server=p.serverUrl)
+            elif p.runInBackground:
                 self._startBackground(p, segmentIds, args, parameters, several)
             else:
                 self._runBlocking(p, segmentIds, args, parameters, several)
 
-    def _startBackground(self, p, segmentIds, args, parameters, followups=None) -> None:
-        """Start the run in a separate process; ``followups`` (several) or the follow-up volume (one)."""
+    def _startBackground(self, p, segmentIds, args, parameters, followups=None, server=None) -> None:
+        """Start the run in a separate process, or on a P2SAM server (``server``: its URL; one follow-up);
+        ``followups`` (several) or the follow-up volume (one)."""
         from P2SAMSlicerLib.background import BackgroundPropagation
 
         if followups:
@@ -496,9 +506,16 @@ class P2SAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             images, names, output = inputs.followup_image, [inputs.followup_name], p.outputSegmentation
             self.log(_("Propagating {n} segment(s) of '{seg}' onto '{fu}' in the background...").format(
                 n=len(inputs.prior_segments), seg=inputs.segmentation_name, fu=inputs.followup_name))
-        job = BackgroundPropagation(inputs.prior_image, inputs.prior_segments, images, names=names,
-                                    chain=bool(followups) and p.chainFollowups, model=args["model"],
-                                    model_type=args["modelType"], device=args["device"], config=parameters)
+        if server:
+            from P2SAMSlicerLib.server_client import ServerPropagation
+
+            self.log(_("... on the server {url}").format(url=server))
+            job = ServerPropagation(inputs.prior_image, inputs.prior_segments, inputs.followup_image, url=server,
+                                    model=args["model"], config=parameters)
+        else:
+            job = BackgroundPropagation(inputs.prior_image, inputs.prior_segments, images, names=names,
+                                        chain=bool(followups) and p.chainFollowups, model=args["model"],
+                                        model_type=args["modelType"], device=args["device"], config=parameters)
         job.start()
         self._job = job
         choice = {"model": args["model"], "model_type": args["modelType"], "device": args["device"]}
@@ -524,6 +541,9 @@ class P2SAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if error is not None:
                 if error.get("type") == "CancelledError":
                     self.log(_("Cancelled: the scene was not changed."))
+                elif error.get("type") == "VersionMismatchError":  # the message names both versions
+                    self.log(_("Refused by the server: {message}").format(message=error.get("message", "")))
+                    slicer.util.errorDisplay(error.get("message", ""))
                 else:
                     self.log(_("Failed: {message}").format(message=error.get("message", "")))
                     if error.get("traceback"):

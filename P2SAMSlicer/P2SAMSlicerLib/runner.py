@@ -95,12 +95,12 @@ def run_propagation(prior_image: sitk.Image, prior_segments: Sequence, followup:
     Returns:
         The engine's :class:`PropagationResult`.
     """
-    from P2SAMLogic.propagate import propagate
+    from P2SAMLogic.propagate import needs_model, propagate
 
     cfg = make_config(config)
     if progress is not None:
         progress(0.0, "loading the model")
-    net = load_model_cached(model, model_type, device) if cfg.method != "rigid" else None
+    net = load_model_cached(model, model_type, device) if needs_model(cfg.method) else None
     return propagate(prior_image, list(prior_segments), followup, model=net if net is not None else "litemedsam",
                      device=device or "auto", config=cfg, progress=progress, cancel=cancel)
 
@@ -116,12 +116,13 @@ def run_series(prior_image: sitk.Image, prior_segments: Sequence, followups: Seq
     Returns:
         The engine's :class:`~P2SAMLogic.series.SeriesResult` (one result per follow-up).
     """
+    from P2SAMLogic.propagate import needs_model
     from P2SAMLogic.series import propagate_series
 
     cfg = make_config(config)
     if progress is not None:
         progress(0.0, "loading the model")
-    net = load_model_cached(model, model_type, device) if cfg.method != "rigid" else "litemedsam"
+    net = load_model_cached(model, model_type, device) if needs_model(cfg.method) else "litemedsam"
     return propagate_series(prior_image, list(prior_segments), list(followups), model=net, device=device or "auto",
                             config=cfg, chain=chain, names=names, progress=progress, cancel=cancel)
 

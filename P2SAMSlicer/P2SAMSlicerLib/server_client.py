@@ -383,6 +383,12 @@ class ServerPropagation:
         segments = read_segmentation(self.paths["output"], self._followup)
         return segments, self._answer["report"]
 
+    def results(self) -> dict:
+        """The same shape as :meth:`.background.BackgroundPropagation.results` (one follow-up):
+        ``{"report": report, "followups": [{"name", "segments", "report"}]}``."""
+        segments, report = self.result()
+        return {"report": report, "followups": [{"name": "follow-up", "segments": segments, "report": report}]}
+
     def cleanup(self) -> None:
         """Forget the job and delete its folder (a running request is abandoned)."""
         self._cancelled = True

@@ -52,6 +52,16 @@ VARIANTS: Dict[str, Tuple[str, object]] = {
     "box:+negative-filter": ("default + background-part pixel filter", replace(DEFAULT, negative_filter=True)),
     "whole:persam": ("PerSAM, whole image", replace(DEFAULT, method="persam", search_context=None)),
     "whole:no-retrieval": ("no-retrieval, whole image", replace(DEFAULT, method="no-retrieval", search_context=None)),
+    "ablation:max-parts=1": ("default, foreground part counts 1 only", replace(DEFAULT, max_parts=1)),
+    "ablation:max-parts=3": ("default, foreground part counts 1..3", replace(DEFAULT, max_parts=3)),
+    "ablation:negatives=0": ("default, no background parts (no contrast)", replace(DEFAULT, negative_parts=0)),
+    "ablation:negatives=2": ("default, 2 background parts", replace(DEFAULT, negative_parts=2)),
+    "ablation:negatives=3": ("default, 3 background parts", replace(DEFAULT, negative_parts=3)),
+    "ablation:no-refine": ("default without the refinement call", replace(DEFAULT, refine=False)),
+    "ablation:box+negatives": ("default, each box decoded with the negative points", replace(DEFAULT, box_negatives=True)),
+    "ablation:box+3negatives": ("default, 3 background parts as negative points with each box",
+                                replace(DEFAULT, box_negatives=True, negative_parts=3)),
+    "ablation:rank3": ("default with the previous 3-term rank selection", replace(DEFAULT, selection="rank3")),
     "oracle box": ("box of the true target mask (ceiling)", "oracle"),
     "oracle box +crop": ("oracle box + crop re-encode pass", "oracle-crop"),
 }
@@ -80,12 +90,19 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of: " + ", ".join(VARIANTS))
     ap.add_argument("--json", default=None, help="also write every number to this JSON file")
+    ap.add_argument("--cache", action="store_true",
+                    help="keep embeddings on disk between runs (embedding_store.py; timings then are not encoder timings)")
     args = ap.parse_args(argv)
     names = [v for v in args.variants.split(",") if v]
     from P2SAMLogic.runtime import tune_process
 
     tune_process()  # as the CLI does
     model = load_model("litemedsam", device=args.device)
+    if args.cache:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from embedding_store import use_disk_cache
+
+        use_disk_cache(model)
     sets = dev_sets(Path(args.data))
     # load everything once
     loaded = {k: [(read_image(r), read_mask(rm), [(read_image(t), read_mask(tm)) for t, tm in ts])

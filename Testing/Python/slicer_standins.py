@@ -140,7 +140,8 @@ class ParameterNode:
     NODE_FIELDS = ("priorVolume", "priorSegmentation", "followupVolume", "outputSegmentation", "followupSequence")
     DEFAULTS = {"selectedSegmentIds": [], "model": "LiteMedSAM (embedded)", "samCheckpoint": ".",
                 "samModelType": "auto", "maxParts": 5, "negativeParts": 1, "roiMarginMm": 15.0,
-                "sliceMarginMm": 5.0, "device": "auto", "runInBackground": True, "chainFollowups": False}
+                "sliceMarginMm": 5.0, "device": "auto", "runInBackground": True, "chainFollowups": False,
+                "runOnServer": False, "serverUrl": "http://127.0.0.1:8000"}
 
     def __init__(self, scene, node=None):
         object.__setattr__(self, "scene", scene)

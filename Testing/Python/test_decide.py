@@ -40,7 +40,7 @@ def test_trusted_proposals_are_fused_and_untrusted_ones_keep_the_registration():
     }
     out, decisions, model = decide_part(props, reg, DecisionRule(), SPACING)
     assert decisions[2].source == "model"
-    assert (out[2] == fuse_contours(props[2].mask, reg[2], 0.5, SPACING[1:])).all()
+    assert (out[2] == fuse_contours(props[2].mask, reg[2], DecisionRule().prior_weight, SPACING[1:])).all()
     assert decisions[3].source == "registered" and "overlap" in decisions[3].reason
     assert decisions[4].source == "registered" and "predicted IoU" in decisions[4].reason
     assert (out[3] == reg[3]).all() and (out[4] == reg[4]).all()

@@ -71,9 +71,13 @@ def test_p2sam_reaches_the_dice_floor_on_both_segments(p2sam_run, simulated_foll
     assert on_label >= VERTEBRA_DICE_FLOOR
     report = result.reports[1]
     registered = result.registered_prior[1].array().any(axis=(1, 2))
-    for s in report.slices:
-        if s.status == "accepted" and not registered[s.index]:
-            assert s.flagged and "beyond" in s.reason
+    beyond = [s for s in report.slices if not registered[s.index]]
+    assert beyond, "the slice margin beyond the registered extent was not examined"
+    for s in beyond:  # either kept (from the model, flagged) or absent
+        if s.status == "accepted":
+            assert s.flagged and "beyond" in s.reason and s.source == "model"
+        else:
+            assert s.source == "absent" and not got[s.index].any()
 
 
 def test_output_is_on_the_followup_grid_with_names_colours_and_provenance(p2sam_run, simulated_followup, litemedsam):
@@ -108,6 +112,11 @@ def test_report_counts_are_consistent(p2sam_run, simulated_followup):
     assert "GTV" in result.report_table() and PROPOSAL_STATUS in result.report_table()
     for s in gtv.slices:
         assert 0.0 <= s.qa <= 1.0
+        assert s.source in ("model", "registered", "mixed", "absent")
+        assert (s.status == "accepted") == (s.source != "absent")
+    # the share of slices from the model is what the slices say
+    accepted = [s for s in gtv.slices if s.status == "accepted"]
+    assert gtv.model_share == pytest.approx(sum(s.source == "model" for s in accepted) / len(accepted))
 
 
 def test_progress_is_monotonic_and_complete(p2sam_run):

@@ -156,6 +156,53 @@ def test_the_widget_job_reports_a_model_mismatch(server, tmp_path, lung_crop):
     assert expected_model_sha256(str(other)) in err["message"] and KNOWN_MODEL_SHA256["litemedsam"] in err["message"]
 
 
+def test_the_panel_runs_on_the_server_and_adds_the_result(server, small_cohort, small_cohort_cli, monkeypatch):
+    """The module panel with "Run on server" ticked: the job goes to the server and the proposal comes back
+    as a new segmentation node on the follow-up, with the CLI's Dice."""
+    slicer = pytest.importorskip("slicer")
+    import slicer_standins as standins
+    from P2SAMLogic.io3d import read_segmentation, read_volume
+    from P2SAMSlicerLib import mrml_bridge
+
+    scene = slicer.vtkMRMLScene()
+    standins.install(monkeypatch, scene)
+    module = standins.load(ROOT / "P2SAMSlicer" / "P2SAMSlicer.py", "P2SAMSlicer_server_under_test")
+    widget = module.P2SAMSlicerWidget()
+    widget.ui = standins.widget_ui()
+    widget.logic = module.P2SAMSlicerLogic()
+    widget._timer = standins.Anything()  # onTimer is called below, as Qt's timer would
+    settings = standins.ParameterNode(scene)
+    widget.setParameterNode(settings)
+    prior, prior_src = read_volume(str(small_cohort / "prior_ct.nrrd"))
+    follow, follow_src = read_volume(str(small_cohort / "followup_1.nrrd"))
+    segments = read_segmentation(str(small_cohort / "prior.seg.nrrd"), prior, prior_src)
+    prior_node = mrml_bridge.image_to_volume_node(prior, scene, "prior")
+    settings.priorVolume = prior_node
+    settings.priorSegmentation = mrml_bridge.segments_to_segmentation_node(scene, segments, prior, "prior contours",
+                                                                           reference_volume_node=prior_node)
+    settings.followupVolume = mrml_bridge.image_to_volume_node(follow, scene, "follow-up 1")
+    settings.runOnServer, settings.serverUrl = True, server
+    shown = []
+    widget.showResults = lambda outputs, report=None: shown.append(outputs)
+    before = scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode")
+    widget._startBackground(settings, widget.checkedSegmentIds(), {"model": "litemedsam", "modelType": None,
+                                                                   "device": "cpu"},
+                            dict(FAST_PARAMETERS, segments=["GTV"]), None, server=server)
+    assert type(widget._job).__name__ == "ServerPropagation"
+    deadline = time.monotonic() + 600
+    while widget._job is not None and time.monotonic() < deadline:
+        time.sleep(0.5)
+        widget.onTimer()
+    assert widget._job is None
+    assert scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == before + 1
+    (node, report, volume), = shown[0]
+    (got,) = mrml_bridge.masks_from_segmentation_node(node, follow).values()
+    truth = read_segmentation(str(small_cohort / "truth_1.seg.nrrd"), follow, follow_src)[0].array()
+    dice = 2.0 * float((got & truth).sum()) / (int(got.sum()) + int(truth.sum()))
+    assert dice == pytest.approx(small_cohort_cli[1], abs=1e-3)
+    assert report["status"] == "unreviewed proposal"
+
+
 def test_unreachable_server_is_named(tmp_path):
     with pytest.raises(ServerError) as err:
         P2SAMServerClient(f"http://127.0.0.1:{_free_port()}", timeout=5).info()
