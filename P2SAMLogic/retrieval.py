@@ -192,11 +192,11 @@ def gather_sets(features: torch.Tensor, cells: torch.Tensor, weights: torch.Tens
 #: candidate's scores are comparable); it decreases geometrically from ``SINKHORN_EPS_START`` times
 #: that scale over ``SINKHORN_LEVELS`` levels, ``SINKHORN_STEPS`` sweeps per level and
 #: ``SINKHORN_FINAL`` at the last. Chosen by measurement on the 2D benchmark's candidates (docs/speed.md).
-SINKHORN_EPS = 5e-3
+SINKHORN_EPS = 2e-3
 SINKHORN_EPS_START = 1.0
-SINKHORN_LEVELS = 8
+SINKHORN_LEVELS = 10
 SINKHORN_STEPS = 4
-SINKHORN_FINAL = 20
+SINKHORN_FINAL = 30
 
 
 def _schedule(scale: float) -> List[Tuple[float, int]]:
