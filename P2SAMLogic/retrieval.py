@@ -134,11 +134,19 @@ class SetBatch:
 
     def prepared(self, i: int) -> PreparedSet:
         """Set ``i`` as a float64 host :class:`PreparedSet` (what :func:`prepare_set` would give)."""
-        n = int(self.sizes[i])
-        x64 = np.ascontiguousarray(self.x[i, :n].detach().double().cpu().numpy())
-        w64 = self.w[i, :n].detach().double().cpu().numpy()
-        total = w64.sum()
-        return PreparedSet(x64, w64 / total if total > 0 else w64, np.einsum("ij,ij->i", x64, x64))
+        return self.on_host()[i]
+
+    def on_host(self) -> List[PreparedSet]:
+        """Every set as a float64 host :class:`PreparedSet`, with one device-to-host transfer."""
+        x = self.x.detach().double().cpu().numpy()
+        w = self.w.detach().double().cpu().numpy()
+        out = []
+        for i, n in enumerate(self.sizes):
+            x64 = np.ascontiguousarray(x[i, :int(n)])
+            w64 = w[i, :int(n)]
+            total = w64.sum()
+            out.append(PreparedSet(x64, w64 / total if total > 0 else w64, np.einsum("ij,ij->i", x64, x64)))
+        return out
 
 
 @lru_cache(maxsize=4096)
@@ -313,8 +321,9 @@ def wasserstein_scores(sets: SetBatch, refs: Sequence[Optional[PreparedSet]], so
     if not live or len(nonempty) == 0:
         return out
     if solver == "exact":
+        host = sets.on_host()
         for i in nonempty:
-            mine = sets.prepared(int(i))
+            mine = host[int(i)]
             for r in live:
                 out[r, i] = wasserstein_prepared(mine, refs[r])
         return out

@@ -79,9 +79,11 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "Testing" / "Tools"))
 
 CROP = ROOT / "Testing" / "Data" / "lung1_crop"
-#: the development data: ../shared/data beside the repository (or beside a folder of worktrees)
-SHARED = next((p / "shared" / "data" for p in ROOT.parents if (p / "shared" / "data").is_dir()),
-              ROOT.parent / "shared" / "data")
+#: the development data: $P2SAM_DATA, else ../shared/data beside the repository (or beside a folder of
+#: worktrees); read where it lies, never copied into the repository
+SHARED = (Path(os.environ["P2SAM_DATA"]) if os.environ.get("P2SAM_DATA") else
+          next((p / "shared" / "data" for p in ROOT.parents if (p / "shared" / "data").is_dir()),
+               ROOT.parent / "shared" / "data"))
 CVC = SHARED / "cvc612_fine3_sequence"
 LUNG1 = SHARED / "pyradiomics_testcases"
 ACDC = SHARED / "acdc_ed_es_dev"
