@@ -134,11 +134,19 @@ class SetBatch:
 
     def prepared(self, i: int) -> PreparedSet:
         """Set ``i`` as a float64 host :class:`PreparedSet` (what :func:`prepare_set` would give)."""
-        n = int(self.sizes[i])
-        x64 = np.ascontiguousarray(self.x[i, :n].detach().double().cpu().numpy())
-        w64 = self.w[i, :n].detach().double().cpu().numpy()
-        total = w64.sum()
-        return PreparedSet(x64, w64 / total if total > 0 else w64, np.einsum("ij,ij->i", x64, x64))
+        return self.on_host()[i]
+
+    def on_host(self) -> List[PreparedSet]:
+        """Every set as a float64 host :class:`PreparedSet`, with one device-to-host transfer."""
+        x = self.x.detach().double().cpu().numpy()
+        w = self.w.detach().double().cpu().numpy()
+        out = []
+        for i, n in enumerate(self.sizes):
+            x64 = np.ascontiguousarray(x[i, :int(n)])
+            w64 = w[i, :int(n)]
+            total = w64.sum()
+            out.append(PreparedSet(x64, w64 / total if total > 0 else w64, np.einsum("ij,ij->i", x64, x64)))
+        return out
 
 
 @lru_cache(maxsize=4096)
@@ -192,11 +200,11 @@ def gather_sets(features: torch.Tensor, cells: torch.Tensor, weights: torch.Tens
 #: candidate's scores are comparable); it decreases geometrically from ``SINKHORN_EPS_START`` times
 #: that scale over ``SINKHORN_LEVELS`` levels, ``SINKHORN_STEPS`` sweeps per level and
 #: ``SINKHORN_FINAL`` at the last. Chosen by measurement on the 2D benchmark's candidates (docs/speed.md).
-SINKHORN_EPS = 5e-3
+SINKHORN_EPS = 2e-3
 SINKHORN_EPS_START = 1.0
-SINKHORN_LEVELS = 8
+SINKHORN_LEVELS = 10
 SINKHORN_STEPS = 4
-SINKHORN_FINAL = 20
+SINKHORN_FINAL = 30
 
 
 def _schedule(scale: float) -> List[Tuple[float, int]]:
@@ -313,8 +321,9 @@ def wasserstein_scores(sets: SetBatch, refs: Sequence[Optional[PreparedSet]], so
     if not live or len(nonempty) == 0:
         return out
     if solver == "exact":
+        host = sets.on_host()
         for i in nonempty:
-            mine = sets.prepared(int(i))
+            mine = host[int(i)]
             for r in live:
                 out[r, i] = wasserstein_prepared(mine, refs[r])
         return out
