@@ -149,8 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Run 'p2sam COMMAND --help' for a command's manual.\n\n"
                "Environment: P2SAM_NO_MALLOPT=1 leaves glibc's allocator settings alone (they make\n"
                "CPU encoding ~1.7x faster; same results); P2SAM_JIT=1 runs the image encoder as a\n"
-               "traced TorchScript graph on the CPU (same results; no faster here). See README,\n"
-               "'Speed and memory'.",
+               "traced TorchScript graph on the CPU (same results; no faster here). See\n"
+               "docs/speed.md.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

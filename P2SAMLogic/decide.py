@@ -10,7 +10,10 @@ part (a blob: see :mod:`.structures`) the output is
   least ``trust_agreement``), which a structure that shrank or grew satisfies and a proposal that
   wandered to a neighbour does not (Dice would punish real change); and its features are not
   further from the reference structure than the registered prior's own features are
-  (Wasserstein distance ratio at most ``trust_score_ratio``);
+  (Wasserstein distance ratio at most ``trust_score_ratio``); and, for a ring's outer region
+  (``area_ratio_bounds``), its area is within bounds of the registered area: the outer region
+  of a ring is the whole filled structure, and a box around it also contains the bright cavity,
+  which a proposal can return "inside" the registered contour (overlap 1) at a fraction of its area;
 * **registered** — the registered prior, flagged for review, when the model is not trusted there;
 * beyond the registered prior's extent (``slice_margin_mm`` either side), **model** when the
   proposal looks like the reference structure (presence ratio below ``presence_threshold``) and
@@ -45,6 +48,7 @@ class DecisionRule:
     trust_score_ratio: float = 1.00
     prior_weight: float = 0.75
     presence_threshold: float = 0.7
+    area_ratio_bounds: Tuple[float, float] = (0.0, math.inf)
 
 
 @dataclass
@@ -123,6 +127,11 @@ def trusted(p: SliceProposal, proposal: np.ndarray, registered_k: np.ndarray, ru
     inside = overlap(proposal, registered_k)
     if inside < rule.trust_agreement:
         reasons.append(f"not where the registered contour is (overlap {inside:.2f} < {rule.trust_agreement:.2f})")
+    lo, hi = rule.area_ratio_bounds
+    n_reg = int(registered_k.sum())
+    if n_reg and not lo <= int(proposal.sum()) / n_reg <= hi:
+        reasons.append(f"area {int(proposal.sum()) / n_reg:.2f} x the registered area, outside "
+                       f"[{lo:.2f}, {hi:.2f}]")
     if (math.isfinite(p.prior_score) and math.isfinite(p.score) and p.prior_score > 0
             and p.score > rule.trust_score_ratio * p.prior_score):
         reasons.append(f"less like the reference than the registered contour (distance ratio "

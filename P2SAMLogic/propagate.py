@@ -76,6 +76,8 @@ class PropagationConfig:
             the registered prior) or ``model`` (every non-empty proposal is kept: no fallback).
         trust_iou, trust_agreement, trust_score_ratio: the evidence thresholds (see
             :mod:`P2SAMLogic.decide`).
+        ring_area_ratio: a ring's outer region takes the model's proposal only where its area is
+            within ``[r, 1/r]`` times the registered outer area (0 turns the check off).
         decompose: rings and several-piece structures are propagated part by part (see
             :mod:`P2SAMLogic.structures`); False: every structure as one blob.
         rank_prior_agreement: candidates' agreement with the registered prior joins P²SAM's
@@ -111,6 +113,7 @@ class PropagationConfig:
     trust_iou: float = 0.80
     trust_agreement: float = 0.70
     trust_score_ratio: float = 1.00
+    ring_area_ratio: float = 0.75
     decompose: bool = True
     rank_prior_agreement: bool = False
     max_parts: int = 5
@@ -149,6 +152,8 @@ class PropagationConfig:
         for name in ("prior_weight", "trust_iou", "trust_agreement"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise InputError(name, "must be between 0 and 1")
+        if not 0.0 <= self.ring_area_ratio <= 1.0:
+            raise InputError("ring_area_ratio", "must be between 0 and 1")
         if not self.trust_score_ratio > 0:
             raise InputError("trust_score_ratio", "must be positive")
         if self.intensity_window is not None and not self.intensity_window[1] > self.intensity_window[0]:
@@ -163,10 +168,14 @@ class PropagationConfig:
         d = asdict(self)
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
 
-    def rule(self) -> DecisionRule:
+    def rule(self, role: str = "whole") -> DecisionRule:
+        """The decision thresholds for one part; ``role`` as in :class:`P2SAMLogic.structures.Part`."""
+        bounds = (0.0, math.inf)
+        if role == "outer" and self.ring_area_ratio > 0:
+            bounds = (self.ring_area_ratio, 1.0 / self.ring_area_ratio)
         return DecisionRule(mode=self.decision, trust_iou=self.trust_iou, trust_agreement=self.trust_agreement,
                             trust_score_ratio=self.trust_score_ratio, prior_weight=self.prior_weight,
-                            presence_threshold=self.presence_threshold)
+                            presence_threshold=self.presence_threshold, area_ratio_bounds=bounds)
 
 
 @dataclass
@@ -472,7 +481,8 @@ class _PartOutcome:
 def propagate_part(study: Study, part_mask: sitk.Image, part_name: str, registration: StructureRegistration,
                    net, segmenter, cfg: PropagationConfig, stage: Dict[str, float], tick: Callable[[float, str], None],
                    share_windows: Optional[Dict[int, np.ndarray]] = None,
-                   centre_on: Optional[np.ndarray] = None) -> Tuple[_PartOutcome, Dict[int, np.ndarray]]:
+                   centre_on: Optional[np.ndarray] = None, role: str = "whole"
+                   ) -> Tuple[_PartOutcome, Dict[int, np.ndarray]]:
     """Stages "references", "slices", "decide" and "clean up" for one part (a blob).
 
     Args:
@@ -481,6 +491,8 @@ def propagate_part(study: Study, part_mask: sitk.Image, part_name: str, registra
             outer region's ROIs, so both parts' crops are the same images, encoded once).
         centre_on: ``bool [k, j, i]`` mask whose box centres the follow-up ROIs (default: this part's
             registered prior).
+        role: the part's role (``whole``, ``outer`` or ``cavity``): a ring's outer region gets the
+            area bounds of :meth:`PropagationConfig.rule`.
     Returns:
         the outcome, and this part's reference ROIs by prior slice (for ``share_windows``).
     """
@@ -516,7 +528,7 @@ def propagate_part(study: Study, part_mask: sitk.Image, part_name: str, registra
                                cfg.batch_size, stage, tick=tick, label=part_name,
                                registered_box_only=cfg.method == "registered-box", centre_on=centre_on)
     t = time.perf_counter()
-    decided, decisions, model = decide_part(proposals, registered, cfg.rule(), kji_spacing)
+    decided, decisions, model = decide_part(proposals, registered, cfg.rule(role), kji_spacing)
     stage["decide"] += time.perf_counter() - t
     t = time.perf_counter()
     cleaned = clean_up(decided, registered, cfg, kji_spacing)
@@ -548,7 +560,7 @@ def propagate_structure(study: Study, seg: Segment, registration: StructureRegis
         share = windows_by_piece.get(part.piece) if part.role == "cavity" else None
         centre = outer_registered.get(part.piece) if part.role == "cavity" else None
         outcome, wins = propagate_part(study, part.mask, part.name, registration, net, segmenter, cfg, stage, sub,
-                                       share_windows=share, centre_on=centre)
+                                       share_windows=share, centre_on=centre, role=part.role)
         outcomes[part.name] = outcome
         if part.role == "outer":
             windows_by_piece[part.piece] = wins

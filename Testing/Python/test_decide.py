@@ -57,6 +57,24 @@ def test_a_structure_that_really_shrank_is_trusted():
     assert decisions[3].agreement < 0.7  # the Dice with the registration is low: it changed
 
 
+def test_a_ring_outer_region_does_not_take_the_cavity_inside_it():
+    """The outer region of a ring is the filled structure; a proposal of the bright cavity inside it
+    lies inside the registered contour (overlap 1) at a fraction of its area: kept registered for an
+    outer region, trusted for a whole structure (which may really have shrunk)."""
+    from P2SAMLogic.propagate import PropagationConfig
+
+    reg = registered_volume()
+    props = {3: proposal(3, disc(24, 24, 6))}
+    cfg = PropagationConfig()
+    _, outer, _ = decide_part(props, reg, cfg.rule("outer"), SPACING)
+    _, whole, _ = decide_part(props, reg, cfg.rule("whole"), SPACING)
+    assert outer[3].source == "registered" and "area" in outer[3].reason
+    assert whole[3].source == "model"
+    # a proposal of about the registered size is trusted for the outer region too
+    _, near, _ = decide_part({3: proposal(3, disc(24, 24, 9.5))}, reg, cfg.rule("outer"), SPACING)
+    assert near[3].source == "model", near[3].reason
+
+
 def test_a_proposal_less_like_the_reference_than_the_registration_is_not_trusted():
     reg = registered_volume()
     props = {3: proposal(3, disc(24, 24, 9), score=2.0, prior_score=1.0)}

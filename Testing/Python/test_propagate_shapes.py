@@ -127,3 +127,25 @@ def test_deformable_method_is_registration_only(lung_crop, simulated_followup):
     assert result.provenance["model"] is None
     assert result.provenance["registration"]["per_segment"]["GTV"]["deformable"] == "demons"
     assert dice(result.segments[0].array(), arr(truth["GTV"])) >= 0.88
+
+
+def test_a_ring_runs_through_a_point_prompt_model(tiny_sam):
+    """Mechanics only (random weights, no accuracy claim): a point-prompt SAM gets the same decomposition,
+    one proposal per part and slice, and the output keeps the ring's hole and the follow-up's grid."""
+    prior, masks, followup, truth = ring_study()
+    segs = [Segment(n, (0.8, 0.3, 0.3), m) for n, m in masks.items()]
+    result = propagate(prior, segs, followup, model=tiny_sam, keep_details=True)
+    assert result.reports[0].shape == "ring"
+    parts = result.details["Wall"]["parts"]
+    assert set(parts) == {"Wall outer", "Wall cavity"}
+    for name, part in parts.items():
+        ks = np.flatnonzero(part["registered"].any(axis=(1, 2)))
+        assert ks.size and all(int(k) in part["proposals"] for k in ks), name
+        assert all(p.candidates >= 1 for p in part["proposals"].values()), name
+    out = result.segments[0].mask
+    assert out.GetSize() == followup.GetSize() and out.GetOrigin() == followup.GetOrigin()
+    cy, cx = int(round((70.0 - 2.0) / 1.5)), int(round((74.0 + 3.0) / 1.5))
+    a = result.segments[0].array()
+    assert a[1:5].any() and not a[1:5, cy, cx].any()
+    for s in result.reports[0].slices:
+        assert s.source in ("model", "registered", "mixed", "absent")
