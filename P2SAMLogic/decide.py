@@ -16,8 +16,12 @@ part (a blob: see :mod:`.structures`) the output is
   which a proposal can return "inside" the registered contour (overlap 1) at a fraction of its area;
 * **registered** — the registered prior, flagged for review, when the model is not trusted there;
 * beyond the registered prior's extent (``slice_margin_mm`` either side), **model** when the
-  proposal looks like the reference structure (presence ratio below ``presence_threshold``) and
-  the neighbouring slice toward the structure was kept, else **absent** (nothing).
+  structure grew at that end (the model was trusted on the registered prior's end slice and its
+  proposal there is at least ``edge_growth`` times the registered area: without growth there is
+  no evidence that the structure reaches further than the registration says, and a neighbouring
+  look-alike, e.g. the next vertebra, must not be added), the proposal looks like the reference
+  structure (presence ratio below ``presence_threshold``) and the neighbouring slice toward the
+  structure was kept; else **absent** (nothing).
 
 ``mode="model"`` turns the fallback off (every non-empty proposal is kept, as before this
 stage existed): the "P²SAM without the fallback" row of the benchmark.
@@ -48,6 +52,7 @@ class DecisionRule:
     trust_score_ratio: float = 1.00
     prior_weight: float = 0.75
     presence_threshold: float = 0.7
+    edge_growth: float = 1.1
     area_ratio_bounds: Tuple[float, float] = (0.0, math.inf)
 
 
@@ -176,8 +181,14 @@ def decide_part(proposals: Dict[int, SliceProposal], registered: np.ndarray, rul
     # beyond the registered extent: walk outward; keep a slice only if its neighbour toward the structure was kept
     if inside:
         for direction in (-1, 1):
-            k = (inside[0] if direction < 0 else inside[-1]) + direction
-            prev_ok = decisions.get(k - direction) is not None and decisions[k - direction].source != "absent"
+            edge = inside[0] if direction < 0 else inside[-1]
+            k = edge + direction
+            prev_ok = decisions.get(edge) is not None and decisions[edge].source != "absent"
+            grew = True
+            if rule.mode != "model":
+                grew = (decisions[edge].source == "model"
+                        and int(model[edge].sum()) >= rule.edge_growth * int(registered[edge].sum()))
+                prev_ok = prev_ok and grew
             while k in proposals:
                 p = proposals[k]
                 pres = p.presence
@@ -193,6 +204,8 @@ def decide_part(proposals: Dict[int, SliceProposal], registered: np.ndarray, rul
                 else:
                     if not model[k].any():
                         why = "empty proposal"
+                    elif not grew:
+                        why = "no growth at this end of the registered extent"
                     elif not prev_ok:
                         why = "neighbour toward the structure was not kept"
                     else:

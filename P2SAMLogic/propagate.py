@@ -76,6 +76,9 @@ class PropagationConfig:
             the registered prior) or ``model`` (every non-empty proposal is kept: no fallback).
         trust_iou, trust_agreement, trust_score_ratio: the evidence thresholds (see
             :mod:`P2SAMLogic.decide`).
+        followup_references: slices where the model was not trusted get a second proposal with a
+            confidently segmented neighbouring follow-up slice as the reference
+            (:func:`P2SAMLogic.slices.followup_pass`), kept where the decision rule trusts it.
         ring_area_ratio: a ring's outer region takes the model's proposal only where its area is
             within ``[r, 1/r]`` times the registered outer area (0 turns the check off).
         decompose: rings and several-piece structures are propagated part by part (see
@@ -114,6 +117,7 @@ class PropagationConfig:
     trust_agreement: float = 0.70
     trust_score_ratio: float = 1.00
     ring_area_ratio: float = 0.75
+    followup_references: bool = False
     decompose: bool = True
     rank_prior_agreement: bool = False
     max_parts: int = 5
@@ -198,6 +202,8 @@ class SliceReport:
             reference structure); NaN when not computed.
         window: the ROI ``(x0, y0, x1, y1)`` in slice pixels; box: the chosen prompt box
             (of the structure's first part).
+        followup_reference: the follow-up slice that served as the reference (the second look at
+            an untrusted slice, ``followup_references``), else None.
     """
 
     index: int
@@ -214,6 +220,7 @@ class SliceReport:
     predicted_iou: float = math.nan
     window: Optional[List[float]] = None
     box: Optional[List[float]] = None
+    followup_reference: Optional[int] = None
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -528,8 +535,20 @@ def propagate_part(study: Study, part_mask: sitk.Image, part_name: str, registra
                                cfg.batch_size, stage, tick=tick, label=part_name,
                                registered_box_only=cfg.method == "registered-box", centre_on=centre_on)
     t = time.perf_counter()
-    decided, decisions, model = decide_part(proposals, registered, cfg.rule(role), kji_spacing)
+    rule = cfg.rule(role)
+    decided, decisions, model = decide_part(proposals, registered, rule, kji_spacing)
     stage["decide"] += time.perf_counter() - t
+    if cfg.followup_references and cfg.method == "p2sam" and rule.mode == "evidence":
+        from .decide import trusted
+        from .slices import followup_pass
+
+        second = followup_pass(segmenter, proposals, decisions, decided, registered, follow_arr,
+                               study.followup_window, lambda p, m, r: trusted(p, m, r, rule)[0], stage)
+        if second:
+            t = time.perf_counter()
+            proposals = {**proposals, **second}
+            decided, decisions, model = decide_part(proposals, registered, rule, kji_spacing)
+            stage["decide"] += time.perf_counter() - t
     t = time.perf_counter()
     cleaned = clean_up(decided, registered, cfg, kji_spacing)
     stage["cleanup"] += time.perf_counter() - t
@@ -628,7 +647,8 @@ def build_report(seg: Segment, output: np.ndarray, registered: np.ndarray, plan:
             agreement=float(first[1].agreement) if first else math.nan,
             presence=float(prop.presence) if prop is not None else math.nan,
             predicted_iou=float(prop.predicted_iou) if prop is not None else math.nan,
-            window=None if prop is None else [float(v) for v in prop.window], box=None if prop is None else prop.box))
+            window=None if prop is None else [float(v) for v in prop.window], box=None if prop is None else prop.box,
+            followup_reference=None if prop is None else getattr(prop, "followup_reference", None)))
     prior_ml = seg.volume_ml()
     reg_ml = float(registered.sum()) * voxel_ml
     fu_ml = float(output.sum()) * voxel_ml

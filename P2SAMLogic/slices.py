@@ -79,6 +79,7 @@ class SliceProposal:
         candidates: the number of candidates decoded.
         candidate_masks: every candidate's ``h x w`` mask inside ``window`` (benchmarks only:
             the segmenter's ``keep_candidate_masks``), else None; candidate_scores: their summaries.
+        followup_reference: the follow-up slice used as the reference (:func:`followup_pass`), else None.
     """
 
     k: int
@@ -94,6 +95,7 @@ class SliceProposal:
     candidates: int = 0
     candidate_masks: Optional[List[np.ndarray]] = None
     candidate_scores: Optional[List[dict]] = None
+    followup_reference: Optional[int] = None
 
     @property
     def presence(self) -> float:
@@ -220,13 +222,74 @@ def propose_slices(segmenter, refs: Sequence[Reference], targets: Sequence[int],
                                         prior_mask=reg_crop if reg_crop.any() else None)
             for key in ("match", "decode", "retrieval"):
                 stage[key] = stage.get(key, 0.0) + res.timings.get(key, 0.0)
-            ch = res.chosen
-            out[k] = SliceProposal(
-                k=int(k), reference=ref.prior_slice, window=win, mask=res.mask,
-                predicted_iou=float(ch.predicted_iou), score=float(res.score) if res.score == res.score else math.nan,
-                background=float(ch.background_distance), prior_score=float(res.prior_score),
-                prior_background=float(res.prior_background),
-                box=None if ch.box is None else (np.asarray(ch.box) + np.tile(win[:2], 2)).tolist(),
-                candidates=len(res.candidates), candidate_masks=res.candidate_masks,
-                candidate_scores=None if res.candidate_masks is None else [c.summary() for c in res.candidates])
+            out[k] = _proposal(k, ref.prior_slice, win, res)
+    return out
+
+
+def _proposal(k: int, reference: int, win: np.ndarray, res, followup_reference: Optional[int] = None
+              ) -> SliceProposal:
+    """A :class:`SliceProposal` from a segmenter result on the crop ``win`` of follow-up slice ``k``."""
+    ch = res.chosen
+    return SliceProposal(
+        k=int(k), reference=int(reference), window=win, mask=res.mask,
+        predicted_iou=float(ch.predicted_iou), score=float(res.score) if res.score == res.score else math.nan,
+        background=float(ch.background_distance), prior_score=float(res.prior_score),
+        prior_background=float(res.prior_background),
+        box=None if ch.box is None else (np.asarray(ch.box) + np.tile(win[:2], 2)).tolist(),
+        candidates=len(res.candidates), candidate_masks=res.candidate_masks,
+        candidate_scores=None if res.candidate_masks is None else [c.summary() for c in res.candidates],
+        followup_reference=followup_reference)
+
+
+def followup_pass(segmenter, proposals: Dict[int, SliceProposal], decisions: dict, decided: np.ndarray,
+                  registered: np.ndarray, followup_arr: np.ndarray, window: IntensityWindow, accept,
+                  stage: Dict[str, float], max_gap: int = 2, min_qa: float = 0.85) -> Dict[int, SliceProposal]:
+    """Second look at the slices where the model was not trusted, with the follow-up itself as reference.
+
+    Slices whose proposal was trusted with a QA of at least ``min_qa`` (*anchors*) are references for
+    the untrusted slices at most ``max_gap`` slices away (the nearest anchor): same scan, same
+    contrast, nearly the same anatomy, as video propagation does. The untrusted slice's crop is the
+    one the first pass used (its encoding is cached), the anchor's crop and decided mask make the
+    reference (its crop was encoded as a target). A new proposal is returned only where ``accept``
+    (``(proposal, full mask, registered slice) -> bool``, the decision rule) trusts it.
+
+    Args:
+        decisions: :class:`P2SAMLogic.decide.SliceDecision` per slice (the first pass's).
+        decided: ``bool [k, j, i]`` the first pass's decided part (the anchors' masks).
+    Returns:
+        slice -> the accepted new proposal (``followup_reference`` = the anchor slice).
+    """
+    import time
+
+    inside = [k for k, d in decisions.items() if registered[k].any() and k in proposals]
+    anchors = [k for k in inside if decisions[k].source == "model" and decisions[k].qa >= min_qa]
+    retry = [k for k in inside if decisions[k].source == "registered"]
+    if not anchors or not retry:
+        return {}
+    shape = registered.shape[1:]
+    prepared: Dict[int, object] = {}
+    out: Dict[int, SliceProposal] = {}
+    for k in retry:
+        a = min(anchors, key=lambda x: (abs(x - k), x))
+        if abs(a - k) > max_gap:
+            continue
+        if a not in prepared:
+            x0, y0, x1, y1 = proposals[a].window.astype(int)
+            m = np.ascontiguousarray(decided[a, y0:y1, x0:x1])
+            if not m.any():
+                continue
+            t = time.perf_counter()
+            prepared[a] = segmenter.prepare_reference(window.to_rgb(np.asarray(followup_arr[a, y0:y1, x0:x1])), m,
+                                                      source=f"follow-up slice {a}")
+            stage["cluster"] = stage.get("cluster", 0.0) + time.perf_counter() - t
+        win = proposals[k].window
+        x0, y0, x1, y1 = win.astype(int)
+        reg_crop = registered[k, y0:y1, x0:x1]
+        res = segmenter.segment(prepared[a], window.to_rgb(np.asarray(followup_arr[k, y0:y1, x0:x1])),
+                                prior_box=mask_box(reg_crop), prior_mask=reg_crop if reg_crop.any() else None)
+        for key in ("match", "decode", "retrieval"):
+            stage[key] = stage.get(key, 0.0) + res.timings.get(key, 0.0)
+        p = _proposal(k, proposals[a].reference, win, res, followup_reference=a)
+        if accept(p, p.full(shape), registered[k]):
+            out[k] = p
     return out

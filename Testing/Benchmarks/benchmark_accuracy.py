@@ -193,6 +193,27 @@ def tables(rows: List[dict], methods: List[str]) -> str:
     return "\n".join(out)
 
 
+def case_tables(rows: List[dict], methods: List[str]) -> str:
+    """Dice per case and structure, one column per method (the model share of ``p2sam`` last)."""
+    out = []
+    for s in dict.fromkeys(r["set"] for r in rows):
+        rs = [r for r in rows if r["set"] == s]
+        ms = [m for m in methods if any(r["method"] == m for r in rs)]
+        out.append(f"\n### {s}: Dice per case\n")
+        out.append("| case | structure | " + " | ".join(ms) + " | p2sam model share |")
+        out.append("|---|---|" + "---|" * (len(ms) + 1))
+        for c in dict.fromkeys(r["case"] for r in rs):
+            for n in dict.fromkeys(r["structure"] for r in rs if r["case"] == c):
+                cells, share = [], ""
+                for m in ms:
+                    x = [r for r in rs if r["case"] == c and r["structure"] == n and r["method"] == m]
+                    cells.append(f"{x[0]['dice']:.3f}" if x else "")
+                    if m == "p2sam" and x and math.isfinite(x[0]["model_share"]):
+                        share = f"{100 * x[0]['model_share']:.0f}%"
+                out.append(f"| {c} | {n} | " + " | ".join(cells) + f" | {share} |")
+    return "\n".join(out)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data"),
@@ -203,6 +224,8 @@ def main() -> int:
     ap.add_argument("--json", default=None, help="write every row as JSON")
     ap.add_argument("--markdown", default=None, help="write the tables as Markdown")
     ap.add_argument("--no-cache", action="store_true", help="no on-disk embedding cache")
+    ap.add_argument("--merge", default=None,
+                    help="a --json file of an earlier run: its rows are kept except those of the methods run now")
     ap.add_argument("--cache-dir", default=None, help="embedding cache folder (default: ~/.cache/p2sam-bench-embeddings)")
     args = ap.parse_args()
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -218,12 +241,17 @@ def main() -> int:
 
         use_disk_cache(net, Path(args.cache_dir) if args.cache_dir else None)
     rows: List[dict] = []
+    run = list(methods)
+    if args.merge:
+        old = json.loads(Path(args.merge).read_text())
+        rows = [r for r in old["rows"] if r["method"] not in run]
+        methods = list(old["methods"]) + [m for m in run if m not in old["methods"]]
     for s in [x.strip() for x in args.sets.split(",") if x.strip()]:
         for case in load_set(s, Path(args.data), args.limit):
-            rows += run_case(case, methods, net)
+            rows += run_case(case, run, net)
             if args.json:
                 Path(args.json).write_text(json.dumps({"methods": methods, "rows": rows}, indent=1, default=str))
-    text = tables(rows, methods)
+    text = tables(rows, methods) + "\n" + case_tables(rows, methods)
     print(text)
     if args.markdown:
         Path(args.markdown).write_text(text + "\n")

@@ -91,7 +91,7 @@ def test_without_fallback_every_non_empty_proposal_is_kept():
 
 def test_beyond_the_registered_extent_only_a_structure_like_proposal_next_to_a_kept_slice_stays():
     reg = registered_volume()
-    props = {k: proposal(k, disc(24, 24, 9)) for k in range(2, 5)}
+    props = {k: proposal(k, disc(24, 24, 11.5)) for k in range(2, 5)}  # the structure grew: 1.3x the area
     props[1] = proposal(1, disc(24, 24, 6), score=1.0, background=4.0)  # presence 0.25: kept
     props[0] = proposal(0, disc(24, 24, 5), score=1.0, background=4.0)  # kept (neighbour kept)
     props[5] = proposal(5, disc(24, 24, 6), score=3.5, background=4.0)  # presence 0.875: absent
@@ -101,6 +101,21 @@ def test_beyond_the_registered_extent_only_a_structure_like_proposal_next_to_a_k
     assert "neighbour" in decisions[6].reason and "presence" in decisions[5].reason
     assert not out[5].any() and not out[6].any() and out[1].any()
     assert all(0.0 <= d.qa <= 1.0 for d in decisions.values() if math.isfinite(d.qa))
+
+
+def test_without_growth_at_an_end_nothing_beyond_the_registered_extent_is_added():
+    """A look-alike next to the structure (the next vertebra) passes the presence check; without growth at
+    the registered prior's end slice there is no evidence that the structure reaches it."""
+    reg = registered_volume()
+    props = {k: proposal(k, disc(24, 24, 10)) for k in range(2, 5)}  # same size as registered
+    props[1] = proposal(1, disc(24, 24, 10), score=1.0, background=4.0)  # presence 0.25: looks like it
+    props[5] = proposal(5, disc(24, 24, 10), score=1.0, background=4.0)
+    out, decisions, _ = decide_part(props, reg, DecisionRule(), SPACING)
+    assert decisions[1].source == "absent" and decisions[5].source == "absent"
+    assert "no growth" in decisions[1].reason and not out[1].any() and not out[5].any()
+    # without the fallback (mode "model") the look-alike is kept, as before this rule
+    _, loose, _ = decide_part(props, reg, DecisionRule(mode="model"), SPACING)
+    assert loose[1].source == "model" and loose[5].source == "model"
 
 
 def test_empty_proposal_inside_the_extent_keeps_the_registration():

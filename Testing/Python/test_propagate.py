@@ -3,8 +3,9 @@
 The simulated follow-ups (Testing/Tools/simulate_followup.py) are the prior CT moved
 rigidly, deformed smoothly, with the GTV shrunk by 25 % in volume, resampled on another
 grid (0.7 x 0.7 x 3 mm instead of 0.57 x 0.57 x 5 mm, other field of view) with noise; the
-true follow-up masks come from the same warp. The Dice floors were measured with
-`Testing/Benchmarks/benchmark_3d.py` and are set a few points below the measured value.
+true follow-up masks come from the same warp (the demo's case). The Dice floors were measured
+with `Testing/Benchmarks/benchmark_accuracy.py --sets lung-sim` (case sim0 is this simulation)
+and are set a few points below the measured value.
 """
 from __future__ import annotations
 
