@@ -7,7 +7,7 @@ pipeline    `p2sam propagate`'s work on the bundled demo case (the real CT crop 
             Testing/Data/lung1_crop and the SIMULATED follow-up that scripts/run_demo.sh
             makes), in a child process so that its peak RSS is the pipeline's alone: wall
             seconds per stage (load, register, model load, references, encode, cluster,
-            match, decode, retrieve, post-process, write, other), then the encoder alone
+            match, decode, retrieve, decide, clean-up, report, write, other), then the encoder alone
             on exactly the images the run encoded (fresh cache, same process, warm), the
             ratio end-to-end / encoder-only, follow-up slices per second, peak RSS and the
             Dice of the result against the simulation's truth (so that a speed-up that
@@ -180,7 +180,8 @@ def pipeline_child(folder: Path, device: str) -> None:
     stages = {"load": t_load, "register": tm["registration"], "model_load": t_model + tm.get("model_load", 0.0),
               "references": tm["references"], "encode": tm["encode"], "cluster": tm["cluster"],
               "match": tm["match"], "decode": tm["decode"], "retrieve": tm["retrieval"],
-              "postprocess": tm["postprocess"], "write": t_write, "other": tm["other"]}
+              "decide": tm.get("decide", 0.0), "cleanup": tm.get("cleanup", 0.0), "report": tm.get("report", 0.0),
+              "write": t_write, "other": tm["other"]}
     out = {"case": "demo (lung1 crop, simulated follow-up)", "machine": _machine(str(net.device)),
            "process": tuned, "jit_encoder": bool(net.jit_encoder),
            "encoder_seconds": encoder_only, "total_seconds": total, "ratio": total / max(encoder_only, 1e-9),
