@@ -24,6 +24,13 @@ way for every model:
 * a negative click removes the part of the mask closer to it than to any positive cue
   (the positive clicks and the box centre): a nearest-cue split of the mask, so the
   clicked pixel and its surroundings always go, and the rest stays.
+
+With ``edit_current`` (what the Segment Editor effect uses when the slice already has a
+contour) the clicks edit that contour instead of replacing it by the box's decode: a positive
+click inside it changes nothing, one outside adds the structure under the click (the decode of
+a structure-sized box centred on it), a negative click carves as above. The proposal on a slice
+may be the registered contour (the model was not trusted there) or a fusion of the model's
+proposal with it; re-decoding P²SAM's box would replace that contour with the raw model's.
 """
 from __future__ import annotations
 
@@ -97,6 +104,8 @@ class SliceCorrector:
         box: P²SAM's chosen prompt box on this slice (``SliceReport.box``). None: the box of
             ``initial_mask``, else none until a positive click arrives.
         initial_mask: bool ``H x W``, the slice's current mask (returned while there is no prompt).
+        edit_current: the clicks edit ``initial_mask`` (when it is not empty) instead of replacing
+            it with the decode of the prompt box (see the module docstring).
 
     A click outside the ROI moves the ROI to include it (one more encode). Everything else
     reuses the one embedding: :meth:`predict` costs decoder calls only.
@@ -107,7 +116,7 @@ class SliceCorrector:
 
     def __init__(self, model: PromptableModel, slice_values: np.ndarray, intensity: WindowLike,
                  window: Optional[Sequence[float]] = None, box: Optional[Sequence[float]] = None,
-                 initial_mask: Optional[np.ndarray] = None) -> None:
+                 initial_mask: Optional[np.ndarray] = None, edit_current: bool = False) -> None:
         values = np.asarray(slice_values)
         if values.ndim != 2 or min(values.shape) < 2:
             raise InputError("slice", f"expected an H x W slice, got shape {values.shape}")
@@ -134,6 +143,7 @@ class SliceCorrector:
         self._embedding: Optional[Embedding] = None
         self._embedding_window: Optional[Tuple[int, int, int, int]] = None
         self.last_iou: float = math.nan
+        self.edit_current = bool(edit_current) and self.initial_mask is not None and bool(self.initial_mask.any())
         #: pass the clicks to the decoder as point prompts (models trained with points only)
         self.use_point_prompts = getattr(model, "prompt_modality", "points") == "points"
 
@@ -223,6 +233,8 @@ class SliceCorrector:
         click, a box of the structure's size centred on it (used when the click falls
         outside the first mask: the component under the click is added).
         """
+        if self.edit_current:
+            return self._edit_current()
         box = self.prompt_box()
         if box is None:
             return np.zeros(self.shape, dtype=bool) if self.initial_mask is None else self.initial_mask.copy()
@@ -245,6 +257,36 @@ class SliceCorrector:
             local |= labels == labels[ly, lx]
         local = self._carve_negatives(local, box, offset)
         full = np.zeros(self.shape, dtype=bool)
+        full[y0:y1, x0:x1] = local
+        return full
+
+    def _edit_current(self) -> np.ndarray:
+        """``predict`` with ``edit_current``: the current contour plus what positive clicks outside it add,
+        minus what negative clicks carve; unchanged without clicks."""
+        current = self.initial_mask
+        if not self.clicks:
+            return current.copy()
+        box = self.prompt_box()
+        if box is None:
+            box = mask_box(current)
+        roi = self._roi_for(box)
+        x0, y0, x1, y1 = roi
+        offset = np.array([x0, y0], dtype=np.float64)
+        local = current[y0:y1, x0:x1].copy()
+        cb = mask_box(current)
+        base_w, base_h = float(cb[2] - cb[0]), float(cb[3] - cb[1])
+        outside = [c for c in self.clicks if c.positive and not local[int(c.y - y0), int(c.x - x0)]]
+        if outside:
+            arounds = [_clip_box(np.array([c.x - base_w / 2.0, c.y - base_h / 2.0, c.x + base_w / 2.0,
+                                           c.y + base_h / 2.0]), self.shape) for c in outside]
+            masks = self._decode(self.embedding(roi), np.stack(arounds), offset)
+            for c, extra in zip(outside, masks):
+                lx, ly = int(c.x - x0), int(c.y - y0)
+                if extra[ly, lx]:
+                    labels, _ = ndimage.label(extra)
+                    local |= labels == labels[ly, lx]
+        local = self._carve_negatives(local, box, offset)
+        full = current.copy()
         full[y0:y1, x0:x1] = local
         return full
 

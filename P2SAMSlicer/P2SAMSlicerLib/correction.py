@@ -148,8 +148,10 @@ class CorrectionSession:
             window, box = mrml_bridge.slice_prompts(self.report, segment_name, k)
             if box is None and window is not None:
                 window = None  # a rejected slice: its window may not hold the structure
-            self._correctors[key] = SliceCorrector(self.model(), self.volume[k],
-                                                   self.intensity, window=window, box=box, initial_mask=current)
+            # the clicks edit the slice's contour (the proposal, the registered contour kept where the
+            # model was not trusted, or the user's own work); an empty slice gets P²SAM's box decode
+            self._correctors[key] = SliceCorrector(self.model(), self.volume[k], self.intensity, window=window,
+                                                   box=box, initial_mask=current, edit_current=True)
         return self._correctors[key]
 
     def has_corrector(self, segment_name: str, k: int) -> bool:

@@ -88,6 +88,36 @@ def test_negative_click_removes_a_region(litemedsam, lung_slice):
     assert litemedsam.encode_calls == encodes
 
 
+def test_clicks_edit_the_current_contour_instead_of_replacing_it(litemedsam, lung_slice):
+    """edit_current (the Segment Editor effect on a slice that has a contour): a click inside a good contour
+    changes nothing; a click on a missed structure adds it; a negative click carves; undo restores."""
+    values, truth, box, roi = lung_slice
+    good = truth.copy()  # the true contour itself
+    c = SliceCorrector(litemedsam, values, (0.0, 255.0), window=roi, box=box, initial_mask=good, edit_current=True)
+    assert np.array_equal(c.predict(), good)
+    ys, xs = np.nonzero(truth)
+    c.add_click(xs.mean(), ys.mean(), positive=True)
+    assert np.array_equal(c.predict(), good), "a positive click inside the contour must not change it"
+    # half of the structure missing: a positive click on the missing half brings it back
+    half = truth.copy()
+    cx = int(np.median(xs))
+    half[:, cx:] = False
+    c2 = SliceCorrector(litemedsam, values, (0.0, 255.0), window=roi, box=box, initial_mask=half, edit_current=True)
+    right = truth & ~half
+    ry, rx = np.nonzero(right)
+    c2.add_click(float(np.median(rx)), float(np.median(ry)), positive=True)
+    added = c2.predict()
+    assert (added & half).sum() == half.sum(), "what was there stays"
+    assert dice(added, truth) >= dice(half, truth) + 0.1
+    # a negative click on the contour removes the part around it
+    c.add_click(float(xs.min() + 1), float(ys[np.argmin(xs)]), positive=False)
+    carved = c.predict()
+    assert carved.sum() < good.sum() and not carved[ys[np.argmin(xs)], xs.min() + 1]
+    c.undo_click()
+    c.undo_click()
+    assert np.array_equal(c.predict(), good)
+
+
 def test_click_outside_the_roi_moves_the_roi(fresh_tiny_sam, lung_slice):
     """Plumbing only (tiny random SAM): the ROI grows to hold the click, and is encoded once more."""
     values, truth, box, roi = lung_slice
