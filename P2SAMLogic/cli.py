@@ -86,7 +86,8 @@ Carry the segments of a prior-visit scan onto a follow-up scan of the same patie
      the evidence trusts it (predicted IoU, overlap with the registered prior,
      features at least as close to the reference's as the registered prior's);
      elsewhere the registered prior stays and the slice is FLAGGED. Beyond the
-     registered extent only what looks like the structure is kept;
+     registered extent a slice is added only where the structure grew at that
+     end and the proposal looks like the structure;
   5. 3D clean-up (connected components consistent with the prior, holes
      filled in blobs), rings recomposed (outer minus cavity);
   6. report: volumes, change, per slice where the contour came from (model or
@@ -103,7 +104,8 @@ Inputs
 Output O, by extension (or --output-format)
   .seg.nrrd  Slicer segmentation on F's voxel grid: names, colours, provenance
              tags (model, SHA-256, parameters, version, date, status)
-  .nii.gz    labelmap (label i = i-th segment) + O.labels.json beside it
+  .nii.gz    labelmap (label i = i-th segment) + a label table beside it
+             (week3.nii.gz -> week3.labels.json: names, colours, provenance)
   .dcm       DICOM SEG referencing F's series (F must be a DICOM folder); with
              --output-format rtstruct a DICOM RTSTRUCT instead: one ROI per
              segment (name, colour), its outline on every slice as closed
