@@ -101,6 +101,9 @@ class PropagationConfig:
             0 = the model's mask alone, 1 = the registered prior alone.
         cleanup_tolerance_mm: 3D components must touch the registered prior grown by this.
         qa_flag_below: model slices whose QA score is below this are flagged for review.
+        confirm_agreement: a slice that kept the registered contour is flagged unless the model's
+            own proposal there agrees with it (Dice at least this): the model then confirms the
+            registration, and the slice needs no more attention than any other.
         min_overlap: the fraction of a prior segment that must land inside the follow-up's
             field of view after registration.
         registration: ``per-structure`` (default: one rigid registration around each
@@ -131,6 +134,7 @@ class PropagationConfig:
     prior_weight: float = 0.75
     cleanup_tolerance_mm: float = 5.0
     qa_flag_below: float = 0.6
+    confirm_agreement: float = 0.8
     min_overlap: float = 0.5
     registration: str = "per-structure"
     batch_size: int = 8
@@ -153,7 +157,7 @@ class PropagationConfig:
                      "cleanup_tolerance_mm"):
             if not getattr(self, name) >= 0:
                 raise InputError(name, "must be 0 or more")
-        for name in ("prior_weight", "trust_iou", "trust_agreement"):
+        for name in ("prior_weight", "trust_iou", "trust_agreement", "confirm_agreement"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise InputError(name, "must be between 0 and 1")
         if not 0.0 <= self.ring_area_ratio <= 1.0:
@@ -625,8 +629,14 @@ def build_report(seg: Segment, output: np.ndarray, registered: np.ndarray, plan:
         flags: List[str] = []
         reasons = [f"{name}: {d.reason}" if len(decs) > 1 else d.reason for name, d, _ in decs if d.reason]
         if decs and source in ("registered", "mixed") and reg_k.any():
-            flags.append("registered contour kept (model not trusted)" if source == "registered"
-                         else "part of the contour from the registration (model not trusted there)")
+            kept = [d.agreement for _, d, _ in decs if d.source == "registered"]
+            confirmed = bool(kept) and all(math.isfinite(a) and a >= cfg.confirm_agreement for a in kept)
+            if confirmed:
+                reasons.append(f"registered contour kept; the model's proposal agrees with it "
+                               f"(Dice {min(kept):.2f})")
+            else:
+                flags.append("registered contour kept (model not trusted)" if source == "registered"
+                             else "part of the contour from the registration (model not trusted there)")
         if source in ("model", "mixed") and math.isfinite(qa) and qa < cfg.qa_flag_below:
             flags.append(f"low QA {qa:.2f}")
         if source in ("model", "mixed") and reg_k.any():
