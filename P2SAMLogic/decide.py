@@ -183,18 +183,16 @@ def decide_part(proposals: Dict[int, SliceProposal], registered: np.ndarray, rul
         for direction in (-1, 1):
             edge = inside[0] if direction < 0 else inside[-1]
             k = edge + direction
-            prev_ok = decisions.get(edge) is not None and decisions[edge].source != "absent"
-            grew = True
-            if rule.mode != "model":
-                grew = (decisions[edge].source == "model"
-                        and int(model[edge].sum()) >= rule.edge_growth * int(registered[edge].sum()))
-                prev_ok = prev_ok and grew
+            # the end slice is inside the extent, so it has a decision (model or registered)
+            grew = rule.mode == "model" or (decisions[edge].source == "model" and
+                                            int(model[edge].sum()) >= rule.edge_growth * int(registered[edge].sum()))
+            prev_ok = grew
             while k in proposals:
                 p = proposals[k]
                 pres = p.presence
-                present = bool(model[k].any()) and math.isfinite(pres) and pres < rule.presence_threshold
-                if rule.mode == "model":
-                    present = bool(model[k].any()) and (not math.isfinite(pres) or pres < rule.presence_threshold)
+                # without the fallback an unscored proposal counts as present
+                like = pres < rule.presence_threshold if math.isfinite(pres) else rule.mode == "model"
+                present = bool(model[k].any()) and like
                 keep = prev_ok and present
                 if keep:
                     out[k] = model[k]

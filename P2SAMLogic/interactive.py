@@ -88,6 +88,12 @@ def _clip_box(box: np.ndarray, shape: Tuple[int, int]) -> np.ndarray:
     return np.array([x0, y0, x1, y1], dtype=np.float64)
 
 
+def _component_at(mask: np.ndarray, x: int, y: int) -> np.ndarray:
+    """The connected component of ``mask`` (bool ``h x w``) holding pixel ``(x, y)``; ``mask[y, x]`` must be set."""
+    labels, _ = ndimage.label(mask)
+    return labels == labels[y, x]
+
+
 class SliceCorrector:
     """Re-segment one follow-up slice from P²SAM's box plus the user's clicks.
 
@@ -245,16 +251,13 @@ class SliceCorrector:
         base_w = (self.box[2] - self.box[0]) if self.box is not None else 2 * self.CLICK_MARGIN_PX + 1
         base_h = (self.box[3] - self.box[1]) if self.box is not None else 2 * self.CLICK_MARGIN_PX + 1
         positives = [c for c in self.clicks if c.positive]
-        arounds = [_clip_box(np.array([c.x - base_w / 2.0, c.y - base_h / 2.0, c.x + base_w / 2.0,
-                                       c.y + base_h / 2.0]), self.shape) for c in positives]
-        masks = self._decode(emb, np.stack([box] + arounds), offset)
+        masks = self._decode(emb, np.stack([box] + self._boxes_around(positives, base_w, base_h)), offset)
         local = masks[0].copy()
         for c, extra in zip(positives, masks[1:]):
             lx, ly = int(c.x - x0), int(c.y - y0)
             if local[ly, lx] or not extra[ly, lx]:
                 continue
-            labels, _ = ndimage.label(extra)
-            local |= labels == labels[ly, lx]
+            local |= _component_at(extra, lx, ly)
         local = self._carve_negatives(local, box, offset)
         full = np.zeros(self.shape, dtype=bool)
         full[y0:y1, x0:x1] = local
@@ -277,18 +280,20 @@ class SliceCorrector:
         base_w, base_h = float(cb[2] - cb[0]), float(cb[3] - cb[1])
         outside = [c for c in self.clicks if c.positive and not local[int(c.y - y0), int(c.x - x0)]]
         if outside:
-            arounds = [_clip_box(np.array([c.x - base_w / 2.0, c.y - base_h / 2.0, c.x + base_w / 2.0,
-                                           c.y + base_h / 2.0]), self.shape) for c in outside]
-            masks = self._decode(self.embedding(roi), np.stack(arounds), offset)
+            masks = self._decode(self.embedding(roi), np.stack(self._boxes_around(outside, base_w, base_h)), offset)
             for c, extra in zip(outside, masks):
                 lx, ly = int(c.x - x0), int(c.y - y0)
                 if extra[ly, lx]:
-                    labels, _ = ndimage.label(extra)
-                    local |= labels == labels[ly, lx]
+                    local |= _component_at(extra, lx, ly)
         local = self._carve_negatives(local, box, offset)
         full = current.copy()
         full[y0:y1, x0:x1] = local
         return full
+
+    def _boxes_around(self, clicks: Sequence[Click], w: float, h: float) -> List[np.ndarray]:
+        """A ``w x h`` box (slice pixels, clipped to the slice) centred on each click."""
+        return [_clip_box(np.array([c.x - w / 2.0, c.y - h / 2.0, c.x + w / 2.0, c.y + h / 2.0]), self.shape)
+                for c in clicks]
 
     def _carve_negatives(self, local: np.ndarray, box: np.ndarray, offset: np.ndarray) -> np.ndarray:
         """Drop mask pixels closer to a negative click than to every positive cue (ROI frame)."""

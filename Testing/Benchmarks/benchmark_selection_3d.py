@@ -41,7 +41,7 @@ from P2SAMLogic.structures import fill_slices  # noqa: E402
 from P2SAMLogic.volume import Segment  # noqa: E402
 
 
-def part_truth(name: str, structure: str, truth: np.ndarray) -> np.ndarray:
+def part_truth(name: str, truth: np.ndarray) -> np.ndarray:
     """The true part (``bool [k, j, i]``) for a part name of :mod:`P2SAMLogic.structures`."""
     if name.endswith(" outer"):
         return fill_slices(truth)
@@ -58,7 +58,7 @@ def run_case(case, net) -> List[dict]:
     for structure, det in result.details.items():
         truth = sitk.GetArrayFromImage(case.truth[structure]).astype(bool)
         for part, p in det["parts"].items():
-            t = part_truth(part, structure, truth)
+            t = part_truth(part, truth)
             for k, prop in sorted(p["proposals"].items()):
                 if not t[k].any() or not p["registered"][k].any():
                     continue
