@@ -43,6 +43,7 @@ from .decide import DecisionRule, SliceDecision, decide_part, fuse_contours, sig
 from .errors import CancelledError, InputError
 from .intensity import IntensityWindow, choose_window
 from .registration import DEFORMABLE_METHODS, StructureRegistration
+from .scale import EncodingScale
 from .segmenter import mask_box
 from .structures import StructurePlan, plan_structure, recompose
 from .volume import PROPOSAL_STATUS, Segment, VolumeSource, guess_modality, mask_image_like, same_geometry
@@ -86,9 +87,14 @@ class PropagationConfig:
         rank_prior_agreement: candidates' agreement with the registered prior joins P²SAM's
             retrieval rank sum.
         max_parts: largest foreground part count tried by P²SAM's retrieval.
+        registered_prompts: candidates prompted by the registered contour itself on each slice, next
+            to P²SAM's part prompts (see :class:`P2SAMLogic.segmenter.P2SAMConfig`).
         negative_parts: background parts (negative prompts / contrast of the retrieval).
-        roi_margin_mm: ROI = the reference mask's box grown by this much on every side.
-        min_roi_mm: smallest ROI side.
+        scale: what the model sees of each slice (:class:`P2SAMLogic.scale.EncodingScale`): ``whole``
+            (the whole slice, as LiteMedSAM was trained; one encoding per slice shared by every
+            structure), ``ctxC[:zoomZ]`` (a square of C x the structure's box, zoom capped at Z) or
+            ``crop`` (the box + ``roi_margin_mm`` per side, at least ``min_roi_mm``: the former ROI).
+        roi_margin_mm, min_roi_mm: the ``crop`` scale's margin per side and smallest side.
         slice_margin_mm: slices examined beyond the registered prior's extent, each side.
         registration_margin_mm: rigid registration metric region = structures grown by this.
         intensity_window: ``(low, high)`` in scanner units; None: CT ``[-910, 590]`` HU,
@@ -125,6 +131,8 @@ class PropagationConfig:
     rank_prior_agreement: bool = False
     max_parts: int = 5
     negative_parts: int = 1
+    registered_prompts: Tuple[str, ...] = ("box", "box refined")
+    scale: str = "whole"
     roi_margin_mm: float = 15.0
     min_roi_mm: float = 30.0
     slice_margin_mm: float = 5.0
@@ -170,7 +178,12 @@ class PropagationConfig:
             raise InputError("registration", f"unknown mode '{self.registration}'; expected per-structure or joint")
         if self.batch_size < 1:
             raise InputError("batch_size", "must be at least 1")
+        self.encoding_scale()
         return self
+
+    def encoding_scale(self) -> EncodingScale:
+        """The parsed :attr:`scale`."""
+        return EncodingScale.parse(self.scale, self.roi_margin_mm, self.min_roi_mm)
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -470,7 +483,8 @@ def _make_segmenter(net, cfg: PropagationConfig):
                                            negative_parts=cfg.negative_parts, seed=cfg.seed,
                                            transposed_boxes=False, stage_two_centres=1,
                                            batch_region_slack=0.25,
-                                           rank_prior_agreement=cfg.rank_prior_agreement))
+                                           rank_prior_agreement=cfg.rank_prior_agreement,
+                                           registered_prompts=tuple(cfg.registered_prompts)))
 
 
 def _extent(mask: np.ndarray) -> np.ndarray:
@@ -518,7 +532,8 @@ def propagate_part(study: Study, part_mask: sitk.Image, part_name: str, registra
         return _PartOutcome(registered, registered.copy(), None, {}, {}), {}
     t = time.perf_counter()
     refs = make_references(study.prior_image, part_mask, followup, registration.rigid.transform,
-                           study.prior_window, cfg.roi_margin_mm, cfg.min_roi_mm, part_name)
+                           study.prior_window, cfg.encoding_scale(), part_name,
+                           input_size=getattr(net, "input_size", 256))
     if share_windows:
         shared = [r.cropped(share_windows[r.prior_slice], study.prior_window) if r.prior_slice in share_windows
                   else r for r in refs]
@@ -720,6 +735,9 @@ def propagate(prior_image: sitk.Image, prior_segments: Sequence[Segment], follow
             net = model
     timings["model_load"] = time.perf_counter() - t
     encoder_at_start = 0.0 if net is None else float(getattr(net, "encoder_seconds", 0.0))
+    if net is not None and cfg.encoding_scale().whole and hasattr(net, "cache"):
+        # one embedding per follow-up slice, shared by every structure and part: keep them all
+        net.cache.reserve(followup.GetSize()[2] + 64)
     stage = {k: 0.0 for k in ("references", "cluster", "match", "decode", "retrieval", "decide", "cleanup",
                               "report")}
     spacing = followup.GetSpacing()

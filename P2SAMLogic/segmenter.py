@@ -98,6 +98,11 @@ class P2SAMConfig:
         box_negatives: box models: each box is decoded together with the negative prompts (the
             background parts' peaks as negative points; the paper's negatives). Off by default:
             LiteMedSAM was trained with boxes alone (ablation in docs/ablation.md).
+        registered_prompts: with a ``prior_mask`` (3D: the registered contour on this slice), candidates
+            prompted by that contour itself join the retrieval: ``box`` (its tight box), ``box refined``
+            (that decode, re-prompted with its own mask's box and logits) and ``box+mask`` (the box with
+            the registered mask as the decoder's mask input, at +-``mask_prompt_logit``); see
+            :meth:`P2SAMSegmenter._registered_candidates`.
         keep_candidate_masks: every candidate's mask is returned too (``candidate_masks`` of the
             result; for the benchmark's "selected vs best generated" analysis, not for production).
         kmeans_init: k-means++ restarts; seed: their random seed.
@@ -126,6 +131,8 @@ class P2SAMConfig:
     rank_prior_agreement: bool = False
     box_negatives: bool = False
     keep_candidate_masks: bool = False
+    registered_prompts: Tuple[str, ...] = ()
+    mask_prompt_logit: float = 4.0
     kmeans_init: int = 10
     seed: int = 0
 
@@ -664,8 +671,19 @@ class P2SAMSegmenter:
                 cands += more
                 logits = torch.cat([logits, more_logits])
                 iou = torch.cat([iou, more_iou])
+        if c.registered_prompts and prior_low is not None:
+            t = time.perf_counter()
+            reg, reg_logits, reg_iou = self._registered_candidates(emb, prior, size, prior_low, negatives)
+            decode_t += time.perf_counter() - t
+            if reg:
+                t = time.perf_counter()
+                self._score(ref, emb, reg, reg_logits, reg_iou)
+                self._agree(reg, reg_logits, prior_low)
+                score_t += time.perf_counter() - t
+                cands = reg + cands
+                logits = torch.cat([reg_logits, logits])
         best = self._select(cands, expected_area)
-        if c.refine and np.isfinite(cands[best].score):
+        if c.refine and np.isfinite(cands[best].score) and not cands[best].locator.startswith("registered"):
             t = time.perf_counter()
             for _ in range(c.refine_steps):
                 out = self._refine(emb, logits[best:best + 1])
@@ -676,6 +694,58 @@ class P2SAMSegmenter:
         timings["decode"] = decode_t
         timings["retrieval"] = score_t
         return cands, logits
+
+    def _registered_candidates(self, emb: Embedding, centre: np.ndarray, size: Tuple[float, float],
+                               prior_low: torch.Tensor, negatives: List[List[float]]
+                               ) -> Tuple[List[Candidate], torch.Tensor, torch.Tensor]:
+        """Candidates prompted by the registered contour itself (``config.registered_prompts``):
+
+        * ``box``: its tight box (``centre``, ``size``: original pixels), decoded once;
+        * ``box refined``: that decode refined (its own mask's box + its logits as ``mask_input``), as
+          often as ``refine_steps``: the box follows the model where the registered box was too large;
+        * ``box+mask``: the box with the registered mask itself as ``mask_input`` (``prior_low``:
+          bool ``L x L`` on the low-res mask grid).
+
+        Returns the candidates and their ``B x 1 x L x L`` logits and ``B`` IoUs.
+        """
+        kinds = self.config.registered_prompts
+        shape = emb.frame.original_size
+        box = _box_around(centre, size, shape)
+        out: List[Candidate] = []
+        logits: List[torch.Tensor] = []
+        ious: List[torch.Tensor] = []
+
+        def add(kind: str, lg: torch.Tensor, iou: torch.Tensor, bx: np.ndarray) -> None:
+            out.append(Candidate(parts=0, locator=f"registered {kind}", box=[float(v) for v in bx],
+                                 negative_points=negatives))
+            logits.append(lg)
+            ious.append(iou)
+
+        def region(bx: np.ndarray) -> Optional[Tuple[int, int, int, int]]:
+            return box_region(emb, bx, self.config.decode_context) if self.config.local_decode else None
+
+        if "box" in kinds or "box refined" in kinds:
+            first = self.model.decode(emb, boxes=box[None], region=region(box))
+            if "box" in kinds:
+                add("box", first.low_res_logits, first.iou, box)
+            if "box refined" in kinds:
+                lg, iou, bx = first.low_res_logits, first.iou, box
+                for _ in range(max(1, self.config.refine_steps)):
+                    nb = self._boxes_of(emb, lg)[0]
+                    if nb is None:
+                        break
+                    step = self.model.decode(emb, boxes=nb[None], mask_input=lg, region=region(nb))
+                    if not bool((step.low_res_logits > 0).any()):
+                        break
+                    lg, iou, bx = step.low_res_logits, step.iou, nb
+                add("box refined", lg, iou, bx)
+        if "box+mask" in kinds:
+            mask_logits = (prior_low.float() * 2.0 - 1.0)[None, None] * self.config.mask_prompt_logit
+            res = self.model.decode(emb, boxes=box[None], mask_input=mask_logits, region=region(box))
+            add("box+mask", res.low_res_logits, res.iou, box)
+        if not out:
+            return [], torch.zeros(0), torch.zeros(0)
+        return out, torch.cat(logits), torch.cat(ious)
 
     def segment_with_box(self, image: np.ndarray, box: Sequence[float]) -> SegmentationResult:
         """Decode one given box (``x0, y0, x1, y1`` original pixels) with the same cascade and crop pass.

@@ -26,7 +26,7 @@ import SimpleITK as sitk
 
 from .errors import InputError
 from .intensity import IntensityWindow
-from .roi import roi_mm
+from .scale import EncodingScale
 from .segmenter import mask_box
 
 
@@ -113,10 +113,13 @@ class SliceProposal:
 
 
 def make_references(prior_image: sitk.Image, mask: sitk.Image, followup: sitk.Image, transform: sitk.Transform,
-                    window: IntensityWindow, roi_margin_mm: float, min_roi_mm: float, name: str) -> List[Reference]:
+                    window: IntensityWindow, scale: EncodingScale, name: str, input_size: int = 256
+                    ) -> List[Reference]:
     """One :class:`Reference` per native prior slice holding ``mask`` (``sitkUInt8`` on the prior grid).
 
     ``transform`` maps follow-up points to prior points (rigid: the reference planes stay planes).
+    Each reference is cropped to ``scale``'s window around its mask (the whole slice for ``whole``),
+    the window the follow-up slices are encoded with too, so that features compare at one scale.
     """
     arr = sitk.GetArrayViewFromImage(mask) > 0
     inverse = transform.GetInverse()
@@ -139,7 +142,7 @@ def make_references(prior_image: sitk.Image, mask: sitk.Image, followup: sitk.Im
         m = sitk.GetArrayFromImage(sitk.Resample(mask_f, grid, transform, sitk.sitkLinear, 0.0))[0] >= 0.5
         if not m.any():
             continue
-        win = roi_mm(mask_box(m), (spacing[0], spacing[1]), roi_margin_mm, min_roi_mm, m.shape)
+        win = scale.window(mask_box(m), m.shape, (spacing[0], spacing[1]), input_size)
         x0, y0, x1, y1 = win.astype(int)
         refs.append(Reference(int(kp), float(kc), win, window.to_rgb(img[y0:y1, x0:x1]),
                               np.ascontiguousarray(m[y0:y1, x0:x1]), m, img))
@@ -163,10 +166,13 @@ def choose_reference(refs: Sequence[Reference], k: int, registered_k: np.ndarray
 
 
 def slice_window(ref: Reference, registered_k: np.ndarray, shape: Tuple[int, int]) -> np.ndarray:
-    """The follow-up ROI: the reference's ROI size, centred on the registered prior's box on this slice
+    """The follow-up window: the whole slice when the reference is a whole slice; else the reference's
+    window size (same millimetres per pixel), centred on the registered prior's box on this slice
     (the reference's own position where the registered prior is empty), inside the slice."""
     h, w = shape
     x0, y0, x1, y1 = ref.window
+    if x0 == 0 and y0 == 0 and x1 >= w and y1 >= h:
+        return np.array([0.0, 0.0, float(w), float(h)])
     nx, ny = int(x1 - x0), int(y1 - y0)
     box = mask_box(registered_k)
     if box is None:

@@ -112,6 +112,11 @@ class EmbeddingCache:
         while len(self._items) > self.max_items:
             self._items.popitem(last=False)
 
+    def reserve(self, n: int) -> None:
+        """Hold at least ``n`` embeddings (e.g. every slice of a follow-up, so that each slice is encoded
+        once for all structures). Memory: LiteMedSAM and SAM embeddings are 4 MB each (float32)."""
+        self.max_items = max(self.max_items, int(n))
+
     def __len__(self) -> int:
         return len(self._items)
 

@@ -13,6 +13,9 @@ Sets (``load_set(name, ...)``):
   simulate_response.py``): regression by tissue replacement (the vacated volume becomes lung,
   with a faint residue), irregular growth into lung, each also as a CBCT-like follow-up
   (correlated noise, cupping, HU offset, blur). Structure GTV (and VertebralBody, unchanged).
+* ``lung-fov`` — the first two response scenarios on the WHOLE lung1 field of view (512 x 512 CT
+  slices of 0.57 mm, as a planning CT has; read from the development data folder), so that the
+  encoding scale is measured on full-size CT slices too.
 """
 from __future__ import annotations
 
@@ -110,15 +113,54 @@ def lung_response_cases(scenarios=None) -> List[Case]:
     return out
 
 
+def _lung_full_fov(data: Path):
+    """The whole lung1 CT in-plane (512 x 512, 0.57 mm: a real CT slice) on the crop's slices ``k = 21..44``,
+    with the GTV and the same threshold-derived vertebral body as the crop (read from the development data
+    folder's ``pyradiomics_testcases``; BSD-3-Clause)."""
+    from make_lung1_crop import CROP_SIZE, CROP_START, vertebral_body
+
+    folder = Path(data) / "pyradiomics_testcases"
+    if not (folder / "lung1_image.nrrd").is_file():
+        raise FileNotFoundError(f"{folder}/lung1_image.nrrd not found: give --data the development data folder")
+    ct = sitk.ReadImage(str(folder / "lung1_image.nrrd"), sitk.sitkFloat32)
+    lesion = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / "lung1_label.nrrd"))) > 0
+    vb = vertebral_body(ct)
+    size = list(ct.GetSize())
+    start, n = [0, 0, CROP_START[2]], [size[0], size[1], CROP_SIZE[2]]
+    ct = sitk.RegionOfInterest(ct, n, start)
+    masks = {}
+    for name, arr in (("GTV", lesion), ("VertebralBody", vb & ~lesion)):
+        m = sitk.GetImageFromArray(arr[start[2]:start[2] + n[2]].astype(np.uint8))
+        m.CopyInformation(ct)
+        masks[name] = m
+    return ct, masks
+
+
+def lung_fov_cases(data: Path, scenarios=None) -> List[Case]:
+    """The lung-response scenarios on the full field of view (512 x 512 CT slices, see :func:`_lung_full_fov`)."""
+    from simulate_response import simulate_response
+
+    ct, masks = _lung_full_fov(data)
+    out = []
+    for i, (name, kind, change, cbct) in enumerate(scenarios or RESPONSE_SCENARIOS[:2]):
+        rot, trans = MOTIONS[i % len(MOTIONS)]
+        fu, truth, info = simulate_response(ct, masks, "GTV", kind=kind, volume_change=change, cbct=cbct, seed=i,
+                                            rotation_deg=rot, translation_mm=trans)
+        out.append(Case(f"fov-{name}", "lung-fov", ct, masks, fu, truth, "CT", {"volume_ratio": info["volume_ratio"]}))
+    return out
+
+
 def load_set(name: str, data: Path, limit: Optional[int] = None) -> List[Case]:
     if name == "acdc":
         cases = acdc_cases(data)
+    elif name == "lung-fov":
+        cases = lung_fov_cases(data)
     elif name == "lung-sim":
         cases = lung_sim_cases(3)
     elif name == "lung-response":
         cases = lung_response_cases()
     else:
-        raise ValueError(f"unknown set {name!r}: acdc, lung-sim or lung-response")
+        raise ValueError(f"unknown set {name!r}: acdc, lung-sim, lung-response or lung-fov")
     return cases[:limit] if limit else cases
 
 

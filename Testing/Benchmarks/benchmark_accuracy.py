@@ -67,7 +67,9 @@ def method_config(method: str) -> Optional[PropagationConfig]:
     if method == "p2sam no-fallback":
         return PropagationConfig(decision="model")
     if method == "registered-box":
-        return PropagationConfig(method="registered-box")
+        # the plain baseline: the model on each slice at the pipeline's scale, prompted with the registered
+        # contour's box, nothing else (no parts, no retrieval, no decision, no decomposition)
+        return PropagationConfig(method="registered-box", decision="model", decompose=False)
     if method.startswith("p2sam[") and method.endswith("]"):
         fields = PropagationConfig.__dataclass_fields__
         kw = {}
@@ -77,7 +79,9 @@ def method_config(method: str) -> Optional[PropagationConfig]:
             if key not in fields:
                 raise SystemExit(f"unknown PropagationConfig field {key!r} in {method!r}")
             default = getattr(PropagationConfig(), key)
-            if isinstance(default, bool):
+            if isinstance(default, tuple):
+                kw[key] = tuple(v.strip() for v in value.split("|") if v.strip())
+            elif isinstance(default, bool):
                 kw[key] = value.strip().lower() in ("1", "true", "yes")
             elif isinstance(default, (int, float)) and not isinstance(default, bool):
                 kw[key] = type(default)(float(value)) if isinstance(default, int) else float(value)
