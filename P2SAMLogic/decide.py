@@ -1,30 +1,40 @@
 """Stage "decide" of :func:`P2SAMLogic.propagate.propagate`: per slice, the model's proposal or the registration.
 
 The registered prior (rigid + deformable registration) is the floor. On each follow-up slice of one
-part (a blob: see :mod:`.structures`) the output is
+part (a blob: see :mod:`.structures`) the model's proposal is, by default, the registered contour's
+own box decoded at the chosen encoding scale (:mod:`P2SAMLogic.scale`), and its evidence is P²SAM's
+retrieval measure: the Wasserstein distance of the target features under the proposal to the
+reference structure's features (``score``), against the same distance for the registered contour
+(``prior_score``). The output on a slice is
 
-* **model** — the model's proposal, fused with the registered prior (zero level of
-  ``(1 - w) SDF(model) + w SDF(registered)``, ``w = prior_weight``), when the evidence trusts it:
-  the decoder's predicted IoU is at least ``trust_iou``; the proposal sits where the registered
-  prior is: one of the two lies mostly inside the other (overlap ``|P & R| / min(|P|, |R|)`` at
-  least ``trust_agreement``), which a structure that shrank or grew satisfies and a proposal that
-  wandered to a neighbour does not (Dice would punish real change); and its features are not
-  further from the reference structure than the registered prior's own features are
-  (Wasserstein distance ratio at most ``trust_score_ratio``); and, for a ring's outer region
-  (``area_ratio_bounds``), its area is within bounds of the registered area: the outer region
-  of a ring is the whole filled structure, and a box around it also contains the bright cavity,
-  which a proposal can return "inside" the registered contour (overlap 1) at a fraction of its area;
-* **registered** — the registered prior, flagged for review, when the model is not trusted there;
+* **model** -- the proposal, fused with the registered prior (zero level of
+  ``(1 - w) SDF(model) + w SDF(registered)``), when
+
+  - the model sees this structure at all. Over the part's slices, the median distance ratio
+    ``score / prior_score`` sets ``w``: 0 (the proposal as it is) at ``gate_score_ratio[0]`` or
+    below, rising linearly to 1 at ``gate_score_ratio[1]``, where the part keeps the registration
+    on every slice (a structure the model does not segment -- a thresholded vertebral body, a
+    ring's filled outer region -- has proposals consistently less like the reference than the
+    registered contour; their disagreement with the model is then no reason for a flag);
+  - and on this slice: the ratio is at most ``trust_score_ratio``, the decoder's predicted IoU at
+    least ``trust_iou``, the proposal lies where the registered contour is (overlap
+    ``|P & R| / min(|P|, |R|)`` at least ``trust_agreement``: a structure that shrank or grew keeps
+    it, a proposal that wandered to a neighbour does not) and, for a ring's outer region
+    (``area_ratio_bounds``), its area is within bounds of the registered area;
+* **absent** -- at either end of the registered extent, walking inward while the decoder's predicted
+  IoU is below ``end_absent_iou``: the structure ends earlier than the registration says (a heart
+  base that moved through the slice plane; a tumour that shrank along the slices);
+* **registered** -- the registered prior, when the model is not trusted there;
 * beyond the registered prior's extent (``slice_margin_mm`` either side), **model** when the
   structure grew at that end (the model was trusted on the registered prior's end slice and its
-  proposal there is at least ``edge_growth`` times the registered area: without growth there is
-  no evidence that the structure reaches further than the registration says, and a neighbouring
-  look-alike, e.g. the next vertebra, must not be added), the proposal looks like the reference
-  structure (presence ratio below ``presence_threshold``) and the neighbouring slice toward the
-  structure was kept; else **absent** (nothing).
+  proposal there is at least ``edge_growth`` times the registered area), the proposal (P²SAM's
+  part-prompt search) looks like the reference structure (presence ratio below
+  ``presence_threshold``) and the neighbouring slice toward the structure was kept; else
+  **absent** (nothing).
 
-``mode="model"`` turns the fallback off (every non-empty proposal is kept, as before this
-stage existed): the "P²SAM without the fallback" row of the benchmark.
+The thresholds were chosen on the development sets (docs/method.md, "Decision"; measured with
+``Testing/Benchmarks/benchmark_accuracy.py``). ``mode="model"`` turns the fallback off (every
+non-empty proposal is kept): the "P²SAM without the fallback" row of the benchmark.
 
 Arrays are ``bool [k, j, i]`` on the follow-up's grid.
 """
@@ -47,10 +57,12 @@ class DecisionRule:
     """Thresholds of the decision (see the module docstring); all recorded in the provenance."""
 
     mode: str = "evidence"
-    trust_iou: float = 0.80
-    trust_agreement: float = 0.70
-    trust_score_ratio: float = 1.00
-    prior_weight: float = 0.75
+    trust_iou: float = 0.5
+    trust_agreement: float = 0.3
+    trust_score_ratio: float = 1.2
+    gate_score_ratio: Tuple[float, float] = (0.95, 1.05)
+    end_absent_iou: float = 0.75
+    prior_weight: float = 0.0
     presence_threshold: float = 0.7
     edge_growth: float = 1.1
     area_ratio_bounds: Tuple[float, float] = (0.0, math.inf)
@@ -69,6 +81,8 @@ class SliceDecision:
             the registered extent: ``(IoU + Dice with the neighbouring output slice) / 2``);
             registered slices: the agreement (how far the model confirms the registration);
             absent slices: 1 - presence confidence.
+        discounted: the part failed the model gate (:func:`model_sees_part`): the model's disagreement
+            with the registered contour here is no evidence and raises no flag.
     """
 
     k: int
@@ -76,6 +90,7 @@ class SliceDecision:
     reason: str
     agreement: float
     qa: float
+    discounted: bool = False
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -144,6 +159,34 @@ def trusted(p: SliceProposal, proposal: np.ndarray, registered_k: np.ndarray, ru
     return not reasons, "; ".join(reasons), agree
 
 
+def score_ratio(p: SliceProposal) -> float:
+    """``score / prior_score`` of a proposal: below 1 its features are more like the reference structure's
+    than the registered contour's are; NaN when either is unknown."""
+    if math.isfinite(p.prior_score) and math.isfinite(p.score) and p.prior_score > 0:
+        return p.score / p.prior_score
+    return math.nan
+
+
+def part_prior_weight(proposals: Dict[int, SliceProposal], inside: Sequence[int], rule: DecisionRule
+                      ) -> Tuple[float, float]:
+    """The part-level gate: ``(weight, median ratio)`` over the slices inside the registered extent.
+
+    ``weight`` is the registered contour's weight in the fusion of this part's trusted slices: 0 when
+    the median :func:`score_ratio` is at most ``gate_score_ratio[0]`` (the model's contours are more like
+    the reference than the registered ones: take them as they are), 1 at ``gate_score_ratio[1]`` or
+    above (the model does not see this structure: keep the registration), linear in between; never
+    below ``prior_weight``. Nothing scored (or ``mode="model"``): ``prior_weight``.
+    """
+    ratios = [score_ratio(proposals[k]) for k in inside]
+    ratios = [r for r in ratios if math.isfinite(r)]
+    if rule.mode == "model" or not ratios:
+        return rule.prior_weight, math.nan
+    med = float(np.median(ratios))
+    lo, hi = rule.gate_score_ratio
+    w = float(np.clip((med - lo) / max(hi - lo, 1e-9), 0.0, 1.0))
+    return max(w, rule.prior_weight), med
+
+
 def decide_part(proposals: Dict[int, SliceProposal], registered: np.ndarray, rule: DecisionRule,
                 spacing_kji: Sequence[float]) -> Tuple[np.ndarray, Dict[int, SliceDecision], np.ndarray]:
     """The part's mask on the follow-up grid, one decision per processed slice, and the raw model masks.
@@ -163,16 +206,39 @@ def decide_part(proposals: Dict[int, SliceProposal], registered: np.ndarray, rul
         model[k] = p.full(shape[1:])
     inside = [k for k in sorted(proposals) if registered[k].any()]
     spacing_ji = tuple(spacing_kji[1:])
+    weight, median_ratio = part_prior_weight(proposals, inside, rule)
+    sees = weight < 1.0
     for k in inside:
         p = proposals[k]
+        if not sees:
+            agree = dice(model[k], registered[k]) if model[k].any() else 0.0
+            out[k] = registered[k]
+            decisions[k] = SliceDecision(
+                k, "registered", f"the model does not see this structure: its proposals are less like the prior "
+                                 f"than the registered contour on most slices (median distance ratio "
+                                 f"{median_ratio:.2f} >= {rule.gate_score_ratio[1]:.2f})", agree, math.nan,
+                discounted=True)
+            continue
         ok, why, agree = trusted(p, model[k], registered[k], rule)
         if ok:
-            out[k] = fuse_contours(model[k], registered[k], rule.prior_weight, spacing_ji)
+            out[k] = fuse_contours(model[k], registered[k], weight, spacing_ji)
             qa = 0.5 * float(np.clip(p.predicted_iou, 0, 1)) + 0.5 * agree
             decisions[k] = SliceDecision(k, "model", "", agree, qa)
         else:
             out[k] = registered[k]
             decisions[k] = SliceDecision(k, "registered", why, agree, agree)
+    # the structure ends before the registered extent: low decoder confidence at an end slice
+    if sees and rule.mode != "model" and rule.end_absent_iou > 0:
+        for order in (inside, inside[::-1]):
+            for k in order[:-1]:
+                p = proposals[k]
+                if not p.predicted_iou < rule.end_absent_iou:
+                    break
+                out[k] = False
+                decisions[k] = SliceDecision(
+                    k, "absent", f"the structure ends before the registered extent here (predicted IoU "
+                                 f"{p.predicted_iou:.2f} < {rule.end_absent_iou:.2f} at the end of the extent)",
+                    dice(model[k], registered[k]), float(np.clip(1.0 - p.predicted_iou, 0, 1)))
     # registered slices the model did not process (e.g. the registered-box baseline skipped them)
     for k in np.flatnonzero(registered.reshape(shape[0], -1).any(1)):
         if int(k) not in decisions:

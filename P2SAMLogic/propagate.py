@@ -55,6 +55,7 @@ CancelCallback = Callable[[], bool]
 #: (a baseline); ``deformable``: registration only (rigid + deformable); ``rigid``: rigid registration only
 METHODS = ("p2sam", "registered-box", "deformable", "rigid")
 DECISION_MODES = ("evidence", "model")
+PROPOSAL_MODES = ("registered-first", "search")
 #: methods that run no model (registration only)
 REGISTRATION_ONLY = ("deformable", "rigid")
 
@@ -75,8 +76,13 @@ class PropagationConfig:
             B-spline across modalities), ``demons``, ``bspline`` or ``none`` (rigid only).
         decision: ``evidence`` (default: per slice, the model where the evidence trusts it, else
             the registered prior) or ``model`` (every non-empty proposal is kept: no fallback).
-        trust_iou, trust_agreement, trust_score_ratio: the evidence thresholds (see
-            :mod:`P2SAMLogic.decide`).
+        trust_iou, trust_agreement, trust_score_ratio: the per-slice evidence thresholds;
+            gate_score_ratio: the part-level gate (does the model see this structure at all?);
+            end_absent_iou: at the ends of the registered extent, slices whose proposal has a lower
+            predicted IoU are empty (the structure ends earlier); see :mod:`P2SAMLogic.decide`.
+        ring_outer: a ring's filled outer region from ``registered`` (default: LiteMedSAM, prompted with a
+            box around a ring, segments the bright cavity inside it; on the cardiac development set the
+            registered outer contour minus the model's cavity is the best ring) or ``model``.
         followup_references: slices where the model was not trusted get a second proposal with a
             confidently segmented neighbouring follow-up slice as the reference
             (:func:`P2SAMLogic.slices.followup_pass`), kept where the decision rule trusts it.
@@ -87,13 +93,18 @@ class PropagationConfig:
         rank_prior_agreement: candidates' agreement with the registered prior joins P²SAM's
             retrieval rank sum.
         max_parts: largest foreground part count tried by P²SAM's retrieval.
-        registered_prompts: candidates prompted by the registered contour itself on each slice, next
-            to P²SAM's part prompts (see :class:`P2SAMLogic.segmenter.P2SAMConfig`).
+        proposals: how slices inside the registered extent are proposed: ``registered-first`` (the
+            registered contour's box at the chosen scale, scored against the reference) or ``search``
+            (P²SAM's part-prompt candidates and retrieval); see :func:`P2SAMLogic.slices.propose_slices`.
+        registered_prompts: with ``search``, candidates prompted by the registered contour itself join
+            P²SAM's part prompts (see :class:`P2SAMLogic.segmenter.P2SAMConfig`).
         negative_parts: background parts (negative prompts / contrast of the retrieval).
-        scale: what the model sees of each slice (:class:`P2SAMLogic.scale.EncodingScale`): ``whole``
-            (the whole slice, as LiteMedSAM was trained; one encoding per slice shared by every
-            structure), ``ctxC[:zoomZ]`` (a square of C x the structure's box, zoom capped at Z) or
-            ``crop`` (the box + ``roi_margin_mm`` per side, at least ``min_roi_mm``: the former ROI).
+        scale: what the model sees of each slice (:class:`P2SAMLogic.scale.EncodingScale`): ``auto`` (the
+            whole slice for structures that span at least 40 model pixels on it, else a square of 4 x
+            the structure's box), ``whole`` (the whole slice, as LiteMedSAM was trained; one encoding
+            per slice shared by every structure), ``ctxC[:zoomZ]`` (a square of C x the structure's
+            box, zoom capped at Z) or ``crop`` (the box + ``roi_margin_mm`` per side, at least
+            ``min_roi_mm``: the former ROI).
         roi_margin_mm, min_roi_mm: the ``crop`` scale's margin per side and smallest side.
         slice_margin_mm: slices examined beyond the registered prior's extent, each side.
         registration_margin_mm: rigid registration metric region = structures grown by this.
@@ -122,24 +133,28 @@ class PropagationConfig:
     method: str = "p2sam"
     deformable: str = "auto"
     decision: str = "evidence"
-    trust_iou: float = 0.80
-    trust_agreement: float = 0.70
-    trust_score_ratio: float = 1.00
+    trust_iou: float = 0.5
+    trust_agreement: float = 0.3
+    trust_score_ratio: float = 1.2
+    gate_score_ratio: Tuple[float, float] = (0.95, 1.05)
+    end_absent_iou: float = 0.75
+    ring_outer: str = "registered"
     ring_area_ratio: float = 0.75
     followup_references: bool = False
     decompose: bool = True
     rank_prior_agreement: bool = False
     max_parts: int = 5
     negative_parts: int = 1
-    registered_prompts: Tuple[str, ...] = ("box", "box refined")
-    scale: str = "whole"
+    proposals: str = "registered-first"
+    registered_prompts: Tuple[str, ...] = ()
+    scale: str = "auto"
     roi_margin_mm: float = 15.0
     min_roi_mm: float = 30.0
     slice_margin_mm: float = 5.0
     registration_margin_mm: float = 40.0
     intensity_window: Optional[Tuple[float, float]] = None
     presence_threshold: float = 0.7
-    prior_weight: float = 0.75
+    prior_weight: float = 0.0
     cleanup_tolerance_mm: float = 5.0
     qa_flag_below: float = 0.6
     confirm_agreement: float = 0.8
@@ -172,8 +187,17 @@ class PropagationConfig:
             raise InputError("ring_area_ratio", "must be between 0 and 1")
         if not self.trust_score_ratio > 0:
             raise InputError("trust_score_ratio", "must be positive")
+        if len(self.gate_score_ratio) != 2 or not 0 < self.gate_score_ratio[0] < self.gate_score_ratio[1]:
+            raise InputError("gate_score_ratio", f"{self.gate_score_ratio}: expected (low, high) with 0 < low < high")
+        if not 0.0 <= self.end_absent_iou <= 1.0:
+            raise InputError("end_absent_iou", "must be between 0 and 1")
+        if self.ring_outer not in ("registered", "model"):
+            raise InputError("ring_outer", f"unknown source '{self.ring_outer}'; expected registered or model")
         if self.intensity_window is not None and not self.intensity_window[1] > self.intensity_window[0]:
             raise InputError("intensity_window", f"{self.intensity_window}: high must exceed low")
+        if self.proposals not in PROPOSAL_MODES:
+            raise InputError("proposals", f"unknown proposal mode '{self.proposals}'; expected one of "
+                                          f"{', '.join(PROPOSAL_MODES)}")
         if self.registration not in ("per-structure", "joint"):
             raise InputError("registration", f"unknown mode '{self.registration}'; expected per-structure or joint")
         if self.batch_size < 1:
@@ -195,7 +219,9 @@ class PropagationConfig:
         if role == "outer" and self.ring_area_ratio > 0:
             bounds = (self.ring_area_ratio, 1.0 / self.ring_area_ratio)
         return DecisionRule(mode=self.decision, trust_iou=self.trust_iou, trust_agreement=self.trust_agreement,
-                            trust_score_ratio=self.trust_score_ratio, prior_weight=self.prior_weight,
+                            trust_score_ratio=self.trust_score_ratio,
+                            gate_score_ratio=tuple(float(v) for v in self.gate_score_ratio),
+                            end_absent_iou=self.end_absent_iou, prior_weight=self.prior_weight,
                             presence_threshold=self.presence_threshold, area_ratio_bounds=bounds)
 
 
@@ -552,7 +578,8 @@ def propagate_part(study: Study, part_mask: sitk.Image, part_name: str, registra
     follow_arr = sitk.GetArrayViewFromImage(followup)
     proposals = propose_slices(segmenter, refs, targets, registered, follow_arr, study.followup_window,
                                cfg.batch_size, stage, tick=tick, label=part_name,
-                               registered_box_only=cfg.method == "registered-box", centre_on=centre_on)
+                               proposals="registered-box" if cfg.method == "registered-box" else cfg.proposals,
+                               centre_on=centre_on, scale=cfg.encoding_scale(), spacing_xy=spacing[:2])
     t = time.perf_counter()
     rule = cfg.rule(role)
     decided, decisions, model = decide_part(proposals, registered, rule, kji_spacing)
@@ -572,6 +599,17 @@ def propagate_part(study: Study, part_mask: sitk.Image, part_name: str, registra
     cleaned = clean_up(decided, registered, cfg, kji_spacing)
     stage["cleanup"] += time.perf_counter() - t
     return _PartOutcome(registered, cleaned, model, decisions, proposals), {r.prior_slice: r.window for r in refs}
+
+
+def registered_part(study: Study, part_mask: sitk.Image, registration: StructureRegistration) -> _PartOutcome:
+    """A part carried by the registration alone (a ring's filled outer region, ``ring_outer="registered"``):
+    every slice keeps the registered contour, and the model's opinion raises no flag there."""
+    from .registration import warp_mask
+
+    registered = sitk.GetArrayFromImage(warp_mask(part_mask, study.followup, registration.transform)).astype(bool)
+    decisions = {int(k): SliceDecision(int(k), "registered", "a ring's outer contour is the registered one", math.nan,
+                                       math.nan, discounted=True) for k in _extent(registered)}
+    return _PartOutcome(registered, registered.copy(), None, decisions, {})
 
 
 def propagate_structure(study: Study, seg: Segment, registration: StructureRegistration, net,
@@ -597,11 +635,15 @@ def propagate_structure(study: Study, seg: Segment, registration: StructureRegis
         sub = lambda f, m, pi=pi: tick((pi + f) / n, m)  # noqa: E731
         share = windows_by_piece.get(part.piece) if part.role == "cavity" else None
         centre = outer_registered.get(part.piece) if part.role == "cavity" else None
-        outcome, wins = propagate_part(study, part.mask, part.name, registration, net, segmenter, cfg, stage, sub,
-                                       share_windows=share, centre_on=centre, role=part.role)
+        if part.role == "outer" and cfg.ring_outer == "registered":
+            outcome, wins = registered_part(study, part.mask, registration), None
+        else:
+            outcome, wins = propagate_part(study, part.mask, part.name, registration, net, segmenter, cfg, stage,
+                                           sub, share_windows=share, centre_on=centre, role=part.role)
         outcomes[part.name] = outcome
         if part.role == "outer":
-            windows_by_piece[part.piece] = wins
+            if wins is not None:
+                windows_by_piece[part.piece] = wins
             outer_registered[part.piece] = outcome.registered
     t = time.perf_counter()
     output = recompose(plan, {k: o.decided for k, o in outcomes.items()},
@@ -644,9 +686,11 @@ def build_report(seg: Segment, output: np.ndarray, registered: np.ndarray, plan:
         flags: List[str] = []
         reasons = [f"{name}: {d.reason}" if len(decs) > 1 else d.reason for name, d, _ in decs if d.reason]
         if decs and source in ("registered", "mixed") and reg_k.any():
-            kept = [d.agreement for _, d, _ in decs if d.source == "registered"]
-            confirmed = bool(kept) and all(math.isfinite(a) and a >= cfg.confirm_agreement for a in kept)
-            if confirmed:
+            kept = [d.agreement for _, d, _ in decs if d.source == "registered" and not d.discounted]
+            confirmed = all(math.isfinite(a) and a >= cfg.confirm_agreement for a in kept)
+            if not kept:
+                pass  # the model is not used for this structure: its disagreement is no reason to flag
+            elif confirmed:
                 reasons.append(f"registered contour kept; the model's proposal agrees with it "
                                f"(Dice {min(kept):.2f})")
             else:
@@ -735,7 +779,7 @@ def propagate(prior_image: sitk.Image, prior_segments: Sequence[Segment], follow
             net = model
     timings["model_load"] = time.perf_counter() - t
     encoder_at_start = 0.0 if net is None else float(getattr(net, "encoder_seconds", 0.0))
-    if net is not None and cfg.encoding_scale().whole and hasattr(net, "cache"):
+    if net is not None and cfg.encoding_scale().shares_slices and hasattr(net, "cache"):
         # one embedding per follow-up slice, shared by every structure and part: keep them all
         net.cache.reserve(followup.GetSize()[2] + 64)
     stage = {k: 0.0 for k in ("references", "cluster", "match", "decode", "retrieval", "decide", "cleanup",

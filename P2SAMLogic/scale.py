@@ -8,6 +8,11 @@ any prompt is chosen (Testing/Benchmarks/benchmark_scale.py; docs/ablation.md, "
 
 An :class:`EncodingScale` turns a structure's box on a slice into the window that is encoded:
 
+* ``auto`` (the default) — the whole slice when the structure, so encoded, spans at least
+  ``whole_min_px`` model pixels (its box's larger side), else a ``ctx`` window of ``context`` times
+  its box: large structures (cardiac chambers, most organs) are seen as in training, and all of
+  them share one encoding per slice; small ones (a lung nodule on a 512-pixel CT slice) are
+  enlarged until the model can see them;
 * ``whole`` — the whole slice;
 * ``ctx C`` — a square of ``C`` times the box's larger side, centred on the box, kept inside
   the slice; with ``zoom_cap`` Z the square is at least ``input_size / Z`` pixels, so the slice
@@ -41,20 +46,29 @@ class EncodingScale:
         margin_mm, min_mm: ``crop`` windows: margin per side and smallest side, millimetres.
     """
 
-    kind: str = "whole"
+    kind: str = "auto"
     context: float = 4.0
     zoom_cap: Optional[float] = None
     margin_mm: float = 15.0
     min_mm: float = 30.0
+    whole_min_px: float = 40.0
 
     @property
     def whole(self) -> bool:
+        """Every window is the whole slice."""
         return self.kind == "whole"
+
+    @property
+    def shares_slices(self) -> bool:
+        """Windows can be whole slices, shared by every structure on a slice (worth caching per slice)."""
+        return self.kind in ("whole", "auto")
 
     @classmethod
     def parse(cls, text: str, margin_mm: float = 15.0, min_mm: float = 30.0) -> "EncodingScale":
         """``whole``, ``crop``, ``ctx4`` or ``ctx4:zoom1.5`` (the CLI's ``--scale``)."""
         t = (text or "").strip().lower()
+        if t == "auto":
+            return cls("auto")
         if t == "whole":
             return cls("whole")
         if t == "crop":
@@ -66,10 +80,12 @@ class EncodingScale:
             if context < 1.0 or (cap is not None and cap <= 0):
                 raise InputError("--scale", f"'{text}': the context must be at least 1 and the zoom cap positive")
             return cls("context", context=context, zoom_cap=cap)
-        raise InputError("--scale", f"unknown encoding scale '{text}'; expected whole, crop, ctxC or ctxC:zoomZ "
-                                    "(e.g. ctx4:zoom1.5)")
+        raise InputError("--scale", f"unknown encoding scale '{text}'; expected auto, whole, crop, ctxC or "
+                                    "ctxC:zoomZ (e.g. ctx4:zoom1.5)")
 
     def describe(self) -> str:
+        if self.kind == "auto":
+            return f"auto (whole slice if the structure spans >= {self.whole_min_px:g} model pixels, else ctx{self.context:g})"
         if self.kind == "whole":
             return "whole"
         if self.kind == "crop":
@@ -87,11 +103,12 @@ class EncodingScale:
             input_size: the model's square input side (for the zoom cap).
         """
         h, w = int(shape[0]), int(shape[1])
-        if self.kind == "whole":
+        side_px = max(float(box[2]) - float(box[0]), float(box[3]) - float(box[1]))
+        if self.kind == "whole" or (self.kind == "auto" and side_px * input_size / max(h, w) >= self.whole_min_px):
             return np.array([0.0, 0.0, float(w), float(h)])
         if self.kind == "crop":
             return roi_mm(box, spacing_xy, self.margin_mm, self.min_mm, shape)
-        side = self.context * max(float(box[2]) - float(box[0]), float(box[3]) - float(box[1]))
+        side = self.context * side_px
         if self.zoom_cap is not None:
             side = max(side, input_size / self.zoom_cap)
         side = int(math.ceil(max(side, 32.0)))

@@ -512,11 +512,7 @@ class P2SAMSegmenter:
             pb = np.asarray(prior_box, dtype=np.float64)
             prior = np.array([(pb[0] + pb[2]) / 2.0, (pb[1] + pb[3]) / 2.0]) - offset
             size = (max(1.0, pb[2] - pb[0]), max(1.0, pb[3] - pb[1]))
-        prior_low = None
-        if prior_mask is not None and prior_mask.any():
-            low = 4 * emb.grid
-            prior_low = torch.nn.functional.adaptive_avg_pool2d(
-                emb.frame.mask_to_input(prior_mask)[None, None], low)[0, 0].to(emb.features.device) >= 0.5
+        prior_low = self._prior_low(emb, prior_mask)
         expected = self._expected_area(ref, emb, prior_low)
         if self.prompt_modality == "points":
             candidates, logits = self._point_search(ref, emb, timings)
@@ -541,9 +537,7 @@ class P2SAMSegmenter:
             result.candidate_masks = list(emb.frame.logits_to_original(logits)[:, 0].cpu().numpy() > 0)
         if prior_low is not None:
             t = time.perf_counter()
-            probe = Candidate(parts=0, locator="prior mask")
-            self._score(ref, emb, [probe], prior_low[None, None].float() * 2.0 - 1.0, torch.ones(1))
-            result.prior_score, result.prior_background = probe.score, probe.background_distance
+            result.prior_score, result.prior_background = self._score_region(ref, emb, prior_low)
             timings["retrieval"] = timings.get("retrieval", 0.0) + time.perf_counter() - t
         return result
 
@@ -747,25 +741,64 @@ class P2SAMSegmenter:
             return [], torch.zeros(0), torch.zeros(0)
         return out, torch.cat(logits), torch.cat(ious)
 
-    def segment_with_box(self, image: np.ndarray, box: Sequence[float]) -> SegmentationResult:
-        """Decode one given box (``x0, y0, x1, y1`` original pixels) with the same cascade and crop pass.
+    def segment_with_box(self, image: np.ndarray, box: Sequence[float], ref: Optional[ReferenceState] = None,
+                         prior_mask: Optional[np.ndarray] = None, refine: Optional[bool] = None,
+                         locator: str = "given box") -> SegmentationResult:
+        """Decode one given box (``x0, y0, x1, y1`` original pixels), refined as ``config.refine`` says
+        (or ``refine``), with the crop pass when configured.
 
-        The oracle-box ceiling of the benchmark, and a user-drawn box in Slicer.
+        The oracle-box ceiling of the benchmarks, a user-drawn box in Slicer, and in 3D the registered
+        contour's box on each slice. With ``ref`` (a prepared reference) the mask is scored like a
+        retrieval candidate (its Wasserstein distances to the reference's foreground and background
+        features); with ``prior_mask`` (bool ``H x W``: the registered contour on this slice) that
+        region is scored too (``prior_score`` / ``prior_background`` of the result): the evidence of
+        the 3D decision.
         """
         timings: Dict[str, float] = {}
+        t = time.perf_counter()
         emb = self.model.encode([image])[0]
-        cand = Candidate(parts=0, locator="given box", box=[float(v) for v in box])
+        timings["encode"] = time.perf_counter() - t
+        t = time.perf_counter()
+        cand = Candidate(parts=0, locator=locator, box=[float(v) for v in box])
         logits, iou = self._decode_boxes(emb, [cand])
-        if self.config.refine:
+        if self.config.refine if refine is None else refine:
             out = self._refine(emb, logits)
             if out is not None:
                 logits, iou = out.low_res_logits, out.iou
+        timings["decode"] = time.perf_counter() - t
         mask = emb.frame.logits_to_original(logits[:1])[0, 0].cpu().numpy() > 0
         crop_box = None
         if self.config.crop_pass and mask.any():
             mask, crop_box = self._crop_pass(image, mask, timings)
         cand.predicted_iou = float(iou[0])
-        return SegmentationResult(mask, cand, [cand], math.nan, None if crop_box is None else crop_box.tolist(), timings)
+        result = SegmentationResult(mask, cand, [cand], math.nan, None if crop_box is None else crop_box.tolist(),
+                                    timings)
+        if ref is not None:
+            t = time.perf_counter()
+            self._score(ref, emb, [cand], logits, iou)
+            result.score = cand.score
+            prior_low = self._prior_low(emb, prior_mask)
+            if prior_low is not None:
+                self._agree([cand], logits, prior_low)
+                result.prior_score, result.prior_background = self._score_region(ref, emb, prior_low)
+            timings["retrieval"] = time.perf_counter() - t
+        return result
+
+    def _prior_low(self, emb: Embedding, prior_mask: Optional[np.ndarray]) -> Optional[torch.Tensor]:
+        """A prior mask (bool ``H x W``, original frame) on the decoder's low-res grid (bool ``L x L``), or None."""
+        if prior_mask is None or not np.any(prior_mask):
+            return None
+        low = 4 * emb.grid
+        return torch.nn.functional.adaptive_avg_pool2d(
+            emb.frame.mask_to_input(np.asarray(prior_mask, dtype=bool))[None, None], low)[0, 0].to(
+            emb.features.device) >= 0.5
+
+    def _score_region(self, ref: ReferenceState, emb: Embedding, region_low: torch.Tensor) -> Tuple[float, float]:
+        """Wasserstein distances of the target features under a region (bool ``L x L``) to the reference's
+        foreground and background features: scored exactly like a candidate."""
+        probe = Candidate(parts=0, locator="prior mask")
+        self._score(ref, emb, [probe], region_low[None, None].float() * 2.0 - 1.0, torch.ones(1))
+        return probe.score, probe.background_distance
 
     # -- steps -------------------------------------------------------------------
     def _refine(self, emb: Embedding, logits: torch.Tensor) -> Optional[DecodeOutput]:

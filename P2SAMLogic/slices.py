@@ -80,6 +80,7 @@ class SliceProposal:
         candidate_masks: every candidate's ``h x w`` mask inside ``window`` (benchmarks only:
             the segmenter's ``keep_candidate_masks``), else None; candidate_scores: their summaries.
         followup_reference: the follow-up slice used as the reference (:func:`followup_pass`), else None.
+        locator: how the chosen prompt was placed (``registered box``, a P²SAM locator, ...).
     """
 
     k: int
@@ -96,6 +97,7 @@ class SliceProposal:
     candidate_masks: Optional[List[np.ndarray]] = None
     candidate_scores: Optional[List[dict]] = None
     followup_reference: Optional[int] = None
+    locator: str = ""
 
     @property
     def presence(self) -> float:
@@ -165,18 +167,24 @@ def choose_reference(refs: Sequence[Reference], k: int, registered_k: np.ndarray
     return min(refs, key=lambda r: (abs(r.kc - k), r.prior_slice))
 
 
-def slice_window(ref: Reference, registered_k: np.ndarray, shape: Tuple[int, int]) -> np.ndarray:
-    """The follow-up window: the whole slice when the reference is a whole slice; else the reference's
-    window size (same millimetres per pixel), centred on the registered prior's box on this slice
-    (the reference's own position where the registered prior is empty), inside the slice."""
+def slice_window(ref: Reference, registered_k: np.ndarray, shape: Tuple[int, int],
+                 scale: Optional[EncodingScale] = None, spacing_xy: Sequence[float] = (1.0, 1.0),
+                 input_size: int = 256) -> np.ndarray:
+    """The follow-up window of one slice.
+
+    With an ``auto`` or ``whole`` ``scale``: the rule applied to the registered prior's box on this slice
+    (the references were encoded with the same rule); else (``crop``, ``ctx``, or no scale given) the
+    reference's window size (same millimetres per pixel), centred on that box. Where the registered prior
+    is empty (beyond its extent), the reference's own window.
+    """
     h, w = shape
-    x0, y0, x1, y1 = ref.window
-    if x0 == 0 and y0 == 0 and x1 >= w and y1 >= h:
-        return np.array([0.0, 0.0, float(w), float(h)])
-    nx, ny = int(x1 - x0), int(y1 - y0)
     box = mask_box(registered_k)
     if box is None:
         return ref.window.copy()
+    if scale is not None and scale.shares_slices:
+        return scale.window(box, shape, spacing_xy, input_size)
+    x0, y0, x1, y1 = ref.window
+    nx, ny = int(x1 - x0), int(y1 - y0)
     cx, cy = (box[0] + box[2]) / 2.0, (box[1] + box[3]) / 2.0
     nx, ny = min(nx, w), min(ny, h)
     x0 = int(np.clip(round(cx - nx / 2.0), 0, w - nx))
@@ -187,19 +195,30 @@ def slice_window(ref: Reference, registered_k: np.ndarray, shape: Tuple[int, int
 def propose_slices(segmenter, refs: Sequence[Reference], targets: Sequence[int], registered: np.ndarray,
                    followup_arr: np.ndarray, window: IntensityWindow, batch_size: int,
                    stage: Dict[str, float], tick: Optional[Callable[[float, str], None]] = None,
-                   label: str = "", registered_box_only: bool = False,
-                   centre_on: Optional[np.ndarray] = None) -> Dict[int, SliceProposal]:
+                   label: str = "", proposals: str = "registered-first",
+                   centre_on: Optional[np.ndarray] = None, scale: Optional[EncodingScale] = None,
+                   spacing_xy: Sequence[float] = (1.0, 1.0)) -> Dict[int, SliceProposal]:
     """Run P²SAM on every follow-up slice in ``targets`` (stage "slices").
 
     Args:
         segmenter: a :class:`~P2SAMLogic.segmenter.P2SAMSegmenter` whose references (``ref.state``)
-            are prepared (unless ``registered_box_only``).
+            are prepared (unless ``proposals == "registered-box"``).
         registered: ``bool [k, j, i]`` registered prior of this part on the follow-up grid.
         followup_arr: ``[k, j, i]`` follow-up scanner values.
         stage: seconds per stage, accumulated here (``match``, ``decode``, ``retrieval``).
-        registered_box_only: the ``registered-box`` baseline: decode the registered prior's box only.
-        centre_on: ``bool [k, j, i]`` whose box on each slice centres the ROI (default ``registered``;
-            a ring's cavity is centred on its outer region, so both crops are the same image).
+        proposals: how a slice inside the registered extent is proposed (slices beyond it always get
+            P²SAM's part-prompt search):
+
+            * ``registered-first``: the registered contour's tight box, decoded once and scored against
+              the reference (its Wasserstein distances, and the registered contour's own) -- the
+              evidence :mod:`P2SAMLogic.decide` weighs;
+            * ``search``: P²SAM's part-prompt candidates and retrieval, the registered box among them;
+            * ``registered-box``: the plain baseline: the registered box decoded, nothing scored, and
+              nothing proposed beyond the registered extent.
+        centre_on: ``bool [k, j, i]`` whose box on each slice places the window (default ``registered``;
+            a ring's cavity is placed by its outer region, so both crops are the same image).
+        scale, spacing_xy: the encoding scale and the slice's pixel size ``(column, row)`` mm (see
+            :func:`slice_window`).
     """
     shape = registered.shape[1:]
     out: Dict[int, SliceProposal] = {}
@@ -212,17 +231,21 @@ def propose_slices(segmenter, refs: Sequence[Reference], targets: Sequence[int],
         for k in chunk:
             reg_k = registered[k]
             ref = choose_reference(refs, k, reg_k)
-            win = slice_window(ref, reg_k if centre_on is None else centre_on[k], shape)
+            win = slice_window(ref, reg_k if centre_on is None else centre_on[k], shape, scale, spacing_xy,
+                               getattr(net, "input_size", 256))
             x0, y0, x1, y1 = win.astype(int)
             crop = window.to_rgb(np.asarray(followup_arr[k, y0:y1, x0:x1]))
             jobs.append((k, ref, win, crop, reg_k[y0:y1, x0:x1]))
         net.encode([j[3] for j in jobs])  # batched on a GPU; the segmenter then hits the cache
         for k, ref, win, crop, reg_crop in jobs:
             box = mask_box(reg_crop)
-            if registered_box_only:
+            if proposals == "registered-box":
                 if box is None:
                     continue
-                res = segmenter.segment_with_box(crop, box)
+                res = segmenter.segment_with_box(crop, box, refine=False, locator="registered box")
+            elif proposals == "registered-first" and box is not None:
+                res = segmenter.segment_with_box(crop, box, ref=ref.state, prior_mask=reg_crop, refine=False,
+                                                 locator="registered box")
             else:
                 res = segmenter.segment(ref.state, crop, prior_box=box,
                                         prior_mask=reg_crop if reg_crop.any() else None)
@@ -239,7 +262,7 @@ def _proposal(k: int, reference: int, win: np.ndarray, res, followup_reference: 
     return SliceProposal(
         k=int(k), reference=int(reference), window=win, mask=res.mask,
         predicted_iou=float(ch.predicted_iou), score=float(res.score) if res.score == res.score else math.nan,
-        background=float(ch.background_distance), prior_score=float(res.prior_score),
+        background=float(ch.background_distance), prior_score=float(res.prior_score), locator=ch.locator,
         prior_background=float(res.prior_background),
         box=None if ch.box is None else (np.asarray(ch.box) + np.tile(win[:2], 2)).tolist(),
         candidates=len(res.candidates), candidate_masks=res.candidate_masks,

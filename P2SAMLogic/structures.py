@@ -33,6 +33,8 @@ MIN_PIECE_VOXELS = 20
 MIN_CAVITY_FRACTION = 0.05
 #: a piece is a ring when at least this fraction of its slices hold a cavity
 MIN_RING_SLICE_FRACTION = 0.3
+#: a recomposed ring keeps a wall of at least this many pixels between its cavity and its outer contour
+MIN_WALL_PIXELS = 1
 
 
 @dataclass
@@ -78,6 +80,16 @@ def fill_slices(mask: np.ndarray) -> np.ndarray:
     out = mask.copy()
     for k in np.flatnonzero(mask.reshape(mask.shape[0], -1).any(1)):
         out[k] = ndimage.binary_fill_holes(mask[k])
+    return out
+
+
+def erode_slices(mask: np.ndarray, pixels: int) -> np.ndarray:
+    """In-plane erosion (cross-shaped, ``pixels`` times) of every slice of a ``bool [k, j, i]`` array."""
+    if pixels <= 0:
+        return mask.copy()
+    out = np.zeros_like(mask)
+    for k in np.flatnonzero(mask.reshape(mask.shape[0], -1).any(1)):
+        out[k] = ndimage.binary_erosion(mask[k], iterations=pixels)
     return out
 
 
@@ -161,7 +173,9 @@ def recompose(plan: StructurePlan, results: Dict[str, np.ndarray], registered_pa
         if piece in plan.rings:
             outer = next(p for p in parts if p.role == "outer")
             cavity = next(p for p in parts if p.role == "cavity")
-            ring = results[outer.name] & ~results[cavity.name]
+            # the cavity stays inside the outer contour with a wall of at least one pixel
+            cavity_inside = results[cavity.name] & erode_slices(results[outer.name], MIN_WALL_PIXELS)
+            ring = results[outer.name] & ~cavity_inside
             reg_ring = registered_parts[outer.name] & ~registered_parts[cavity.name]
             closed = ring_slices(reg_ring)
             ring[~closed] = reg_ring[~closed]

@@ -13,8 +13,12 @@ Methods (per structure, all through ``P2SAMLogic.propagate.propagate`` unless no
   p2sam               the default pipeline (deformable prior, evidence decision, decomposition)
   p2sam rigid-prior   P²SAM with the rigid registration as its prior (``deformable="none"``)
   p2sam no-fallback   P²SAM keeping every non-empty proposal (``decision="model"``)
+  registered-box      the plain baseline: LiteMedSAM on each slice at the pipeline's scale, prompted with
+                      the registered contour's box, nothing else (no parts, retrieval, decision, rings)
   oracle box          LiteMedSAM prompted with the TRUE follow-up mask's box on each slice (for a
-                      ring: outer and cavity boxes, recomposed) -- the ceiling of box prompting
+                      ring: outer and cavity boxes, recomposed) at the pipeline's encoding scale -- the
+                      ceiling of box prompting; "oracle box whole" / "oracle box crop": the same on the
+                      whole slice / on the former crop (box + 15 mm per side)
   p2sam[k=v;k=v]      P²SAM with PropagationConfig overrides, e.g. ``p2sam[prior_weight=0.25]``
 
 Metrics per structure: Dice, HD95 (mm), the share of output slices whose contour came from the
@@ -45,12 +49,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from accuracy_cases import Case, dice, hd95, load_set  # noqa: E402
 from P2SAMLogic.propagate import PropagationConfig, _make_segmenter, propagate  # noqa: E402
 from P2SAMLogic.intensity import choose_window  # noqa: E402
-from P2SAMLogic.roi import roi_mm  # noqa: E402
 from P2SAMLogic.segmenter import mask_box  # noqa: E402
 from P2SAMLogic.structures import cavity_slices, fill_slices  # noqa: E402
 from P2SAMLogic.volume import Segment  # noqa: E402
 
-DEFAULT_METHODS = ["rigid", "bspline", "demons", "p2sam rigid-prior", "p2sam", "p2sam no-fallback", "oracle box"]
+DEFAULT_METHODS = ["rigid", "bspline", "demons", "registered-box", "p2sam rigid-prior", "p2sam", "p2sam no-fallback",
+                   "oracle box", "oracle box whole"]
 REGISTRATION_ONLY = ("rigid", "bspline", "demons")
 
 
@@ -88,15 +92,17 @@ def method_config(method: str) -> Optional[PropagationConfig]:
             else:
                 kw[key] = value.strip()
         return PropagationConfig(**kw)
-    if method == "oracle box":
+    if method.startswith("oracle box"):
         return None
     raise SystemExit(f"unknown method {method!r}")
 
 
-def oracle_box(net, case: Case, name: str) -> np.ndarray:
-    """LiteMedSAM with the true mask's box on each slice holding it (the pipeline's ROI rule); a ring
-    (holes on most slices) is segmented as outer region and cavity, recomposed."""
-    cfg = PropagationConfig()
+def oracle_box(net, case: Case, name: str, scale: Optional[str] = None) -> np.ndarray:
+    """LiteMedSAM with the true mask's box on each slice holding it, each slice seen through the encoding
+    scale ``scale`` (default: the pipeline's, :attr:`PropagationConfig.scale`); a ring (holes on most
+    slices) is segmented as outer region and cavity, recomposed."""
+    cfg = PropagationConfig() if scale is None else PropagationConfig(scale=scale)
+    rule = cfg.encoding_scale()
     seg = _make_segmenter(net, cfg)
     truth = sitk.GetArrayFromImage(case.truth[name]).astype(bool)
     arr = sitk.GetArrayViewFromImage(case.followup)
@@ -107,9 +113,10 @@ def oracle_box(net, case: Case, name: str) -> np.ndarray:
         out = np.zeros(mask3d.shape, dtype=bool)
         for k in np.flatnonzero(mask3d.reshape(mask3d.shape[0], -1).any(1)):
             box = mask_box(mask3d[k])
-            w = roi_mm(box, spacing[:2], cfg.roi_margin_mm, cfg.min_roi_mm, mask3d.shape[1:])
+            w = rule.window(box, mask3d.shape[1:], spacing[:2], net.input_size)
             x0, y0, x1, y1 = w.astype(int)
-            res = seg.segment_with_box(win.to_rgb(np.asarray(arr[k, y0:y1, x0:x1])), box - np.array([x0, y0, x0, y0]))
+            res = seg.segment_with_box(win.to_rgb(np.asarray(arr[k, y0:y1, x0:x1])), box - np.array([x0, y0, x0, y0]),
+                                       refine=False)
             out[k, y0:y1, x0:x1] = res.mask
         return out
 
@@ -134,7 +141,10 @@ def run_case(case: Case, methods: List[str], net) -> List[dict]:
         shares: Dict[str, float] = {}
         timings: Dict[str, float] = {}
         if cfg is None:
-            outs = {n: oracle_box(net, case, n) for n in case.prior_masks}
+            scale = {"oracle box": None, "oracle box whole": "whole", "oracle box crop": "crop"}.get(method)
+            if scale is None and method != "oracle box":
+                raise SystemExit(f"unknown oracle {method!r}: oracle box, oracle box whole or oracle box crop")
+            outs = {n: oracle_box(net, case, n, scale) for n in case.prior_masks}
         else:
             res = propagate(case.prior, segs, case.followup, model=net if cfg.method not in ("rigid", "deformable")
                             else None, config=cfg)
@@ -194,6 +204,17 @@ def tables(rows: List[dict], methods: List[str]) -> str:
                 ok = sum(1 for c in p if c in reg and p[c] >= reg[c] - 0.01)
                 pm = _mean(p.values())
                 out.append(f"| {n} | {pm:.3f} | {best_m} {best:.3f} | {pm - best:+.3f} | {ok} of {len(p)} |")
+        # the plain baseline: does P²SAM's machinery add anything over the registered box alone?
+        if "p2sam" in methods and "registered-box" in methods:
+            out.append("\n| structure | p2sam | registered-box (plain baseline) | difference |")
+            out.append("|---|---|---|---|")
+            for n in dict.fromkeys(r["structure"] for r in rs):
+                pm = _mean(r["dice"] for r in rs if r["structure"] == n and r["method"] == "p2sam")
+                bm = _mean(r["dice"] for r in rs if r["structure"] == n and r["method"] == "registered-box")
+                out.append(f"| {n} | {pm:.3f} | {bm:.3f} | {pm - bm:+.3f} |")
+            pm = _mean(r["dice"] for r in rs if r["method"] == "p2sam")
+            bm = _mean(r["dice"] for r in rs if r["method"] == "registered-box")
+            out.append(f"| all structures | {pm:.3f} | {bm:.3f} | {pm - bm:+.3f} |")
     return "\n".join(out)
 
 

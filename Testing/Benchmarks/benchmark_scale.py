@@ -15,6 +15,9 @@ Prompts:
   registered   the box of the registered prior on each slice holding it (3D: rigid + demons, the
                pipeline's own registration; 2D: the reference mask's box at the same place) -- no
                truth is used, so misses and extra slices count
+  registered+2px, registered-2px   that box grown / shrunk by 2 pixels per side (3D)
+  registered refined               that box's decode refined once (its own mask's box + its logits)
+  registered+mask                  that box with the registered mask as the decoder's mask input
 
 Structures that are rings (the myocardium) are prompted as outer region and cavity, recomposed
 (outer & ~cavity) on slices with a cavity, as in the pipeline.
@@ -104,18 +107,43 @@ def parse_windows(windows: str, caps: str) -> List[Window]:
 _MEMO: Dict[tuple, np.ndarray] = {}
 
 
+#: prompt variants of the registered contour on a slice (3D): name -> (box change in pixels, how it is decoded)
+VARIANTS = {"registered": (0, "box"), "registered+2px": (2, "box"), "registered-2px": (-2, "box"),
+            "registered refined": (0, "refined"), "registered+mask": (0, "mask")}
+
+
 def box_on_window(seg: P2SAMSegmenter, image_rgb: np.ndarray, box: np.ndarray, rule: Window,
-                  spacing_xy: Sequence[float]) -> np.ndarray:
+                  spacing_xy: Sequence[float], decode: str = "box", grow: int = 0,
+                  mask: Optional[np.ndarray] = None) -> np.ndarray:
     """The model's mask (``H x W`` bool on the whole slice) for one prompt box seen through ``rule``
-    (rules that give the same window on a slice share one decode)."""
+    (rules that give the same window on a slice share one decode).
+
+    ``decode``: ``box`` (one decoder call; refined once unless ``--no-refine``), ``refined`` (always
+    refined once), ``mask`` (the box with ``mask``, ``H x W`` bool, as the decoder's mask input).
+    ``grow``: pixels added to (removed from, when negative) every side of the box.
+    """
     shape = image_rgb.shape[:2]
     win = rule.window(box, shape, spacing_xy, seg.model.input_size)
     x0, y0, x1, y1 = win.astype(int)
-    key = (seg.model.cache_key(image_rgb), x0, y0, x1, y1, tuple(np.round(box, 3)))
+    if grow:
+        b = np.asarray(box, dtype=np.float64) + np.array([-grow, -grow, grow, grow])
+        cx, cy = (box[0] + box[2]) / 2.0, (box[1] + box[3]) / 2.0
+        b = np.array([min(b[0], cx - 0.5), min(b[1], cy - 0.5), max(b[2], cx + 0.5), max(b[3], cy + 0.5)])
+        box = np.clip(b, 0, [shape[1], shape[0], shape[1], shape[0]])
+    key = (seg.model.cache_key(image_rgb), x0, y0, x1, y1, tuple(np.round(box, 3)), decode)
     if key not in _MEMO:
-        res = seg.segment_with_box(np.ascontiguousarray(image_rgb[y0:y1, x0:x1]), box - np.array([x0, y0, x0, y0]))
+        crop = np.ascontiguousarray(image_rgb[y0:y1, x0:x1])
+        local = box - np.array([x0, y0, x0, y0])
+        if decode == "mask":
+            emb = seg.model.encode([crop])[0]
+            low = seg._prior_low(emb, mask[y0:y1, x0:x1])
+            logits = None if low is None else (low.float() * 2.0 - 1.0)[None, None] * seg.config.mask_prompt_logit
+            outl = seg.model.decode(emb, boxes=local[None], mask_input=logits).low_res_logits
+            part = emb.frame.logits_to_original(outl)[0, 0].cpu().numpy() > 0
+        else:
+            part = seg.segment_with_box(crop, local, refine=True if decode == "refined" else None).mask
         out = np.zeros(shape, dtype=bool)
-        out[y0:y1, x0:x1] = res.mask
+        out[y0:y1, x0:x1] = part
         if len(_MEMO) > 4096:
             _MEMO.clear()
         _MEMO[key] = out
@@ -153,7 +181,7 @@ def run_3d(case: Case, seg: P2SAMSegmenter, rules: List[Window], prompts: List[s
     arr = sitk.GetArrayViewFromImage(case.followup)
     win = choose_window(case.followup, case.modality)
     sp = case.followup.GetSpacing()
-    registered = registered_parts(case) if "registered" in prompts else {}
+    registered = registered_parts(case) if any(p.startswith("registered") for p in prompts) else {}
     rgb = {}
 
     def slice_rgb(k: int) -> np.ndarray:
@@ -164,9 +192,9 @@ def run_3d(case: Case, seg: P2SAMSegmenter, rules: List[Window], prompts: List[s
     rows = []
     for name, truth_img in case.truth.items():
         truth = sitk.GetArrayFromImage(truth_img).astype(bool)
-        sources = {"oracle": truth, "registered": registered.get(name)}
         for prompt in prompts:
-            src = sources[prompt]
+            src = truth if prompt == "oracle" else registered.get(name)
+            grow, decode = VARIANTS.get(prompt, (0, "box"))
             ring, blobs = structure_masks(src)
             reg_dice = dice(src, truth)
             for rule in rules:
@@ -175,12 +203,13 @@ def run_3d(case: Case, seg: P2SAMSegmenter, rules: List[Window], prompts: List[s
                 for role, blob in blobs:
                     out = np.zeros(blob.shape, dtype=bool)
                     for k in np.flatnonzero(blob.reshape(blob.shape[0], -1).any(1)):
-                        out[k] = box_on_window(seg, slice_rgb(int(k)), mask_box(blob[k]), rule, sp[:2])
+                        out[k] = box_on_window(seg, slice_rgb(int(k)), mask_box(blob[k]), rule, sp[:2], decode,
+                                               grow, blob[k])
                     parts[role] = out
                 if ring:
                     result = parts["outer"] & ~parts["cavity"]
                     closed = cavity_slices(src)
-                    result[~closed] = src[~closed] if prompt == "registered" else False
+                    result[~closed] = src[~closed] if prompt != "oracle" else False
                     if prompt == "oracle":  # open slices of the true ring: the ring's own box
                         for k in np.flatnonzero(~closed & src.reshape(src.shape[0], -1).any(1)):
                             result[k] = box_on_window(seg, slice_rgb(int(k)), mask_box(src[k]), rule, sp[:2])
@@ -248,7 +277,7 @@ def tables(rows: List[dict], rules: List[Window], prompts: List[str]) -> str:
         head = [f"{n} {p}" for n in structures for p in prompts if any(r["prompt"] == p for r in rs)]
         out.append("| window | " + " | ".join(head) + " |")
         out.append("|---|" + "---|" * len(head))
-        if s in SETS_3D and "registered" in prompts:
+        if s in SETS_3D and any(p.startswith("registered") for p in prompts):
             cells = []
             for n in structures:
                 for p in prompts:
@@ -257,7 +286,7 @@ def tables(rows: List[dict], rules: List[Window], prompts: List[str]) -> str:
                     x = [r for r in rs if r["structure"] == n and r["prompt"] == p]
                     # the prompt source itself (registered prior) as the "no model" row
                     by_case = {r["case"]: r["prompt_source_dice"] for r in x}
-                    cells.append(f"{_mean(by_case.values()):.3f}" if p == "registered" else "1.000")
+                    cells.append(f"{_mean(by_case.values()):.3f}" if p != "oracle" else "1.000")
             out.append("| (the prompt source's own mask) | " + " | ".join(cells) + " |")
         for rule in rules:
             cells = []
