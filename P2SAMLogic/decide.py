@@ -21,12 +21,16 @@ reference structure's features (``score``), against the same distance for the re
     ``|P & R| / min(|P|, |R|)`` at least ``trust_agreement``: a structure that shrank or grew keeps
     it, a proposal that wandered to a neighbour does not) and, for a ring's outer region
     (``area_ratio_bounds``), its area is within bounds of the registered area;
-* **absent** -- at either end of the registered extent, walking inward while the decoder's predicted
-  IoU is below ``end_absent_iou``: the structure ends earlier than the registration says (a heart
-  base that moved through the slice plane; a tumour that shrank along the slices);
+* **absent** -- at either end of the registered extent, the slices before the first and after the last
+  slice whose proposal has a predicted IoU of at least ``end_absent_iou``: the structure ends earlier
+  than the registration says (a heart base that moved through the slice plane; a tumour that shrank
+  along the slices). Only where the model is clearly more like the reference than the registration on
+  this part (median ratio at most ``gate_score_ratio[0]``); a part with no confident slice keeps
+  every slice;
 * **registered** -- the registered prior, when the model is not trusted there;
 * beyond the registered prior's extent (``slice_margin_mm`` either side), **model** when the
-  structure grew at that end (the model was trusted on the registered prior's end slice and its
+  model is clearly more like the reference than the registration on this part (as for **absent**),
+  the structure grew at that end (the model was trusted on the registered prior's end slice and its
   proposal there is at least ``edge_growth`` times the registered area), the proposal (P²SAM's
   part-prompt search) looks like the reference structure (presence ratio below
   ``presence_threshold``) and the neighbouring slice toward the structure was kept; else
@@ -208,6 +212,9 @@ def decide_part(proposals: Dict[int, SliceProposal], registered: np.ndarray, rul
     spacing_ji = tuple(spacing_kji[1:])
     weight, median_ratio = part_prior_weight(proposals, inside, rule)
     sees = weight < 1.0
+    # only a model clearly more like the reference than the registration on this part (median ratio at or
+    # below the gate's low end) may shorten or lengthen the structure along the slices
+    clearly = rule.mode == "model" or (math.isfinite(median_ratio) and median_ratio <= rule.gate_score_ratio[0])
     for k in inside:
         p = proposals[k]
         if not sees:
@@ -228,17 +235,17 @@ def decide_part(proposals: Dict[int, SliceProposal], registered: np.ndarray, rul
             out[k] = registered[k]
             decisions[k] = SliceDecision(k, "registered", why, agree, agree)
     # the structure ends before the registered extent: low decoder confidence at an end slice
-    if sees and rule.mode != "model" and rule.end_absent_iou > 0:
-        for order in (inside, inside[::-1]):
-            for k in order[:-1]:
-                p = proposals[k]
-                if not p.predicted_iou < rule.end_absent_iou:
-                    break
-                out[k] = False
-                decisions[k] = SliceDecision(
-                    k, "absent", f"the structure ends before the registered extent here (predicted IoU "
-                                 f"{p.predicted_iou:.2f} < {rule.end_absent_iou:.2f} at the end of the extent)",
-                    dice(model[k], registered[k]), float(np.clip(1.0 - p.predicted_iou, 0, 1)))
+    confident = [k for k in inside if proposals[k].predicted_iou >= rule.end_absent_iou]
+    if clearly and rule.mode != "model" and rule.end_absent_iou > 0 and confident:
+        for k in inside:
+            if confident[0] <= k <= confident[-1]:
+                continue
+            p = proposals[k]
+            out[k] = False
+            decisions[k] = SliceDecision(
+                k, "absent", f"the structure ends before the registered extent here (predicted IoU "
+                             f"{p.predicted_iou:.2f} < {rule.end_absent_iou:.2f} at the end of the extent)",
+                dice(model[k], registered[k]), float(np.clip(1.0 - p.predicted_iou, 0, 1)))
     # registered slices the model did not process (e.g. the registered-box baseline skipped them)
     for k in np.flatnonzero(registered.reshape(shape[0], -1).any(1)):
         if int(k) not in decisions:
@@ -250,7 +257,7 @@ def decide_part(proposals: Dict[int, SliceProposal], registered: np.ndarray, rul
             edge = inside[0] if direction < 0 else inside[-1]
             k = edge + direction
             # the end slice is inside the extent, so it has a decision (model or registered)
-            grew = rule.mode == "model" or (decisions[edge].source == "model" and
+            grew = rule.mode == "model" or (clearly and decisions[edge].source == "model" and
                                             int(model[edge].sum()) >= rule.edge_growth * int(registered[edge].sum()))
             prev_ok = grew
             while k in proposals:
@@ -268,6 +275,8 @@ def decide_part(proposals: Dict[int, SliceProposal], registered: np.ndarray, rul
                 else:
                     if not model[k].any():
                         why = "empty proposal"
+                    elif not grew and not clearly:
+                        why = "the model is not clearly better than the registration on this structure"
                     elif not grew:
                         why = "no growth at this end of the registered extent"
                     elif not prev_ok:

@@ -100,8 +100,8 @@ class PropagationConfig:
             P²SAM's part prompts (see :class:`P2SAMLogic.segmenter.P2SAMConfig`).
         negative_parts: background parts (negative prompts / contrast of the retrieval).
         scale: what the model sees of each slice (:class:`P2SAMLogic.scale.EncodingScale`): ``auto`` (the
-            whole slice for structures that span at least 40 model pixels on it, else a square of 4 x
-            the structure's box), ``whole`` (the whole slice, as LiteMedSAM was trained; one encoding
+            whole slice for MR, a square of 4 x the structure's box for CT: measured on the development
+            sets, docs/ablation.md), ``whole`` (the whole slice, as LiteMedSAM was trained; one encoding
             per slice shared by every structure), ``ctxC[:zoomZ]`` (a square of C x the structure's
             box, zoom capped at Z) or ``crop`` (the box + ``roi_margin_mm`` per side, at least
             ``min_roi_mm``: the former ROI).
@@ -558,7 +558,7 @@ def propagate_part(study: Study, part_mask: sitk.Image, part_name: str, registra
         return _PartOutcome(registered, registered.copy(), None, {}, {}), {}
     t = time.perf_counter()
     refs = make_references(study.prior_image, part_mask, followup, registration.rigid.transform,
-                           study.prior_window, cfg.encoding_scale(), part_name,
+                           study.prior_window, cfg.encoding_scale().resolve(study.followup_modality), part_name,
                            input_size=getattr(net, "input_size", 256))
     if share_windows:
         shared = [r.cropped(share_windows[r.prior_slice], study.prior_window) if r.prior_slice in share_windows
@@ -579,7 +579,8 @@ def propagate_part(study: Study, part_mask: sitk.Image, part_name: str, registra
     proposals = propose_slices(segmenter, refs, targets, registered, follow_arr, study.followup_window,
                                cfg.batch_size, stage, tick=tick, label=part_name,
                                proposals="registered-box" if cfg.method == "registered-box" else cfg.proposals,
-                               centre_on=centre_on, scale=cfg.encoding_scale(), spacing_xy=spacing[:2])
+                               centre_on=centre_on, scale=cfg.encoding_scale().resolve(study.followup_modality),
+                               spacing_xy=spacing[:2])
     t = time.perf_counter()
     rule = cfg.rule(role)
     decided, decisions, model = decide_part(proposals, registered, rule, kji_spacing)
@@ -779,7 +780,7 @@ def propagate(prior_image: sitk.Image, prior_segments: Sequence[Segment], follow
             net = model
     timings["model_load"] = time.perf_counter() - t
     encoder_at_start = 0.0 if net is None else float(getattr(net, "encoder_seconds", 0.0))
-    if net is not None and cfg.encoding_scale().shares_slices and hasattr(net, "cache"):
+    if net is not None and cfg.encoding_scale().resolve(study.followup_modality).shares_slices and hasattr(net, "cache"):
         # one embedding per follow-up slice, shared by every structure and part: keep them all
         net.cache.reserve(followup.GetSize()[2] + 64)
     stage = {k: 0.0 for k in ("references", "cluster", "match", "decode", "retrieval", "decide", "cleanup",

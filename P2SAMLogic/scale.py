@@ -8,11 +8,11 @@ any prompt is chosen (Testing/Benchmarks/benchmark_scale.py; docs/ablation.md, "
 
 An :class:`EncodingScale` turns a structure's box on a slice into the window that is encoded:
 
-* ``auto`` (the default) — the whole slice when the structure, so encoded, spans at least
-  ``whole_min_px`` model pixels (its box's larger side), else a ``ctx`` window of ``context`` times
-  its box: large structures (cardiac chambers, most organs) are seen as in training, and all of
-  them share one encoding per slice; small ones (a lung nodule on a 512-pixel CT slice) are
-  enlarged until the model can see them;
+* ``auto`` (the default) — by modality, as measured on the development sets: the whole slice for
+  MR (and anything that is not CT), where every cardiac structure, small apical ones included, was
+  segmented best on the whole slice and all structures then share one encoding per slice; a
+  ``ctx`` window of ``context`` (4) times the structure's box for CT, where the tumours and the
+  vertebral body were segmented best enlarged (:meth:`EncodingScale.resolve`);
 * ``whole`` — the whole slice;
 * ``ctx C`` — a square of ``C`` times the box's larger side, centred on the box, kept inside
   the slice; with ``zoom_cap`` Z the square is at least ``input_size / Z`` pixels, so the slice
@@ -51,7 +51,6 @@ class EncodingScale:
     zoom_cap: Optional[float] = None
     margin_mm: float = 15.0
     min_mm: float = 30.0
-    whole_min_px: float = 40.0
 
     @property
     def whole(self) -> bool:
@@ -62,6 +61,15 @@ class EncodingScale:
     def shares_slices(self) -> bool:
         """Windows can be whole slices, shared by every structure on a slice (worth caching per slice)."""
         return self.kind in ("whole", "auto")
+
+    def resolve(self, modality: str) -> "EncodingScale":
+        """The rule for one image of ``modality`` (``CT``, ``MR``, ...): ``auto`` becomes ``whole`` or
+        ``ctx``; any other rule is returned as it is."""
+        if self.kind != "auto":
+            return self
+        if (modality or "").upper() == "CT":
+            return EncodingScale("context", context=self.context, zoom_cap=self.zoom_cap)
+        return EncodingScale("whole")
 
     @classmethod
     def parse(cls, text: str, margin_mm: float = 15.0, min_mm: float = 30.0) -> "EncodingScale":
@@ -85,7 +93,7 @@ class EncodingScale:
 
     def describe(self) -> str:
         if self.kind == "auto":
-            return f"auto (whole slice if the structure spans >= {self.whole_min_px:g} model pixels, else ctx{self.context:g})"
+            return f"auto (whole slice for MR, ctx{self.context:g} for CT)"
         if self.kind == "whole":
             return "whole"
         if self.kind == "crop":
@@ -102,9 +110,11 @@ class EncodingScale:
             spacing_xy: pixel size ``(column, row)`` in mm (``crop`` windows only).
             input_size: the model's square input side (for the zoom cap).
         """
+        if self.kind == "auto":
+            raise ValueError("resolve() an 'auto' encoding scale for the image's modality first")
         h, w = int(shape[0]), int(shape[1])
         side_px = max(float(box[2]) - float(box[0]), float(box[3]) - float(box[1]))
-        if self.kind == "whole" or (self.kind == "auto" and side_px * input_size / max(h, w) >= self.whole_min_px):
+        if self.kind == "whole":
             return np.array([0.0, 0.0, float(w), float(h)])
         if self.kind == "crop":
             return roi_mm(box, spacing_xy, self.margin_mm, self.min_mm, shape)

@@ -102,7 +102,7 @@ def oracle_box(net, case: Case, name: str, scale: Optional[str] = None) -> np.nd
     scale ``scale`` (default: the pipeline's, :attr:`PropagationConfig.scale`); a ring (holes on most
     slices) is segmented as outer region and cavity, recomposed."""
     cfg = PropagationConfig() if scale is None else PropagationConfig(scale=scale)
-    rule = cfg.encoding_scale()
+    rule = cfg.encoding_scale().resolve(case.modality)
     seg = _make_segmenter(net, cfg)
     truth = sitk.GetArrayFromImage(case.truth[name]).astype(bool)
     arr = sitk.GetArrayViewFromImage(case.followup)

@@ -4,6 +4,8 @@
 For every development set, LiteMedSAM is prompted with one box per slice (per image in 2D) and the
 image it sees is one *encoding window* of the slice:
 
+  auto         the pipeline's default (P2SAMLogic/scale.py): the whole slice when the structure spans at
+               least 40 model pixels there, else ctx 4
   whole        the whole slice, resized to the model's input (as LiteMedSAM was trained)
   ctx C        a square of C x the prompt box's larger side, centred on the box, kept inside the slice
   ... zoom Z   the same with the zoom capped: the window is at least input_size / Z pixels, so the
@@ -23,7 +25,7 @@ Structures that are rings (the myocardium) are prompted as outer region and cavi
 (outer & ~cavity) on slices with a cavity, as in the pipeline.
 
     python Testing/Benchmarks/benchmark_scale.py --data ../shared/data \
-        [--sets acdc,lung-sim,lung-response,lung-fov,4dlung,cvc,perseg] [--windows whole,ctx2,ctx3,ctx4,ctx6,crop]
+        [--sets acdc,lung-sim,lung-response,lung-fov,4dlung,cvc,perseg] [--windows auto,whole,ctx2,ctx3,ctx4,ctx6,crop]
         [--zoom-caps none,2,1.5,1] [--prompts oracle,registered] [--limit N] [--json out.json]
 
 Embeddings are cached on disk (embedding_store.py): the seconds are not encoder timings.
@@ -35,7 +37,6 @@ import json
 import math
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -48,7 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from accuracy_cases import Case, dice, load_set  # noqa: E402
 from P2SAMLogic.intensity import choose_window  # noqa: E402
-from P2SAMLogic.roi import place_square, roi_mm  # noqa: E402
+from P2SAMLogic.scale import EncodingScale  # noqa: E402
 from P2SAMLogic.segmenter import P2SAMConfig, P2SAMSegmenter, mask_box  # noqa: E402
 from P2SAMLogic.structures import cavity_slices, fill_slices  # noqa: E402
 
@@ -56,63 +57,41 @@ SETS_3D = ("acdc", "lung-sim", "lung-response", "lung-fov")
 SETS_2D = ("4dlung", "cvc", "perseg")
 
 
-@dataclass(frozen=True)
-class Window:
-    """An encoding-window rule: ``context`` None = whole slice; ``zoom_cap`` None = no cap."""
-
-    context: Optional[float]
-    zoom_cap: Optional[float] = None
-    crop: bool = False
-
-    @property
-    def label(self) -> str:
-        if self.crop:
-            return "crop (box + 15 mm, >= 30 mm)"
-        if self.context is None:
-            return "whole slice"
-        cap = "none" if self.zoom_cap is None else f"{self.zoom_cap:g}x"
-        return f"ctx {self.context:g} x box, zoom cap {cap}"
-
-    def window(self, box: np.ndarray, shape: Tuple[int, int], spacing_xy: Sequence[float],
-               input_size: int) -> np.ndarray:
-        """``(x0, y0, x1, y1)`` in slice pixels for a prompt ``box`` on a slice of ``shape`` ``(H, W)``."""
-        h, w = shape
-        if self.crop:
-            return roi_mm(box, spacing_xy, 15.0, 30.0, shape)
-        if self.context is None:
-            return np.array([0.0, 0.0, float(w), float(h)])
-        side = self.context * max(box[2] - box[0], box[3] - box[1])
-        if self.zoom_cap is not None:
-            side = max(side, input_size / self.zoom_cap)
-        side = int(math.ceil(max(side, 32.0)))
-        return place_square(((box[0] + box[2]) / 2.0, (box[1] + box[3]) / 2.0), (side, side), shape)
+def label(rule: EncodingScale) -> str:
+    """A table row's name for an encoding-scale rule."""
+    if rule.kind == "crop":
+        return "crop (box + 15 mm, >= 30 mm)"
+    if rule.kind == "whole":
+        return "whole slice"
+    if rule.kind == "auto":
+        return f"auto (whole slice for MR, ctx {rule.context:g} for CT)"
+    cap = "none" if rule.zoom_cap is None else f"{rule.zoom_cap:g}x"
+    return f"ctx {rule.context:g} x box, zoom cap {cap}"
 
 
-def parse_windows(windows: str, caps: str) -> List[Window]:
-    out: List[Window] = []
+def parse_windows(windows: str, caps: str) -> List[EncodingScale]:
+    """The rules named by ``--windows`` (``auto``, ``whole``, ``crop``, ``ctxC``), ``ctxC`` once per zoom cap."""
+    out: List[EncodingScale] = []
     cap_values = [None if c.strip() == "none" else float(c) for c in caps.split(",") if c.strip()]
     for w in [x.strip() for x in windows.split(",") if x.strip()]:
-        if w == "whole":
-            out.append(Window(None))
-        elif w == "crop":
-            out.append(Window(None, crop=True))
-        elif w.startswith("ctx"):
-            for cap in cap_values:
-                out.append(Window(float(w[3:]), cap))
+        if w.startswith("ctx"):
+            out += [EncodingScale("context", context=float(w[3:]), zoom_cap=cap) for cap in cap_values]
+        elif w in ("auto", "whole", "crop"):
+            out.append(EncodingScale.parse(w))
         else:
-            raise SystemExit(f"unknown window {w!r}: whole, crop or ctxC")
+            raise SystemExit(f"unknown window {w!r}: auto, whole, crop or ctxC")
     return out
 
 
+#: decoded masks by (slice content, window, box, decode): rules that give the same window share one decode
 _MEMO: Dict[tuple, np.ndarray] = {}
-
 
 #: prompt variants of the registered contour on a slice (3D): name -> (box change in pixels, how it is decoded)
 VARIANTS = {"registered": (0, "box"), "registered+2px": (2, "box"), "registered-2px": (-2, "box"),
             "registered refined": (0, "refined"), "registered+mask": (0, "mask")}
 
 
-def box_on_window(seg: P2SAMSegmenter, image_rgb: np.ndarray, box: np.ndarray, rule: Window,
+def box_on_window(seg: P2SAMSegmenter, image_rgb: np.ndarray, box: np.ndarray, rule: EncodingScale,
                   spacing_xy: Sequence[float], decode: str = "box", grow: int = 0,
                   mask: Optional[np.ndarray] = None) -> np.ndarray:
     """The model's mask (``H x W`` bool on the whole slice) for one prompt box seen through ``rule``
@@ -177,7 +156,7 @@ def structure_masks(mask3d: np.ndarray) -> Tuple[bool, List[Tuple[str, np.ndarra
     return False, [("whole", mask3d)]
 
 
-def run_3d(case: Case, seg: P2SAMSegmenter, rules: List[Window], prompts: List[str]) -> List[dict]:
+def run_3d(case: Case, seg: P2SAMSegmenter, rules: List[EncodingScale], prompts: List[str]) -> List[dict]:
     arr = sitk.GetArrayViewFromImage(case.followup)
     win = choose_window(case.followup, case.modality)
     sp = case.followup.GetSpacing()
@@ -203,8 +182,8 @@ def run_3d(case: Case, seg: P2SAMSegmenter, rules: List[Window], prompts: List[s
                 for role, blob in blobs:
                     out = np.zeros(blob.shape, dtype=bool)
                     for k in np.flatnonzero(blob.reshape(blob.shape[0], -1).any(1)):
-                        out[k] = box_on_window(seg, slice_rgb(int(k)), mask_box(blob[k]), rule, sp[:2], decode,
-                                               grow, blob[k])
+                        out[k] = box_on_window(seg, slice_rgb(int(k)), mask_box(blob[k]), rule.resolve(case.modality),
+                                               sp[:2], decode, grow, blob[k])
                     parts[role] = out
                 if ring:
                     result = parts["outer"] & ~parts["cavity"]
@@ -212,13 +191,14 @@ def run_3d(case: Case, seg: P2SAMSegmenter, rules: List[Window], prompts: List[s
                     result[~closed] = src[~closed] if prompt != "oracle" else False
                     if prompt == "oracle":  # open slices of the true ring: the ring's own box
                         for k in np.flatnonzero(~closed & src.reshape(src.shape[0], -1).any(1)):
-                            result[k] = box_on_window(seg, slice_rgb(int(k)), mask_box(src[k]), rule, sp[:2])
+                            result[k] = box_on_window(seg, slice_rgb(int(k)), mask_box(src[k]),
+                                                      rule.resolve(case.modality), sp[:2])
                 else:
                     result = parts["whole"]
                 rows.append({"set": case.set, "case": case.name, "structure": name, "prompt": prompt,
-                             "window": rule.label, "dice": dice(result, truth),
+                             "window": label(rule), "dice": dice(result, truth),
                              "prompt_source_dice": reg_dice, "seconds": time.perf_counter() - t0})
-                print(f"{case.set} {case.name} {name} {prompt:10s} {rule.label:32s} {rows[-1]['dice']:.3f}"
+                print(f"{case.set} {case.name} {name} {prompt:10s} {label(rule):32s} {rows[-1]['dice']:.3f}"
                       f" (prompt source {reg_dice:.3f})", file=sys.stderr, flush=True)
     return rows
 
@@ -233,7 +213,7 @@ def pairs_2d(name: str, data: Path):
     return dev_sets(data)[key]
 
 
-def run_2d(name: str, data: Path, seg: P2SAMSegmenter, rules: List[Window], prompts: List[str]) -> List[dict]:
+def run_2d(name: str, data: Path, seg: P2SAMSegmenter, rules: List[EncodingScale], prompts: List[str]) -> List[dict]:
     from P2SAMLogic.io2d import read_image, read_mask
     rows = []
     for ref_img, ref_mask, targets in pairs_2d(name, data):
@@ -248,11 +228,13 @@ def run_2d(name: str, data: Path, seg: P2SAMSegmenter, rules: List[Window], prom
                 if prompt not in boxes:
                     continue
                 for rule in rules:
-                    out = box_on_window(seg, image, boxes[prompt], rule, (1.0, 1.0))
+                    # the 4D-Lung pair is CT (windowed); the colonoscopy and PerSeg images are photographs
+                    out = box_on_window(seg, image, boxes[prompt], rule.resolve("CT" if name == "4dlung" else ""),
+                                        (1.0, 1.0))
                     inter, union = int((out & truth).sum()), int((out | truth).sum())
                     rows.append({"set": name, "case": f"{Path(ref_img).stem}->{Path(tgt_img).stem}",
                                  "structure": Path(ref_img).stem.rsplit("_", 1)[0], "prompt": prompt,
-                                 "window": rule.label, "dice": dice(out, truth), "inter": inter, "union": union})
+                                 "window": label(rule), "dice": dice(out, truth), "inter": inter, "union": union})
             print(f"{name} {Path(tgt_img).name} done", file=sys.stderr, flush=True)
     return rows
 
@@ -265,7 +247,7 @@ def _mean(values) -> float:
     return float(np.mean(v)) if v else math.nan
 
 
-def tables(rows: List[dict], rules: List[Window], prompts: List[str]) -> str:
+def tables(rows: List[dict], rules: List[EncodingScale], prompts: List[str]) -> str:
     out = []
     for s in dict.fromkeys(r["set"] for r in rows):
         rs = [r for r in rows if r["set"] == s]
@@ -295,9 +277,9 @@ def tables(rows: List[dict], rules: List[Window], prompts: List[str]) -> str:
                     if not any(r["prompt"] == p for r in rs):
                         continue
                     x = [r for r in rs if (n == "all" or r["structure"] == n) and r["prompt"] == p
-                         and r["window"] == rule.label]
+                         and r["window"] == label(rule)]
                     cells.append(f"{_mean(r['dice'] for r in x):.3f}" if x else "")
-            out.append(f"| {rule.label} | " + " | ".join(cells) + " |")
+            out.append(f"| {label(rule)} | " + " | ".join(cells) + " |")
     return "\n".join(out)
 
 
@@ -305,7 +287,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data"))
     ap.add_argument("--sets", default="acdc,lung-sim,lung-response,lung-fov,4dlung,cvc,perseg")
-    ap.add_argument("--windows", default="whole,ctx2,ctx3,ctx4,ctx6,crop")
+    ap.add_argument("--windows", default="auto,whole,ctx2,ctx3,ctx4,ctx6,crop")
     ap.add_argument("--zoom-caps", default="none,2,1.5,1")
     ap.add_argument("--prompts", default="oracle,registered")
     ap.add_argument("--limit", type=int, default=None, help="first N cases of each 3D set")
@@ -331,7 +313,7 @@ def main() -> int:
             for case in load_set(s, Path(args.data), args.limit):
                 rows += run_3d(case, seg, [r for r in rules], prompts)
         elif s in SETS_2D:
-            rows += run_2d(s, Path(args.data), seg, [r for r in rules if not r.crop], prompts)
+            rows += run_2d(s, Path(args.data), seg, [r for r in rules if r.kind != "crop"], prompts)
         else:
             raise SystemExit(f"unknown set {s!r}")
         if args.json:

@@ -17,30 +17,30 @@ def disc(cy, cx, r):
     return (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
 
 
-def proposal(k, mask, iou=0.95, score=1.0, prior_score=1.0, background=4.0):
-    """A proposal on the whole slice (window = the slice)."""
+def proposal(k, mask, iou=0.95, score=0.9, prior_score=1.0, background=4.0):
+    """A proposal on the whole slice (window = the slice); by default its features are a little more like
+    the reference than the registered contour's (distance ratio 0.9)."""
     return SliceProposal(k=k, reference=k, window=np.array([0.0, 0.0, SHAPE[2], SHAPE[1]]), mask=mask,
                          predicted_iou=iou, score=score, background=background, prior_score=prior_score,
                          prior_background=4.0, box=None)
 
 
-def registered_volume():
+def registered_volume(first=2, last=4):
     reg = np.zeros(SHAPE, dtype=bool)
-    for k in range(2, 5):
+    for k in range(first, last + 1):
         reg[k] = disc(24, 24, 10)
     return reg
 
 
-def test_trusted_proposals_are_fused_and_untrusted_ones_keep_the_registration():
-    reg = registered_volume()
-    props = {
-        2: proposal(2, disc(24, 25, 9)),  # agrees, confident: model
-        3: proposal(3, disc(8, 8, 6), iou=0.97),  # confident but elsewhere: registered
-        4: proposal(4, disc(24, 24, 9), iou=0.4),  # in place but unsure: registered
-    }
+def test_trusted_proposals_are_kept_and_untrusted_ones_keep_the_registration():
+    reg = registered_volume(1, 5)
+    props = {k: proposal(k, disc(24, 24, 9)) for k in range(1, 6)}
+    props[2] = proposal(2, disc(24, 25, 9))  # agrees, confident, more like the reference: the model's own
+    props[3] = proposal(3, disc(8, 8, 6), iou=0.97)  # confident but elsewhere: registered
+    props[4] = proposal(4, disc(24, 24, 9), iou=0.4)  # in place but unsure: registered
     out, decisions, model = decide_part(props, reg, DecisionRule(), SPACING)
     assert decisions[2].source == "model"
-    assert (out[2] == fuse_contours(props[2].mask, reg[2], DecisionRule().prior_weight, SPACING[1:])).all()
+    assert (out[2] == props[2].mask).all()  # part median ratio 0.9 <= 0.95: no fusion
     assert decisions[3].source == "registered" and "overlap" in decisions[3].reason
     assert decisions[4].source == "registered" and "predicted IoU" in decisions[4].reason
     assert (out[3] == reg[3]).all() and (out[4] == reg[4]).all()
@@ -48,10 +48,46 @@ def test_trusted_proposals_are_fused_and_untrusted_ones_keep_the_registration():
     assert (model[3] == props[3].mask).all()
 
 
+def test_the_part_gate_weighs_the_registration_by_how_the_model_compares_with_it():
+    """The median distance ratio over the part's slices sets the registered contour's weight: 0 at 0.95,
+    0.5 at 1.0, 1 (the registration everywhere, no flags from the model) at 1.05 and above."""
+    reg = registered_volume(1, 5)
+    model_mask = disc(24, 27, 8)
+    for ratio, weight in ((0.9, 0.0), (1.0, 0.5)):
+        props = {k: proposal(k, model_mask, score=ratio) for k in range(1, 6)}
+        out, decisions, _ = decide_part(props, reg, DecisionRule(), SPACING)
+        assert decisions[3].source == "model"
+        assert (out[3] == fuse_contours(model_mask, reg[3], weight, SPACING[1:])).all()
+    props = {k: proposal(k, model_mask, score=1.1) for k in range(1, 6)}
+    out, decisions, _ = decide_part(props, reg, DecisionRule(), SPACING)
+    assert all(decisions[k].source == "registered" and decisions[k].discounted for k in range(1, 6))
+    assert "does not see this structure" in decisions[3].reason
+    assert (out == reg).all()
+
+
+def test_the_structure_ends_where_the_model_loses_confidence_at_the_ends_of_the_extent():
+    """A heart base that moved out of the slice, a tumour shorter along the slices: low predicted IoU at
+    an end of the registered extent empties the slice, walking inward until a confident slice."""
+    reg = registered_volume(1, 5)
+    ious = {1: 0.5, 2: 0.7, 3: 0.95, 4: 0.6, 5: 0.9}  # slice 4 is unsure but not at an end
+    props = {k: proposal(k, disc(24, 24, 9), iou=v) for k, v in ious.items()}
+    out, decisions, _ = decide_part(props, reg, DecisionRule(), SPACING)
+    assert [decisions[k].source for k in range(1, 6)] == ["absent", "absent", "model", "model", "model"]
+    assert "ends before the registered extent" in decisions[1].reason
+    assert not out[1].any() and not out[2].any() and out[3].any() and out[5].any()
+    # never every slice: one stays even when all are unsure
+    props = {k: proposal(k, disc(24, 24, 9), iou=0.3) for k in range(1, 6)}
+    out, decisions, _ = decide_part(props, reg, DecisionRule(), SPACING)
+    assert out.any()
+    # without the fallback nothing is emptied
+    out, decisions, _ = decide_part(props, reg, DecisionRule(mode="model"), SPACING)
+    assert all(out[k].any() for k in range(1, 6))
+
+
 def test_a_structure_that_really_shrank_is_trusted():
     """Half the registered area, inside it: real change, not a wandering proposal."""
     reg = registered_volume()
-    props = {3: proposal(3, disc(24, 24, 7))}
+    props = {k: proposal(k, disc(24, 24, 7)) for k in range(2, 5)}
     _, decisions, _ = decide_part(props, reg, DecisionRule(), SPACING)
     assert decisions[3].source == "model", decisions[3].reason
     assert decisions[3].agreement < 0.7  # the Dice with the registration is low: it changed
@@ -77,9 +113,11 @@ def test_a_ring_outer_region_does_not_take_the_cavity_inside_it():
 
 def test_a_proposal_less_like_the_reference_than_the_registration_is_not_trusted():
     reg = registered_volume()
-    props = {3: proposal(3, disc(24, 24, 9), score=2.0, prior_score=1.0)}
+    props = {k: proposal(k, disc(24, 24, 9)) for k in range(2, 5)}
+    props[3] = proposal(3, disc(24, 24, 9), score=1.3, prior_score=1.0)
     _, decisions, _ = decide_part(props, reg, DecisionRule(), SPACING)
     assert decisions[3].source == "registered" and "less like the reference" in decisions[3].reason
+    assert decisions[2].source == "model"
 
 
 def test_without_fallback_every_non_empty_proposal_is_kept():
