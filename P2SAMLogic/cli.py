@@ -197,13 +197,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="propagate rings and several-piece structures as one blob each (for comparisons)")
     m.add_argument("--max-parts", type=int, default=5, metavar="N", help="largest foreground part count (default 5)")
     m.add_argument("--negative-parts", type=int, default=1, metavar="M", help="background parts (default 1)")
+    m.add_argument("--scale", default="auto", metavar="RULE",
+                   help="what the model sees of each follow-up slice: auto (default: the whole slice for MR and "
+                        "other non-CT images, a square window 4x the structure's box side on CT), whole, "
+                        "ctxC[:zoomZ] (a window C x the box side, zoom capped at Z), crop (the former ROI: box + "
+                        "--roi-margin per side); see docs/ablation.md for the measurements behind auto")
     m.add_argument("--roi-margin", type=float, default=15.0, metavar="MM",
-                   help="ROI = structure box grown by MM per side (default 15)")
+                   help="with --scale crop: ROI = structure box grown by MM per side (default 15)")
     m.add_argument("--slice-margin", type=float, default=5.0, metavar="MM",
                    help="also examine slices up to MM beyond the registered prior's extent (default 5)")
-    m.add_argument("--prior-weight", type=float, default=0.75, metavar="W",
+    m.add_argument("--prior-weight", type=float, default=None, metavar="W",
                    help="on slices where the model is trusted, the output contour is the zero level of (1-W) x "
-                        "the proposal's signed distance + W x the registered prior's (default 0.75; 0 = the model's "
+                        "the proposal's signed distance + W x the registered prior's (default 0, chosen on the development data; 0 = the model's "
                         "proposal alone, 1 = the registered prior's shape on those slices)")
     m.add_argument("--window", default=None, metavar="LOW,HIGH",
                    help="intensity window for the model (default: CT -910,590 HU; MR 0.5-99.5 percentiles)")
@@ -361,7 +366,8 @@ def _propagation_config(args: argparse.Namespace):
                                decision=args.decision, decompose=not args.no_decompose, max_parts=args.max_parts,
                                negative_parts=args.negative_parts, roi_margin_mm=args.roi_margin,
                                slice_margin_mm=args.slice_margin, intensity_window=window,
-                               prior_weight=args.prior_weight).validate()
+                               scale=args.scale,
+                               **({} if args.prior_weight is None else {"prior_weight": args.prior_weight})).validate()
     return config, names, window
 
 

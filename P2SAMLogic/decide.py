@@ -85,8 +85,10 @@ class SliceDecision:
             the registered extent: ``(IoU + Dice with the neighbouring output slice) / 2``);
             registered slices: the agreement (how far the model confirms the registration);
             absent slices: 1 - presence confidence.
-        discounted: the part failed the model gate (:func:`model_sees_part`): the model's disagreement
-            with the registered contour here is no evidence and raises no flag.
+        discounted: the registered contour is used by design here (a ring's outer region with
+            ``ring_outer="registered"``): the model's opinion raises no flag. A part that fails the model
+            gate (:func:`part_prior_weight`) is NOT discounted: its slices keep the registered contour and
+            are flagged unless the model's proposal agrees with it.
     """
 
     k: int
@@ -223,8 +225,7 @@ def decide_part(proposals: Dict[int, SliceProposal], registered: np.ndarray, rul
             decisions[k] = SliceDecision(
                 k, "registered", f"the model does not see this structure: its proposals are less like the prior "
                                  f"than the registered contour on most slices (median distance ratio "
-                                 f"{median_ratio:.2f} >= {rule.gate_score_ratio[1]:.2f})", agree, math.nan,
-                discounted=True)
+                                 f"{median_ratio:.2f} >= {rule.gate_score_ratio[1]:.2f})", agree, agree)
             continue
         ok, why, agree = trusted(p, model[k], registered[k], rule)
         if ok:

@@ -50,7 +50,7 @@ def test_trusted_proposals_are_kept_and_untrusted_ones_keep_the_registration():
 
 def test_the_part_gate_weighs_the_registration_by_how_the_model_compares_with_it():
     """The median distance ratio over the part's slices sets the registered contour's weight: 0 at 0.95,
-    0.5 at 1.0, 1 (the registration everywhere, no flags from the model) at 1.05 and above."""
+    0.5 at 1.0, 1 (the registration everywhere, flagged where the model disagrees) at 1.05 and above."""
     reg = registered_volume(1, 5)
     model_mask = disc(24, 27, 8)
     for ratio, weight in ((0.9, 0.0), (1.0, 0.5)):
@@ -60,7 +60,9 @@ def test_the_part_gate_weighs_the_registration_by_how_the_model_compares_with_it
         assert (out[3] == fuse_contours(model_mask, reg[3], weight, SPACING[1:])).all()
     props = {k: proposal(k, model_mask, score=1.1) for k in range(1, 6)}
     out, decisions, _ = decide_part(props, reg, DecisionRule(), SPACING)
-    assert all(decisions[k].source == "registered" and decisions[k].discounted for k in range(1, 6))
+    assert all(decisions[k].source == "registered" and not decisions[k].discounted for k in range(1, 6))
+    # the slices say how far the model confirms the registration (its Dice with it), so they can be flagged
+    assert all(math.isfinite(decisions[k].qa) and decisions[k].qa == decisions[k].agreement for k in range(1, 6))
     assert "does not see this structure" in decisions[3].reason
     assert (out == reg).all()
 

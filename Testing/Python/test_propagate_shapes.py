@@ -131,10 +131,12 @@ def test_deformable_method_is_registration_only(lung_crop, simulated_followup):
 
 def test_a_ring_runs_through_a_point_prompt_model(tiny_sam):
     """Mechanics only (random weights, no accuracy claim): a point-prompt SAM gets the same decomposition,
-    one proposal per part and slice, and the output keeps the ring's hole and the follow-up's grid."""
+    one proposal per part and slice, and the output keeps the ring's hole and the follow-up's grid. (The
+    model's outer region is asked for here; by default the ring's outer contour is the registered one.)"""
     prior, masks, followup, truth = ring_study()
     segs = [Segment(n, (0.8, 0.3, 0.3), m) for n, m in masks.items()]
-    result = propagate(prior, segs, followup, model=tiny_sam, keep_details=True)
+    result = propagate(prior, segs, followup, model=tiny_sam, keep_details=True,
+                       config=PropagationConfig(ring_outer="model"))
     assert result.reports[0].shape == "ring"
     parts = result.details["Wall"]["parts"]
     assert set(parts) == {"Wall outer", "Wall cavity"}
