@@ -8,6 +8,7 @@ forms must resolve inside its folder before it is used. The request layer checks
 names first (``asgi.py``); this is the second line.
 """
 import os
+import tempfile
 
 from monailabel.datastore.local import LocalDatastore
 
@@ -22,8 +23,25 @@ class CheckedLocalDatastore(LocalDatastore):
             raise Refused(400, "the request names a file outside the datastore")
         return path
 
+    @staticmethod
+    def _refuse_upload(upload: str, exc: Refused):
+        """MONAI Label removes its temporary copy of an upload only after a successful answer."""
+        if os.path.dirname(os.path.abspath(upload)) == os.path.abspath(tempfile.gettempdir()):
+            try:
+                os.remove(upload)
+            except OSError:
+                pass
+        raise exc
+
     # -- ids and tags of every method that forms a path -------------------------------------------
     def add_image(self, image_id, image_filename, image_info):
+        try:
+            image_id = self._check_new_image(image_id, image_filename)
+        except Refused as exc:
+            self._refuse_upload(image_filename, exc)
+        return super().add_image(image_id, image_filename, image_info)
+
+    def _check_new_image(self, image_id, image_filename):
         if image_id:
             datastore_id(image_id, "image id")
         else:  # MONAI Label takes the uploaded file's name as the id
@@ -32,13 +50,16 @@ class CheckedLocalDatastore(LocalDatastore):
         upload_suffix(image_filename, "image")
         name = self._filename(image_id, self._to_id(os.path.basename(image_filename))[1])
         self._inside(os.path.join(self._datastore.image_path(), name))
-        return super().add_image(image_id, image_filename, image_info)
+        return image_id
 
     def save_label(self, image_id, label_filename, label_tag, label_info):
-        datastore_id(image_id, "image id")
-        datastore_id(label_tag, "label tag")
-        upload_suffix(label_filename, "label")
-        self._inside(os.path.join(self._datastore.label_path(label_tag), "x"))
+        try:
+            datastore_id(image_id, "image id")
+            datastore_id(label_tag, "label tag")
+            upload_suffix(label_filename, "label")
+            self._inside(os.path.join(self._datastore.label_path(label_tag), "x"))
+        except Refused as exc:
+            self._refuse_upload(label_filename, exc)
         return super().save_label(image_id, label_filename, label_tag, label_info)
 
     def remove_image(self, image_id):
