@@ -160,3 +160,57 @@ def test_the_worker_round_trip_signed_in(server, small_cohort, tmp_path):
             assert report["provenance"]["version"] == local_engine_version()
         job.cleanup()
     assert os.listdir(server.jobs) == []
+
+
+def test_the_panel_asks_for_a_login_and_runs_signed_in(server, small_cohort, monkeypatch):
+    """"Run on server" against a server that requires signing in: the first try is refused, the panel asks
+    for a user name and password (kept in memory), and the run goes through with them."""
+    import time
+
+    slicer = pytest.importorskip("slicer")
+    import slicer_standins as standins
+    from P2SAMLogic.io3d import read_segmentation, read_volume
+    from P2SAMSlicerLib import mrml_bridge
+
+    scene = slicer.vtkMRMLScene()
+    standins.install(monkeypatch, scene)
+    module = standins.load(ROOT / "P2SAMSlicer" / "P2SAMSlicer.py", "P2SAMSlicer_server_auth_under_test")
+    widget = module.P2SAMSlicerWidget()
+    widget.ui = standins.widget_ui()
+    widget.logic = module.P2SAMSlicerLogic()
+    widget._timer = standins.Anything()
+    settings = standins.ParameterNode(scene)
+    widget.setParameterNode(settings)
+    prior, prior_src = read_volume(str(small_cohort / "prior_ct.nrrd"))
+    follow, _ = read_volume(str(small_cohort / "followup_1.nrrd"))
+    segments = read_segmentation(str(small_cohort / "prior.seg.nrrd"), prior, prior_src)
+    prior_node = mrml_bridge.image_to_volume_node(prior, scene, "prior")
+    settings.priorVolume = prior_node
+    settings.priorSegmentation = mrml_bridge.segments_to_segmentation_node(scene, segments, prior, "prior contours",
+                                                                           reference_volume_node=prior_node)
+    settings.followupVolume = mrml_bridge.image_to_volume_node(follow, scene, "follow-up 1")
+    settings.runOnServer, settings.serverUrl = True, server.url
+    asked, shown = [], []
+    widget.showResults = lambda outputs, report=None: shown.append(outputs)
+
+    def ask(url, reason):
+        asked.append((url, reason))
+        widget._serverLogins[url] = {"username": "alice", "password": PASSWORDS["alice"]}
+        return True
+
+    widget.askServerLogin = ask
+    again = []
+    monkeypatch.setattr(sys.modules["qt"], "QTimer", standins.Anything(singleShot=lambda ms, f: again.append(f)))
+    for _ in range(2):  # the refused run, then the one Apply would start again after the login
+        widget._startBackground(settings, widget.checkedSegmentIds(), {"model": "litemedsam", "modelType": None,
+                                                                       "device": "cpu"},
+                                {"max_parts": 2, "slice_margin_mm": 0.0, "segments": ["GTV"]}, None, server=server.url)
+        deadline = time.monotonic() + 600
+        while widget._job is not None and time.monotonic() < deadline:
+            time.sleep(0.5)
+            widget.onTimer()
+        assert widget._job is None
+    assert len(asked) == 1 and asked[0][0] == server.url and "enter a user name and password" in asked[0][1]
+    assert again == [widget.onApplyButton]  # the panel starts the run again once signed in
+    (node, report, volume), = shown[0]
+    assert report["status"] == "unreviewed proposal" and node.GetSegmentation().GetNumberOfSegments() == 1
