@@ -160,12 +160,14 @@ def test_local_users_sign_in_tokens_and_lockout(tmp_path):
 
     path = str(tmp_path / "users.json")
     auth.write_users(path, {"alice": {"password": auth.hash_password("correct horse battery"),
-                                      "roles": ["user", "annotator"]}})
+                                      "roles": ["annotator"]}})
     users = auth.LocalUsers(path, token_seconds=60)
     answer = users.sign_in("alice", "correct horse battery")
     assert answer["token_type"] == "Bearer" and answer["expires_in"] == 60
     user = users.user_of(answer["access_token"])
-    assert user.username == "alice" and set(user.roles) == {"monailabel-user", "monailabel-annotator"}
+    assert user.username == "alice" and user.roles == ["monailabel-user", "monailabel-annotator"]  # roles add up
+    assert auth.implied_roles({"roles": ["admin"]}) == list(auth.ROLE_NAMES)
+    assert auth.implied_roles({"roles": ["nonsense"]}) == []
     claims = jwt.decode(answer["access_token"], options={"verify_signature": False})
     forged = jwt.encode(dict(claims, roles=["admin"]), "another key of at least 32 bytes", algorithm="HS256")
     with pytest.raises(auth.AuthFailed, match="Signature verification failed"):

@@ -9,9 +9,9 @@ Usage::
 
 ``add`` asks for the password twice (or reads one line from standard input with
 ``--password-stdin``) and stores its scrypt hash, never the password; adding an existing name
-replaces its password and roles. Roles (MONAI Label's): ``user`` runs P2SAM (the Slicer module
-needs only this), ``annotator`` also writes into the datastore, ``reviewer``, ``admin`` also
-deletes datastore entries and sees everyone's jobs. The file is created readable by its owner
+replaces its password and roles. Roles (MONAI Label's), each including the ones before it:
+``user`` runs P2SAM (the Slicer module needs only this), ``annotator`` also writes into the
+datastore, ``reviewer``, ``admin`` also deletes datastore entries and sees everyone's jobs. The file is created readable by its owner
 only; a running server reads it again when it changes, so changes count from the next sign-in
 (a removed user's tokens stop working at once).
 """

@@ -50,6 +50,13 @@ def monai_role(short: str) -> str:
     return getattr(settings, f"MONAI_LABEL_AUTH_ROLE_{short.upper()}")
 
 
+def implied_roles(user: dict) -> List[str]:
+    """A users-file entry's roles, each including the ones before it in :data:`ROLE_NAMES`
+    (an annotator may also run P2SAM; an admin may do everything)."""
+    given = [ROLE_NAMES.index(r) for r in (user.get("roles") or ["user"]) if r in ROLE_NAMES]
+    return list(ROLE_NAMES[: max(given) + 1]) if given else []
+
+
 class AuthFailed(Exception):
     """Credentials or token refused (HTTP 401), or too many failures (429); ``status`` says which."""
 
@@ -179,8 +186,7 @@ class LocalUsers:
         user = self._load().get(name)
         if user is None:
             raise AuthFailed("token refused (the user no longer exists)")
-        roles = [monai_role(r) for r in (user.get("roles") or ["user"]) if r in ROLE_NAMES]
-        return User(username=name, email=None, name=name, roles=roles)
+        return User(username=name, email=None, name=name, roles=[monai_role(r) for r in implied_roles(user)])
 
 
 class KeycloakRealm:
