@@ -164,6 +164,11 @@ def test_endpoints_p2sam_does_not_use_are_gone(server):
                          ("GET", "/openapi.json"), ("GET", "/datastore/dataset"), ("PUT", "/datastore/")]:
         status, _, _ = http(server.url, method, path)
         assert status == 404, (method, path, status)
+    for output in ("stats", "all", "train"):  # the datastore's listing names no path of the server
+        status, _, body = http(server.url, "GET", "/datastore/", query={"output": output})
+        assert status == 200 and str(server.folder) not in body.decode(), (output, body[:300])
+    status, _, body = http(server.url, "GET", "/datastore/image/info", query={"image": "prior"})
+    assert status == 200 and str(server.folder) not in body.decode()
 
 
 def test_foreign_hosts_and_web_origins_get_nothing(server):

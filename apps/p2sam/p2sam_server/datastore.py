@@ -100,5 +100,11 @@ class CheckedLocalDatastore(LocalDatastore):
         datastore_id(label_tag, "label tag")
         return super().update_label_info(label_id, label_tag, info)
 
+    def datalist(self, full_path=True):
+        """MONAI Label's training list, with paths relative to the datastore (the server's paths stay on it;
+        MONAI Label's own ``full_path=False`` strips nothing: it joins with ``os.pathsep``)."""
+        root = os.path.realpath(self._datastore_path)
+        return [{k: os.path.relpath(v, root) for k, v in item.items()} for item in super().datalist(full_path=True)]
+
     def get_dataset_archive(self, limit_cases):
         raise Refused(404, "downloading the whole datastore is disabled on a P2SAM server")
