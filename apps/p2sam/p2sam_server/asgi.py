@@ -5,8 +5,8 @@ Starting from ``monailabel.app.app`` (MONAI Label's FastAPI app, whose start-up 
 * **Only the endpoints P2SAM needs** (:data:`ALLOWED`): app info, the datastore's image and label
   endpoints, sign-in; MONAI Label's training, active learning, scoring, batch and WSI inference,
   sessions, logs, model download, DICOMweb proxy, OHIF viewer, API pages, ``/reload`` and the
-  whole-datastore download (``GET /datastore/dataset``) answer 404 before MONAI Label sees them. P2SAM's own ``POST /infer/p2sam`` and
-  ``/p2sam/jobs`` endpoints replace MONAI Label's ``/infer``.
+  whole-datastore download (``GET /datastore/dataset``) answer 404 before MONAI Label sees them;
+  P2SAM's own ``POST /infer/p2sam`` and ``/p2sam/jobs`` endpoints replace MONAI Label's ``/infer``.
 * **Every name checked before anything runs** (:class:`RequestGuard`): query values that name a
   datastore entry (``image``, ``label``, ``tag``, ``id``, ...) must be identifiers, never paths;
   a path with ``..`` is refused; the request body is bounded (``P2SAM_MAX_UPLOAD_MB``).
@@ -68,6 +68,8 @@ class RequestGuard:
         self.max_body_bytes = int(max_body_bytes)
 
     async def __call__(self, scope, receive, send):
+        if scope["type"] == "websocket":  # none of the served endpoints is one
+            return await send({"type": "websocket.close", "code": 1008})
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         refusal = self._check(scope)
