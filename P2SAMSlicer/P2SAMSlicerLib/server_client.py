@@ -31,8 +31,6 @@ and writing images uses SimpleITK and P2SAMLogic's file I/O, imported where need
 """
 from __future__ import annotations
 
-import email.parser
-import email.policy
 import hashlib
 import json
 import os
