@@ -171,6 +171,7 @@ class P2SAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._observedSegmentation = None
         self._updatingSegmentList = False
         self._job = None  # running BackgroundPropagation
+        self._serverLogins = {}  # server URL -> {"username", "password"}: in memory only, never saved
         self._jobContext = None  # (inputs, followupVolume, outputSegmentation, modelChoice)
         _ensureEngineImportable()
         from P2SAMSlicerLib.panel_state import BusyState
@@ -511,7 +512,7 @@ class P2SAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
             self.log(_("... on the server {url}").format(url=server))
             job = ServerPropagation(inputs.prior_image, inputs.prior_segments, inputs.followup_image, url=server,
-                                    model=args["model"], config=parameters)
+                                    model=args["model"], config=parameters, **self._serverLogins.get(server, {}))
         else:
             job = BackgroundPropagation(inputs.prior_image, inputs.prior_segments, images, names=names,
                                         chain=bool(followups) and p.chainFollowups, model=args["model"],
@@ -541,6 +542,10 @@ class P2SAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if error is not None:
                 if error.get("type") == "CancelledError":
                     self.log(_("Cancelled: the scene was not changed."))
+                elif error.get("type") == "AuthenticationError":  # the server requires signing in
+                    self.log(_("The server refused: {message}").format(message=error.get("message", "")))
+                    if self.askServerLogin(getattr(job, "url", ""), error.get("message", "")):
+                        qt.QTimer.singleShot(0, self.onApplyButton)  # the same run again, signed in
                 elif error.get("type") == "VersionMismatchError":  # the message names both versions
                     self.log(_("Refused by the server: {message}").format(message=error.get("message", "")))
                     slicer.util.errorDisplay(error.get("message", ""))
@@ -567,6 +572,25 @@ class P2SAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         finally:
             job.cleanup()
             self._setRunning(False)
+
+    def askServerLogin(self, url: str, reason: str) -> bool:
+        """Ask for a user name and password for the P2SAM server ``url`` (kept in memory for this session, as
+        MONAI Label's module does); False when the user cancels. PythonQt's ``getText`` returns the text only
+        (empty when cancelled)."""
+        known = self._serverLogins.get(url, {})
+        title = _("Sign in to the P2SAM server")
+        username = qt.QInputDialog.getText(slicer.util.mainWindow(), title,
+                                           _("{reason}\n\nUser name on {url}:").format(reason=reason, url=url),
+                                           qt.QLineEdit.Normal, known.get("username", ""))
+        if not username or not username.strip():
+            return False
+        password = qt.QInputDialog.getText(slicer.util.mainWindow(), title,
+                                           _("Password for {user}:").format(user=username.strip()),
+                                           qt.QLineEdit.Password, "")
+        if not password:
+            return False
+        self._serverLogins[url] = {"username": username.strip(), "password": password}
+        return True
 
     def _runBlocking(self, p, segmentIds, args, parameters, followups=None) -> None:
         """Run inside Slicer's process; the GUI processes events at every progress step.

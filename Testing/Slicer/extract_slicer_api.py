@@ -48,6 +48,7 @@ QT_BASES = {
     "QTableView": ["QAbstractItemView"], "QTableWidget": ["QTableView"], "QHeaderView": ["QAbstractItemView"],
     "QTimer": ["QObject"], "QLayout": ["QObject"], "QBoxLayout": ["QLayout"], "QHBoxLayout": ["QBoxLayout"],
     "QVBoxLayout": ["QBoxLayout"], "QFormLayout": ["QLayout"], "QLineEdit": ["QWidget"],
+    "QDialog": ["QWidget"], "QInputDialog": ["QDialog"],
     "QCoreApplication": ["QObject"], "QGuiApplication": ["QCoreApplication"], "QApplication": ["QGuiApplication"],
     "QListWidgetItem": [], "QTableWidgetItem": [], "QColor": [], "QIcon": [],
 }
