@@ -13,7 +13,7 @@ masks returned are bool ``[j, i]`` slices.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import SimpleITK as sitk
@@ -88,8 +88,24 @@ def _same_geometry(geometry: Optional[dict], shape_kji: Sequence[int], ijk_to_ra
     return bool(np.allclose(np.array(geometry["ijk_to_ras"], dtype=np.float64), ijk_to_ras, atol=1e-3))
 
 
+@dataclass
+class _SliceHistory:
+    """The clicks on one slice of one segment: the corrector (its clicks) and the slice after each of them.
+
+    ``states[0]`` is the slice before the first click, ``states[i]`` the slice as written after
+    click ``i``; ``len(states) == len(corrector.clicks) + 1`` between clicks.
+    """
+
+    corrector: object
+    states: List[np.ndarray]
+
+
 class CorrectionSession:
     """Click corrections on one source volume.
+
+    Per ``(segment, slice)`` the session keeps the clicks and the slice as written after each;
+    before a click it compares the segment's slice with them (:meth:`sync`), so that Slicer's
+    undo and edits made with other effects are respected: clicks are never replayed over them.
 
     Args:
         volume: ``[k, j, i]`` scanner values (the Segment Editor's source volume, in the
@@ -110,7 +126,7 @@ class CorrectionSession:
         self.report = report if _same_geometry(report_geometry, self.volume.shape, self.ijk_to_ras) else None
         self.model_choice = dict(model_choice or {})
         self.intensity = self._intensity(report)
-        self._correctors: Dict[Tuple[str, int], object] = {}
+        self._slices: Dict[Tuple[str, int], _SliceHistory] = {}
         self.last: Optional[Tuple[str, int]] = None
 
     @property
@@ -144,54 +160,106 @@ class CorrectionSession:
         from P2SAMLogic.interactive import SliceCorrector
 
         key = (segment_name, int(k))
-        if key not in self._correctors:
+        if key not in self._slices:
             window, box = mrml_bridge.slice_prompts(self.report, segment_name, k)
             if box is None and window is not None:
                 window = None  # a rejected slice: its window may not hold the structure
             # the clicks edit the slice's contour (the proposal, the registered contour kept where the
             # model was not trusted, or the user's own work); an empty slice gets P²SAM's box decode
-            self._correctors[key] = SliceCorrector(self.model(), self.volume[k], self.intensity, window=window,
-                                                   box=box, initial_mask=current, edit_current=True)
-        return self._correctors[key]
+            initial = None if current is None else np.asarray(current).astype(bool)
+            corrector = SliceCorrector(self.model(), self.volume[k], self.intensity, window=window, box=box,
+                                       initial_mask=initial, edit_current=True)
+            start = initial if initial is not None else np.zeros(self.volume.shape[1:], dtype=bool)
+            self._slices[key] = _SliceHistory(corrector, [start.copy()])
+        return self._slices[key].corrector
 
     def has_corrector(self, segment_name: str, k: int) -> bool:
-        """True once slice ``k`` of the segment has been clicked (its state is kept)."""
-        return (segment_name, int(k)) in self._correctors
+        """True while slice ``k`` of the segment has a click history (see :meth:`sync`)."""
+        return (segment_name, int(k)) in self._slices
 
-    def click(self, segment_name: str, k: int, x: float, y: float, positive: bool,
-              current: Optional[np.ndarray] = None) -> np.ndarray:
+    def sync(self, segment_name: str, k: int, current: np.ndarray) -> str:
+        """Bring the slice's click history in line with the segment's slice as it is now.
+
+        The segment may have changed since the last click: Slicer's undo (Ctrl+Z) went back one
+        or more clicks, or another effect (Paint, Erase, Scissors...) or a re-propagation
+        edited the slice. The clicks must never be replayed over such a change.
+
+        Args:
+            current: bool ``[j, i]``, the segment's slice ``k`` now.
+        Returns:
+            ``"none"``: no click history; ``"same"``: unchanged since the last click;
+            ``"undone"``: the slice is as it was after an earlier click (the later clicks are
+            dropped: the model session follows Slicer's undo); ``"edited"``: changed otherwise
+            (the history is dropped: the next click starts from the slice as it is).
+        """
+        key = (segment_name, int(k))
+        history = self._slices.get(key)
+        if history is None:
+            return "none"
+        current = np.asarray(current).astype(bool)
+        clicks = history.corrector.clicks
+        if len(clicks) >= len(history.states):  # a click whose result was never written
+            del clicks[len(history.states) - 1:]
+        if np.array_equal(current, history.states[-1]):
+            return "same"
+        for m in range(len(history.states) - 2, -1, -1):
+            if np.array_equal(current, history.states[m]):
+                del clicks[m:]
+                del history.states[m + 1:]
+                return "undone"
+        del self._slices[key]
+        return "edited"
+
+    def click(self, segment_name: str, k: int, x: float, y: float, positive: bool, current: np.ndarray) -> np.ndarray:
         """Add a click on slice ``k`` and return the slice's new mask (bool ``[j, i]``).
 
         Args:
-            current: the segment's mask on that slice now (seeds the box when P²SAM has none);
-                needed on the first click of a slice only (see :meth:`has_corrector`).
+            current: the segment's slice ``k`` as it is now (bool ``[j, i]``): the clicks edit it,
+                and a change made since the last click (undo, another effect) is respected
+                (:meth:`sync`). Call :meth:`commit` with what was written.
         """
+        self.sync(segment_name, k, current)
         c = self.corrector(segment_name, k, current)
         c.add_click(x, y, positive)
         self.last = (segment_name, int(k))
         return c.predict()
 
-    def undo(self, segment_name: str, k: int) -> Optional[np.ndarray]:
-        """Remove the last click of that slice; its new mask, or None when there was no click."""
-        c = self._correctors.get((segment_name, int(k)))
-        if c is None or c.undo_click() is None:
+    def commit(self, segment_name: str, k: int, written: np.ndarray) -> None:
+        """Record the slice as written after the last click (bool ``[j, i]``; the editor's masking may differ
+        from what :meth:`click` returned)."""
+        history = self._slices.get((segment_name, int(k)))
+        if history is not None and len(history.corrector.clicks) == len(history.states):
+            history.states.append(np.asarray(written).astype(bool).copy())
+
+    def last_click_changed_slice(self, segment_name: str, k: int) -> Optional[bool]:
+        """Did the slice's last committed click change it? None when it has no committed click."""
+        history = self._slices.get((segment_name, int(k)))
+        if history is None or len(history.states) < 2:
             return None
-        return c.predict()
+        return not np.array_equal(history.states[-1], history.states[-2])
+
+    def drop_last_click(self, segment_name: str, k: int) -> None:
+        """Forget the slice's last committed click (one that did not change the slice)."""
+        history = self._slices.get((segment_name, int(k)))
+        if history is not None and len(history.states) >= 2:
+            history.states.pop()
+            del history.corrector.clicks[len(history.states) - 1:]
 
     def reset(self, segment_name: Optional[str] = None, k: Optional[int] = None) -> None:
         """Forget the clicks of one slice (or of everything)."""
         if segment_name is None:
-            self._correctors.clear()
+            self._slices.clear()
+            self.last = None
         else:
-            self._correctors.pop((segment_name, int(k)), None)
+            self._slices.pop((segment_name, int(k)), None)
 
     def clicks(self, segment_name: str, k: int) -> Tuple[int, int]:
         """``(positive, negative)`` click counts on that slice."""
-        c = self._correctors.get((segment_name, int(k)))
-        if c is None:
+        history = self._slices.get((segment_name, int(k)))
+        if history is None:
             return 0, 0
-        pos = sum(1 for cl in c.clicks if cl.positive)
-        return pos, len(c.clicks) - pos
+        pos = sum(1 for cl in history.corrector.clicks if cl.positive)
+        return pos, len(history.corrector.clicks) - pos
 
     def repropagate(self, k: int, reference_mask: np.ndarray, neighbours: int = 2, spacing_xy=(1.0, 1.0),
                     progress=None, cancel=None) -> Dict[int, np.ndarray]:

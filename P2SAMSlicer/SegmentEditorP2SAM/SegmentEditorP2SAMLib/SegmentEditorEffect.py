@@ -17,10 +17,8 @@ turns events into calls and results into Segment Editor edits.
 import logging
 import os
 
-import numpy as np
 import qt
 import vtk
-from vtk.util import numpy_support
 
 import slicer
 from slicer.i18n import tr as _
@@ -62,8 +60,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         scriptedEffect.perSegment = True
         scriptedEffect.requireSegments = True
         AbstractScriptedSegmentEditorEffect.__init__(self, scriptedEffect)
-        self._session = None
-        self._sessionKey = None
+        self._actions = None  # P2SAMSlicerLib.effect_actions.EffectActions, created on first use
         self._busy = None  # P2SAMSlicerLib.panel_state.BusyState, created on first use
 
     def busyState(self):
@@ -145,13 +142,22 @@ Edits respect the editable area and overlap settings; undo with Ctrl+Z.</html>""
         return slicer.util.mainWindow().cursor
 
     # -- session --------------------------------------------------------------------------------
+    def actions(self):
+        """The effect's actions without Qt (:class:`P2SAMSlicerLib.effect_actions.EffectActions`)."""
+        if self._actions is None:
+            _importLib()
+            from P2SAMSlicerLib.effect_actions import EffectActions
+
+            self._actions = EffectActions(self.scriptedEffect)
+        return self._actions
+
     def _forgetSession(self):
         """The segmentation, source volume or geometry changed (or the effect was left): a running
         re-propagation stops at its next step, and the next click starts a new session."""
         if self._busy is not None:
             self._busy.request_cancel()
-        self._session = None
-        self._sessionKey = None
+        if self._actions is not None:
+            self._actions.forget()
 
     def deactivate(self):
         self._forgetSession()
@@ -161,25 +167,6 @@ Edits respect the editable area and overlap settings; undo with Ctrl+Z.</html>""
 
     def referenceGeometryChanged(self):
         self._forgetSession()
-
-    def _currentSession(self):
-        """The correction session for the current segmentation and source volume (rebuilt when they change)."""
-        correction = _importLib()
-        parameterSetNode = self.scriptedEffect.parameterSetNode()
-        segmentationNode = parameterSetNode.GetSegmentationNode()
-        sourceImage = self.scriptedEffect.sourceVolumeImageData()
-        if segmentationNode is None or sourceImage is None:
-            raise ValueError(_("Select a segmentation and a source volume first."))
-        sourceNode = parameterSetNode.GetSourceVolumeNode()
-        geometry = segmentationNode.GetSegmentation().GetConversionParameter(
-            slicer.vtkSegmentationConverter.GetReferenceImageGeometryParameterName())
-        key = (segmentationNode.GetID(), sourceNode.GetID() if sourceNode else None,
-               sourceNode.GetImageData().GetMTime() if sourceNode and sourceNode.GetImageData() else None,
-               geometry, segmentationNode.GetAttribute("P2SAM.Report") is not None)
-        if self._session is None or self._sessionKey != key:
-            self._session = correction.session_for(segmentationNode, sourceImage)
-            self._sessionKey = key
-        return correction, self._session, segmentationNode, sourceImage
 
     # -- interaction ----------------------------------------------------------------------------
     def processInteractionEvents(self, callerInteractor, eventId, viewWidget):
@@ -195,8 +182,10 @@ Edits respect the editable area and overlap settings; undo with Ctrl+Z.</html>""
         if self.busyState().busy:
             self.statusLabel.text = _("Still working; the click was ignored.")
             return True
+        correction = _importLib()
         try:
-            correction, session, segmentationNode, sourceImage = self._currentSession()
+            session = self.actions().current_session()
+            segmentationNode = self.scriptedEffect.parameterSetNode().GetSegmentationNode()
         except ValueError as exc:
             self.statusLabel.text = str(exc)
             return False
@@ -216,98 +205,56 @@ Edits respect the editable area and overlap settings; undo with Ctrl+Z.</html>""
 
     def clickAt(self, k, j, i, positive=True):
         """A click on voxel ``(i, j)`` of slice ``k`` (array indices of the source volume); updates the
-        selected segment's slice. Also the entry point of the self-test."""
-        correction, session, segmentationNode, sourceImage = self._currentSession()
-        shape = session.volume.shape
-        if not (0 <= k < shape[0] and 0 <= j < shape[1] and 0 <= i < shape[2]):
-            return
+        selected segment's slice (that slice only, one undo step). Also the entry point of the self-test."""
         with self.busyState().running(_("a click correction")):
-            self._correct(correction, session, segmentationNode, sourceImage, k, j, i, positive)
-
-    def _correct(self, correction, session, segmentationNode, sourceImage, k, j, i, positive):
-        segmentId = self.scriptedEffect.parameterSetNode().GetSelectedSegmentID()
-        segmentName = segmentationNode.GetSegmentation().GetSegment(segmentId).GetName()
-        current = None
-        if not session.has_corrector(segmentName, k):
-            current = correction.segment_mask_on(segmentationNode, segmentId, sourceImage)[k]
-        mask = session.click(segmentName, k, float(i), float(j), positive, current)
-        self._writeSlices({k: mask})
-        pos, neg = session.clicks(segmentName, k)
-        self.statusLabel.text = _("Slice {k} of '{name}': {pos} positive, {neg} negative click(s){prompt}.").format(
-            k=k, name=segmentName, pos=pos, neg=neg,
-            prompt="" if session.uses_report else _(" (no P²SAM report for this volume: box from the segment)"))
-
-    def _writeSlices(self, masks):
-        """Replace slices ``{k: bool [j, i]}`` of the selected segment (one undo step, editor masking applies)."""
-        modifier = self.scriptedEffect.defaultModifierLabelmap()
-        sourceImage = self.scriptedEffect.sourceVolumeImageData()
-        if not slicer.vtkOrientedImageDataResample.DoGeometriesMatch(modifier, sourceImage):
-            raise ValueError(_("The segmentation's geometry differs from the source volume's; set the segmentation "
-                               "geometry to the source volume (Segment Editor: Specify geometry)."))
-        ext = modifier.GetExtent()
-        dims = (ext[5] - ext[4] + 1, ext[3] - ext[2] + 1, ext[1] - ext[0] + 1)
-        array = numpy_support.vtk_to_numpy(modifier.GetPointData().GetScalars()).reshape(dims)
-        array[:] = 0
-        for k, mask in masks.items():
-            array[k] = np.asarray(mask, dtype=array.dtype)
-        modifier.Modified()
-        self.scriptedEffect.saveStateForUndo()
-        for k in sorted(masks):
-            extent = [ext[0], ext[1], ext[2], ext[3], ext[4] + k, ext[4] + k]
-            self.scriptedEffect.modifySelectedSegmentByLabelmap(
-                modifier, slicer.qSlicerSegmentEditorAbstractEffect.ModificationModeSet, extent)
+            result = self.actions().click(k, j, i, positive)
+        self.statusLabel.text = result.message
+        return result
 
     # -- buttons --------------------------------------------------------------------------------
+    def _segmentEditorUndo(self):
+        """One step of the Segment Editor's undo (Ctrl+Z) in the editor this effect is active in, or None."""
+        for widget in qt.QApplication.allWidgets():
+            if widget.className() != "qMRMLSegmentEditorWidget":
+                continue
+            active = widget.activeEffect()
+            if active is not None and active.name == self.scriptedEffect.name and active.self() is self:
+                return widget.undo
+        return None
+
     def onUndoClick(self):
         if self.busyState().busy:
             return
         with slicer.util.tryWithErrorDisplay(_("P²SAM could not undo the click."), waitCursor=True):
-            correction, session, segmentationNode, sourceImage = self._currentSession()
-            if session.last is None:
-                return
-            name, k = session.last
-            mask = session.undo(name, k)
-            if mask is not None:
-                self._writeSlices({k: mask})
+            self.statusLabel.text = self.actions().undo_last_click(self._segmentEditorUndo())
 
     def onReset(self):
         if self.busyState().busy:
             return
-        if self._session is not None:
-            self._session.reset()
+        if self._actions is not None:
+            self._actions.forget()
         self.statusLabel.text = _("Clicks forgotten. Click on a slice of the source volume.")
 
     def onRepropagate(self):
         if self.busyState().busy:
             return
+        from P2SAMLogic.errors import CancelledError
+
         with slicer.util.tryWithErrorDisplay(_("P²SAM could not re-propagate."), waitCursor=True), \
                 self.busyState().running(_("a re-propagation")):
-            correction, session, segmentationNode, sourceImage = self._currentSession()
-            segmentId = self.scriptedEffect.parameterSetNode().GetSelectedSegmentID()
-            segmentName = segmentationNode.GetSegmentation().GetSegment(segmentId).GetName()
-            if session.last is None or session.last[0] != segmentName:
-                raise ValueError(_("Correct a slice of '{name}' with a click first: that slice becomes the "
-                                   "reference.").format(name=segmentName))
-            k = session.last[1]
-            reference = correction.segment_mask_on(segmentationNode, segmentId, sourceImage)[k]
-            n = self.scriptedEffect.integerParameter("Neighbours")
 
             def status(fraction, message):
                 self.statusLabel.text = _("Re-propagating: {message}").format(message=message)
 
             # clicks and buttons delivered by processEvents are refused while busy (processInteractionEvents)
-            from P2SAMLogic.errors import CancelledError
-
             try:
-                masks = session.repropagate(k, reference, neighbours=n,
-                                            spacing_xy=correction.pixel_spacing(session.ijk_to_ras),
-                                            progress=self.busyState().progress_callback(status,
-                                                                                        slicer.app.processEvents),
-                                            cancel=self.busyState().should_cancel)
+                written = self.actions().repropagate(
+                    self.scriptedEffect.integerParameter("Neighbours"),
+                    progress=self.busyState().progress_callback(status, slicer.app.processEvents),
+                    cancel=self.busyState().should_cancel)
             except CancelledError:
                 self.statusLabel.text = _("Re-propagation stopped; the segment was not changed.")
                 return
-            self._writeSlices(masks)
-            self.statusLabel.text = _("Re-computed slices {slices} of '{name}' from slice {k}.").format(
-                slices=", ".join(str(s) for s in sorted(masks)) or _("none"), name=segmentName, k=k)
-            logging.info(f"P2SAM: re-propagated {sorted(masks)} from slice {k} of {segmentName}")
+            self.statusLabel.text = _("Re-computed slices {slices}.").format(
+                slices=", ".join(str(s) for s in sorted(written)) or _("none"))
+            logging.info(f"P2SAM: re-propagated slices {sorted(written)}")
