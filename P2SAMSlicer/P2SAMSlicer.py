@@ -181,6 +181,9 @@ class P2SAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._timer = None
         self._segmentListSignature = None
         self._updatingMoreFollowups = False
+        from P2SAMSlicerLib.editing import ProposalUndo
+
+        self._proposalUndo = ProposalUndo()  # the last proposal written into the user's segmentation
 
     def setup(self) -> None:
         """Called when the user opens the module the first time and the widget is initialized."""
@@ -216,6 +219,7 @@ class P2SAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.selectNoSegmentsButton.connect("clicked()", lambda: self.setAllSegmentsChecked(False))
         self.ui.moreFollowupsComboBox.connect("checkedNodesChanged()", self.onMoreFollowupsChanged)
         self.ui.openSegmentEditorButton.connect("clicked()", self.onOpenSegmentEditor)
+        self.ui.undoProposalButton.connect("clicked()", self.onUndoProposal)
         self.ui.installDependenciesButton.connect("clicked()", self.onInstallDependencies)
 
         self.initializeParameterNode()
@@ -554,15 +558,16 @@ class P2SAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 outcome = job.results()
                 logic = self.logic.propagationLogic()
                 if followups:
-                    outputs = [(logic.createOutput(done["segments"], done["report"], f.image, f.volume_node, None,
-                                                   f"{f.name} P2SAM", choice), done["report"], f.volume_node)
-                               for f, done in zip(followups, outcome["followups"])]
+                    outputs = [(logic.createOutput(done["segments"], done["report"], f.image,
+                                                   logic.followupVolumeNode(f), None, f"{f.name} P2SAM", choice),
+                                done["report"], f.volume_node) for f, done in zip(followups, outcome["followups"])]
                     self.showResults(outputs, outcome["report"])
                 else:
                     done = outcome["followups"][0]
                     node = logic.createOutput(done["segments"], done["report"], inputs.followup_image, followupVolume,
                                               outputSegmentation, None, choice,
                                               save_state=self.undoCheckpoint(outputSegmentation))
+                    self._proposalUndo.written()
                     self.showResults([(node, done["report"], followupVolume)])
         finally:
             job.cleanup()
@@ -597,6 +602,7 @@ class P2SAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                                                  device=args["device"], parameters=parameters, progress=progress,
                                                  cancel=self._busy.should_cancel,
                                                  save_state=self.undoCheckpoint(output))
+                    self._proposalUndo.written()
                     self.showResults([(outcome.output_node, outcome.report, followupVolume)])
             except CancelledError:
                 self.log(_("Cancelled: the scene was not changed."))
@@ -604,21 +610,27 @@ class P2SAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self._setRunning(False)
 
     def undoCheckpoint(self, outputSegmentation):
-        """For a proposal written into the user's segmentation: a function that gives the Segment Editor one
-        undo step for it (the editor is switched to that segmentation first). None for a new node."""
-        if outputSegmentation is None:
+        """For a proposal written into the user's segmentation: the function that saves its undo step
+        (:class:`P2SAMSlicerLib.editing.ProposalUndo`; the Segment Editor is never switched to that node,
+        which would erase the undo history of the segmentation it edits). None for a new node."""
+        from P2SAMSlicerLib.editing import ProposalUndo
+
+        self._proposalUndo = ProposalUndo(self._segmentEditor())
+        return self._proposalUndo.save_state_for(outputSegmentation)
+
+    def _segmentEditor(self):
+        """The Segment Editor module's editor widget, or None (e.g. the module is not available)."""
+        try:
+            return slicer.modules.segmenteditor.widgetRepresentation().self().editor
+        except Exception:
             return None
 
-        def saveState():
-            try:
-                editor = slicer.modules.segmenteditor.widgetRepresentation().self().editor
-                if editor.segmentationNode() is not outputSegmentation:
-                    editor.setSegmentationNode(outputSegmentation)
-                editor.saveStateForUndo()
-            except Exception as exc:  # the proposal is still written; only the undo step is missing
-                self.log(_("No undo step in the Segment Editor ({e}).").format(e=exc))
-
-        return saveState
+    def onUndoProposal(self) -> None:
+        """Take the last proposal out of the user's segmentation (see ProposalUndo)."""
+        if self._isRunning():
+            return
+        self.log(self._proposalUndo.undo())
+        self.ui.undoProposalButton.enabled = self._proposalUndo.can_undo()
 
     # -- results -------------------------------------------------------------------------------
     def showResults(self, outputs, seriesReport=None) -> None:
@@ -664,24 +676,36 @@ class P2SAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             ftable.setCellWidget(row, 4, button)
         self.ui.flaggedLabel.text = (_("Slices to review (click Go to show one):") if flagged
                                      else _("No slice was flagged; still review the proposal before use."))
+        from P2SAMSlicerLib.logic import review_choices
+
+        self.ui.reviewResultComboBox.clear()
+        for label in review_choices(outputs):
+            self.ui.reviewResultComboBox.addItem(label)
         self.ui.openSegmentEditorButton.enabled = True
+        self.ui.undoProposalButton.enabled = self._proposalUndo.can_undo()
         self.ui.resultsCollapsibleButton.collapsed = False
 
     def jumpTo(self, ras, volume=None) -> None:
-        """Centre every slice view on a RAS point (a flagged slice), showing ``volume`` when given."""
+        """Centre every slice view on a RAS point (a flagged slice), showing ``volume`` (that visit) when given;
+        the visit's result becomes the one "Review and correct" opens."""
+        from P2SAMSlicerLib.logic import result_index_for_volume
+
         if volume is not None and slicer.mrmlScene.IsNodePresent(volume):
             slicer.util.setSliceViewerLayers(background=volume)
+            self.ui.reviewResultComboBox.setCurrentIndex(result_index_for_volume(self._lastOutputs, volume))
         slicer.modules.markups.logic().JumpSlicesToLocation(float(ras[0]), float(ras[1]), float(ras[2]), True)
 
     def onOpenSegmentEditor(self) -> None:
+        from P2SAMSlicerLib.logic import review_target
+
         if self._busy.busy:
             self.log(_("Wait for the propagation to finish (or cancel it) before opening the Segment Editor."))
             return
-        outputNode = self._lastOutput
-        if outputNode is None or not slicer.mrmlScene.IsNodePresent(outputNode):
-            slicer.util.errorDisplay(_("The result segmentation is no longer in the scene."))
+        try:
+            outputNode, followup = review_target(self._lastOutputs, self.ui.reviewResultComboBox.currentIndex)
+        except ValueError as exc:
+            slicer.util.errorDisplay(str(exc))
             return
-        followup = outputNode.GetNodeReference(slicer.vtkMRMLSegmentationNode.GetReferenceImageGeometryReferenceRole())
         slicer.util.selectModule("SegmentEditor")
         editor = slicer.modules.segmenteditor.widgetRepresentation().self().editor
         editor.setSegmentationNode(outputNode)
@@ -966,8 +990,8 @@ class P2SAMSlicerTest(ScriptedLoadableModuleTest):
         self.assertEqual(len(outcome.report["followups"]), 2)
 
     def test_ProposalIntoExistingSegmentationIsOneUndoStep(self):
-        """A proposal written into the user's segmentation keeps its other segment; the Segment Editor's
-        undo takes the whole proposal back."""
+        """A proposal written into the user's segmentation keeps its other segment and is one undo step; the
+        Segment Editor, busy with another segmentation, keeps that segmentation and its undo history."""
         self._skipWithoutDependencies()
         self.delayDisplay("Proposal into an existing segmentation, undo")
         from P2SAMSlicerLib import mrml_bridge
@@ -977,15 +1001,22 @@ class P2SAMSlicerTest(ScriptedLoadableModuleTest):
                                              parameters={"method": "rigid"})
         mine = outcome.output_node  # "my" segmentation on the follow-up, holding VertebralBody
         before = mrml_bridge.masks_from_segmentation_node(mine, followup)["VertebralBody"]
+        editor = slicer.modules.segmenteditor.widgetRepresentation().self().editor
+        editor.setSegmentationNode(segmentationNode)  # the user is editing the prior, with one undo step
+        editor.saveStateForUndo()
+        segmentationNode.GetSegmentation().AddEmptySegment("added by the user")
+        self.assertTrue(editor.undoEnabled)
         widget = slicer.util.getModuleWidget("P2SAMSlicer")
         P2SAMSlicerLogic().process(priorNode, segmentationNode, followupNode, mine, segmentIds=["GTV"],
                                    parameters={"method": "rigid"}, save_state=widget.undoCheckpoint(mine))
+        widget._proposalUndo.written()
         masks = mrml_bridge.masks_from_segmentation_node(mine, followup)
         self.assertEqual(sorted(masks), ["GTV", "VertebralBody"])
         self.assertTrue((masks["VertebralBody"] == before).all(), "the user's segment was changed")
-        editor = slicer.modules.segmenteditor.widgetRepresentation().self().editor
-        self.assertIs(editor.segmentationNode(), mine)
-        editor.undo()
+        self.assertIs(editor.segmentationNode(), segmentationNode, "the Segment Editor was switched")
+        editor.undo()  # the user's own step, on the prior segmentation
+        self.assertIsNone(segmentationNode.GetSegmentation().GetSegment("added by the user"))
+        widget.onUndoProposal()
         self.assertEqual(sorted(mrml_bridge.masks_from_segmentation_node(mine, followup)), ["VertebralBody"])
 
     def test_WidgetRunsInBackground(self):

@@ -53,6 +53,10 @@ class SliceSource:
     def __len__(self) -> int:
         return self.shape[0]
 
+    def content_key(self) -> str:
+        """:func:`.mrml_bridge.content_key` of the whole volume."""
+        return mrml_bridge.content_key(self._array)
+
 
 def segment_mask_on(segmentation_node, segment_id: str, reference) -> np.ndarray:
     """The segment as bool ``[k, j, i]`` on the grid of ``reference`` (a ``vtkOrientedImageData``)."""
@@ -113,17 +117,21 @@ class CorrectionSession:
         ijk_to_ras: its 4 x 4 IJKToRAS (array index -> RAS).
         report: the propagation report kept on the segmentation node (None: no P²SAM prompts;
             a box around the clicks is used).
-        report_geometry: the follow-up geometry that report's slice indices refer to; the
-            report is used only when it equals the volume's.
+        report_geometry, report_content: the follow-up geometry that report's slice indices refer
+            to, and the identity of its voxels (:func:`.mrml_bridge.content_key`); the report is
+            used only when both are the volume's (another visit on the same grid is refused).
         model_choice: ``{"model", "model_type", "device"}`` the propagation used
             (default: the embedded LiteMedSAM on ``auto``).
     """
 
     def __init__(self, volume, ijk_to_ras: np.ndarray, report: Optional[dict] = None,
-                 report_geometry: Optional[dict] = None, model_choice: Optional[dict] = None) -> None:
+                 report_geometry: Optional[dict] = None, model_choice: Optional[dict] = None,
+                 report_content: Optional[str] = None) -> None:
         self.volume = volume if isinstance(volume, SliceSource) else SliceSource(np.asarray(volume))
         self.ijk_to_ras = np.asarray(ijk_to_ras, dtype=np.float64)
-        self.report = report if _same_geometry(report_geometry, self.volume.shape, self.ijk_to_ras) else None
+        same_visit = report_content is not None and report_content == self.volume.content_key()
+        self.report = report if same_visit and _same_geometry(report_geometry, self.volume.shape,
+                                                              self.ijk_to_ras) else None
         self.model_choice = dict(model_choice or {})
         self.intensity = self._intensity(report)
         self._slices: Dict[Tuple[str, int], _SliceHistory] = {}
@@ -293,7 +301,8 @@ def session_for(segmentation_node, source_image) -> CorrectionSession:
     choice = json.loads(choice_text) if choice_text else None
     return CorrectionSession(SliceSource(volume, owner=source_image), ijk_to_ras,
                              mrml_bridge.stored_report(segmentation_node),
-                             mrml_bridge.stored_geometry(segmentation_node), choice)
+                             mrml_bridge.stored_geometry(segmentation_node), choice,
+                             mrml_bridge.stored_content_key(segmentation_node))
 
 
 def pixel_spacing(ijk_to_ras: np.ndarray) -> Tuple[float, float]:

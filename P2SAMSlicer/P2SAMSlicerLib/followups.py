@@ -25,13 +25,16 @@ class Followup:
     Attributes:
         name: for messages, the report and the output node's name.
         image: its voxels and geometry (a copy; LPS).
-        volume_node: the ``vtkMRMLScalarVolumeNode`` in the scene, or None for a Sequence item
-            (the output node then takes its geometry from ``image``).
+        volume_node: the ``vtkMRMLScalarVolumeNode`` in the scene; None for a Sequence item until
+            its result is written (:meth:`.logic.PropagationLogic.followupVolumeNode` then adds
+            a volume node of the item, the result's reference volume).
+        sequence_node: the ``vtkMRMLSequenceNode`` a Sequence item comes from (else None).
     """
 
     name: str
     image: sitk.Image
     volume_node: object = None
+    sequence_node: object = None
 
 
 class NodeSelection:
@@ -87,7 +90,7 @@ def sequence_followups(sequence_node) -> List[Followup]:
         if node is None or not node.IsA("vtkMRMLScalarVolumeNode"):
             continue
         name = f"{sequence_node.GetName()} [{sequence_node.GetNthIndexValue(n)}]"
-        out.append(Followup(name, mrml_bridge.volume_node_to_image(node, f"follow-up {name}"), None))
+        out.append(Followup(name, mrml_bridge.volume_node_to_image(node, f"follow-up {name}"), None, sequence_node))
     if not out:
         raise BridgeError(f"the sequence '{sequence_node.GetName()}' holds no scalar volume to propagate onto")
     return out

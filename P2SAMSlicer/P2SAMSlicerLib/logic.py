@@ -221,9 +221,23 @@ class PropagationLogic:
                                   "nothing was written")
         choice = {"model": model if isinstance(model, str) else "litemedsam", "model_type": modelType,
                   "device": device}
-        nodes = [self.createOutput(r.segments, r.report_dict(), f.image, f.volume_node, None,
+        nodes = [self.createOutput(r.segments, r.report_dict(), f.image, self.followupVolumeNode(f), None,
                                    f"{f.name} P2SAM", choice) for f, r in zip(followups, series.results)]
         return SeriesOutcome(nodes, series.report_dict(), series)
+
+    def followupVolumeNode(self, followup):
+        """The follow-up's volume node; for a Sequence item (none yet) a new volume node of its voxels.
+
+        The Sequence item's node, named like the item (``"<sequence> [<index>]"``) and placed next
+        to the sequence in the subject hierarchy, is the result's reference volume: "Go" shows
+        that visit and the Segment Editor corrects on it. Kept in ``followup.volume_node``.
+        """
+        if followup.volume_node is None:
+            node = mrml_bridge.image_to_volume_node(followup.image, self.scene, followup.name)
+            if followup.sequence_node is not None:
+                mrml_bridge.place_next_to(self.scene, node, followup.sequence_node)
+            followup.volume_node = node
+        return followup.volume_node
 
     def createOutput(self, segments: Sequence, report: dict, followupImage: sitk.Image, followupVolume,
                      outputSegmentation=None, outputName: Optional[str] = None, modelChoice: Optional[dict] = None,
@@ -254,10 +268,9 @@ class PropagationLogic:
             masking = masking or editing.EditorMasking.from_scene(self.scene, node)
             source = None
             if masking.intensity_range is not None and followupVolume is not None:
-                import slicer
-
-                source = slicer.vtkSlicerSegmentationsModuleLogic.CreateOrientedImageDataFromVolumeNode(followupVolume)
+                source = mrml_bridge.oriented_image_of_volume(followupVolume)
             editing.write_proposal(node, segments, followupImage, masking, source, save_state)
+            source = None
         mrml_bridge.store_report(node, report, followupImage)
         node.SetAttribute(mrml_bridge.MODEL_ATTRIBUTE, json.dumps(modelChoice or {"model": "litemedsam"}))
         return node
@@ -325,3 +338,34 @@ def flagged_rows(logic: PropagationLogic, outputs: Sequence) -> List[dict]:
         for entry in logic.flaggedSliceLocations(output[0]):
             out.append(dict(entry, followup=_followup_label(output), volume=output[2]))
     return out
+
+
+def review_choices(outputs: Sequence) -> List[str]:
+    """Labels of the results to review, one per follow-up: ``"<follow-up>: <segmentation>"``."""
+    return [f"{_followup_label(output)}: {output[0].GetName()}" for output in outputs]
+
+
+def review_target(outputs: Sequence, index: int):
+    """``(segmentation node, follow-up volume node or None)`` of result ``index`` (for the Segment Editor).
+
+    Raises:
+        BridgeError: no such result, or its segmentation was removed from the scene.
+    """
+    if not 0 <= int(index) < len(outputs):
+        raise BridgeError("no result to review: run P²SAM first")
+    node, _report, volume = outputs[int(index)]
+    scene = node.GetScene()
+    if scene is None or not scene.IsNodePresent(node):
+        raise BridgeError(f"the result segmentation '{node.GetName()}' is no longer in the scene")
+    if volume is not None and not scene.IsNodePresent(volume):
+        volume = None
+    return node, volume
+
+
+def result_index_for_volume(outputs: Sequence, volume) -> int:
+    """The index of the result on follow-up ``volume`` (0 when none matches)."""
+    for index, output in enumerate(outputs):
+        if volume is not None and output[2] is volume:
+            return index
+    return 0
+

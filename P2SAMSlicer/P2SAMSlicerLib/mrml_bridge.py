@@ -41,6 +41,8 @@ REPORT_ATTRIBUTE = "P2SAM.Report"
 GEOMETRY_ATTRIBUTE = "P2SAM.FollowupGeometry"
 #: node attribute with the model the propagation used (JSON: model, model_type, device)
 MODEL_ATTRIBUTE = "P2SAM.ModelChoice"
+#: node attribute identifying the follow-up's voxels the report refers to (:func:`content_key`)
+CONTENT_ATTRIBUTE = "P2SAM.FollowupContent"
 
 
 class BridgeError(ValueError):
@@ -150,6 +152,20 @@ def image_to_volume_node(image: sitk.Image, scene, name: str, node=None, class_n
     node.SetIJKToRASMatrix(_array_to_matrix(ijk_to_ras_from_image(image)))
     node.CreateDefaultDisplayNodes()
     return node
+
+
+def oriented_image_of_volume(volume_node) -> "slicer.vtkOrientedImageData":
+    """The volume's voxels and geometry as a ``vtkOrientedImageData`` (a copy), owned by Python alone.
+
+    ``vtkSlicerSegmentationsModuleLogic.CreateOrientedImageDataFromVolumeNode`` returns a new
+    object the caller owns; VTK's Python wrapping adds its own reference, so without the
+    ``UnRegister`` here (what Slicer's own Python code does) every call leaks a full copy.
+    """
+    oriented = slicer.vtkSlicerSegmentationsModuleLogic.CreateOrientedImageDataFromVolumeNode(volume_node)
+    if oriented is None:
+        raise BridgeError(f"volume '{volume_node.GetName()}' holds no voxels")
+    oriented.UnRegister(None)
+    return oriented
 
 
 # ------------------------------------------------------------------------------------------
@@ -456,10 +472,32 @@ def segment_tag(segment, key: str) -> Optional[str]:
 # report on the node, and where flagged slices are
 
 
+def content_key(voxels: np.ndarray) -> str:
+    """An identity of a volume's voxels (``[k, j, i]``, any dtype): two visits on the same grid differ.
+
+    A SHA-1 of the shape and of every 61st voxel as float64 (fast on large volumes; the same
+    voxels give the same key whatever their storage type).
+    """
+    import hashlib
+
+    array = np.asarray(voxels)
+    sample = np.ascontiguousarray(array.reshape(-1)[::61], dtype=np.float64)
+    digest = hashlib.sha1(repr(tuple(int(v) for v in array.shape)).encode("ascii"))
+    digest.update(sample.tobytes())
+    return digest.hexdigest()
+
+
 def store_report(segmentation_node, report: dict, followup: sitk.Image) -> None:
-    """Keep the propagation report (JSON) and the follow-up geometry it refers to on the node."""
+    """Keep the propagation report (JSON), the follow-up geometry it refers to and the identity of the
+    follow-up's voxels (:func:`content_key`) on the node."""
     segmentation_node.SetAttribute(REPORT_ATTRIBUTE, json.dumps(report, separators=(",", ":"), default=json_default))
     segmentation_node.SetAttribute(GEOMETRY_ATTRIBUTE, json.dumps(geometry_of(followup)))
+    segmentation_node.SetAttribute(CONTENT_ATTRIBUTE, content_key(sitk.GetArrayViewFromImage(followup)))
+
+
+def stored_content_key(segmentation_node) -> Optional[str]:
+    """The :func:`content_key` kept by :func:`store_report`, or None."""
+    return segmentation_node.GetAttribute(CONTENT_ATTRIBUTE) if segmentation_node is not None else None
 
 
 def stored_report(segmentation_node) -> Optional[dict]:

@@ -162,14 +162,13 @@ def write_slices(effect, masks: Mapping[int, np.ndarray]) -> Dict[int, np.ndarra
 
 
 def segmentation_signature(segmentation_node) -> tuple:
-    """Changes whenever a segment of the node is added, removed or has its labelmap modified (an edit, an undo).
-
-    ``(segment IDs, modification time of each segment's labelmap object)``.
-    """
+    """Changes whenever a segment of the node is added, removed, renamed, recoloured or has its labelmap
+    modified (an edit, an undo): ``(segment IDs, (segment, labelmap) modification times)``."""
     segmentation = segmentation_node.GetSegmentation()
     ids = tuple(segmentation.GetNthSegmentID(i) for i in range(segmentation.GetNumberOfSegments()))
     times = []
     for sid in ids:
-        rep = segmentation.GetSegment(sid).GetRepresentation(mrml_bridge.BINARY_LABELMAP)
-        times.append(int(rep.GetMTime()) if rep is not None else -1)
+        segment = segmentation.GetSegment(sid)
+        rep = segment.GetRepresentation(mrml_bridge.BINARY_LABELMAP)
+        times.append((int(segment.GetMTime()), int(rep.GetMTime()) if rep is not None else -1))
     return ids, tuple(times)

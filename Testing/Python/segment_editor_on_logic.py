@@ -116,3 +116,31 @@ class EditorWidgetOnLogic:
 
     def undo(self):
         self.scripted.logic.Undo()
+
+
+class SegmentEditorWidgetOnLogic:
+    """The Segment Editor module's ``qMRMLSegmentEditorWidget`` as the P²SAM panel uses it, on the real logic.
+
+    ``setSegmentationNode`` points the editor node at another segmentation, as the widget does;
+    the logic then gives its ``vtkSegmentationHistory`` the new segmentation, which (as in
+    Slicer) erases the undo states of the previous one.
+    """
+
+    def __init__(self, scene, max_undo_states: int = 10) -> None:
+        self.editor_node = scene.AddNode(slicer.vtkMRMLSegmentEditorNode())
+        self.logic = slicer.vtkSlicerSegmentEditorLogic()
+        self.logic.SetMRMLScene(scene)
+        self.logic.SetSegmentEditorNode(self.editor_node)
+        self.logic.SetMaximumNumberOfUndoStates(max_undo_states)
+
+    def segmentationNode(self):
+        return self.editor_node.GetSegmentationNode()
+
+    def setSegmentationNode(self, node):
+        self.editor_node.SetAndObserveSegmentationNode(node)
+
+    def saveStateForUndo(self):
+        self.logic.SaveStateForUndo()
+
+    def undo(self):
+        self.logic.Undo()

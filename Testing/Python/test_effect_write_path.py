@@ -252,3 +252,79 @@ def test_ctrl_z_takes_back_one_click_and_the_session_follows(editor, ct_case):
     assert after[carved].all(), "the undone negative click was replayed"
     assert result.sync == "undone"
     assert effect.actions().session.clicks("GTV", K) == (2, 0), "the undone negative click is still in the session"
+
+
+# ------------------------------------------------------------------------------------------
+# a proposal written into a segmentation the user already has (module panel)
+
+MODULE_FILE = ROOT / "P2SAMSlicer" / "P2SAMSlicer.py"
+
+
+@pytest.fixture
+def panel_with_editor(monkeypatch, ct_case):
+    """``(widget, editor, user's segmentation being edited, output segmentation, ct, volume)``: the module
+    panel (stand-in Qt) and the Segment Editor on the real logic, editing another segmentation with one
+    undo step of the user's."""
+    from segment_editor_on_logic import SegmentEditorWidgetOnLogic
+
+    mrml_bridge.ensure_conversion_rules()
+    scene = slicer.vtkMRMLScene()
+    standins.install(monkeypatch, scene)
+    module = standins.load(MODULE_FILE, "P2SAMSlicer_write_path")
+    widget = module.P2SAMSlicerWidget()
+    widget.ui = standins.widget_ui()
+    widget.logic = module.P2SAMSlicerLogic()
+    ct, _, masks = ct_case
+    volume = mrml_bridge.image_to_volume_node(ct, scene, "CT")
+    users = mrml_bridge.segments_to_segmentation_node(scene, _segments(ct, {"Lung": masks["Lung"]}), ct, "being edited",
+                                                      reference_volume_node=volume)
+    output = mrml_bridge.segments_to_segmentation_node(scene, _segments(ct, {"Region": masks["Region"]}), ct, "mine",
+                                                       reference_volume_node=volume)
+    editor = SegmentEditorWidgetOnLogic(scene)
+    import types
+
+    module_widget = types.SimpleNamespace(editor=editor)  # the Segment Editor module's widget (its Python side)
+    representation = types.SimpleNamespace(self=lambda: module_widget)
+    monkeypatch.setattr(slicer, "modules", types.SimpleNamespace(segmenteditor=types.SimpleNamespace(
+        widgetRepresentation=lambda: representation)), raising=False)
+    editor.setSegmentationNode(users)
+    editor.saveStateForUndo()
+    users.GetSegmentation().AddEmptySegment("added by the user")
+    assert editor.logic.CanUndo()
+    return widget, editor, users, output, ct, volume
+
+
+def _write_proposal(widget, output, ct, volume, ct_case):
+    _, tumour, masks = ct_case
+    proposal = _segments(ct, {"GTV": masks["GTV"]})
+    widget.logic.createOutput(proposal, {"segments": []}, ct, volume, output, save_state=widget.undoCheckpoint(output))
+    if hasattr(widget, "_proposalUndo"):
+        widget._proposalUndo.written()
+    assert sorted(mrml_bridge.segment_names(output).values()) == ["GTV", "Region"]
+
+
+def test_a_proposal_into_another_segmentation_keeps_the_editors_undo_history(panel_with_editor, ct_case):
+    widget, editor, users, output, ct, volume = panel_with_editor
+    before = masks_of(output, ct)
+    _write_proposal(widget, output, ct, volume, ct_case)
+    assert editor.segmentationNode() is users, "the Segment Editor was switched to the output segmentation"
+    assert editor.logic.CanUndo(), "the user's undo history was erased"
+    editor.undo()
+    assert users.GetSegmentation().GetSegment("added by the user") is None
+    widget.onUndoProposal()
+    after = masks_of(output, ct)
+    assert sorted(after) == ["Region"] and np.array_equal(after["Region"], before["Region"])
+
+
+def test_a_proposal_into_the_edited_segmentation_is_one_step_of_its_history(panel_with_editor, ct_case):
+    widget, editor, users, output, ct, volume = panel_with_editor
+    editor.setSegmentationNode(output)
+    before = masks_of(output, ct)
+    _write_proposal(widget, output, ct, volume, ct_case)
+    assert editor.logic.CanUndo()
+    output.GetSegmentation().GetSegment("Region").SetName("renamed after")  # a later change: no silent restore
+    assert not widget._proposalUndo.can_undo()
+    output.GetSegmentation().GetSegment("Region").SetName("Region")
+    editor.undo()  # Ctrl+Z in the Segment Editor
+    after = masks_of(output, ct)
+    assert sorted(after) == ["Region"] and np.array_equal(after["Region"], before["Region"])
