@@ -252,6 +252,43 @@ def test_pip_arguments_for_the_two_packages_installed_without_dependencies():
     assert not names & {"numpy", "simpleitk", "torch", "torchvision", "timm"}
 
 
+def test_every_package_goes_in_without_dependencies_and_the_list_is_complete():
+    """As SlicerTotalSegmentator installs: ``--no-deps`` and an explicit list; nothing Slicer ships is installed.
+    Each package's declared dependencies are checked against this environment's metadata where the
+    installed version is one the installer would choose."""
+    from importlib import metadata
+
+    from packaging.requirements import Requirement as PipRequirement
+
+    from P2SAMSlicerLib import dependencies as d
+
+    installed = {r.name.lower() for r in d.PIP_REQUIREMENTS}
+    bundled = {r.name.lower() for r in d.BUNDLED_WITH_SLICER}
+    assert all("--no-deps" in d.pip_arguments(r) for r in d.PIP_REQUIREMENTS)
+    assert not installed & (bundled | {"torch"} | set(d.NOT_NEEDED)), "a package Slicer ships is pip-installed"
+    assert {"scipy", "pillow", "numpy", "simpleitk"} <= bundled
+    assert set(d.DECLARED_DEPENDENCIES) == {r.name for r in d.PIP_REQUIREMENTS}
+    provided = installed | bundled | {"torch"} | set(d.NOT_NEEDED)
+    for name, needs in d.DECLARED_DEPENDENCIES.items():
+        assert {n.lower() for n in needs} <= provided, (name, needs)
+    checked = []
+    for r in d.PIP_REQUIREMENTS:
+        try:
+            version = metadata.version(r.name)
+        except metadata.PackageNotFoundError:
+            continue
+        if not d.satisfies(version, r.install_requirement[len(r.name):]):
+            continue  # a newer release here than the installer picks: its metadata says nothing about ours
+        needs = set()
+        for text in metadata.requires(r.name) or []:
+            req = PipRequirement(text)
+            if req.marker is None or req.marker.evaluate({"extra": ""}):
+                needs.add(req.name.lower())
+        assert needs <= {n.lower() for n in d.DECLARED_DEPENDENCIES[r.name]}, (r.name, version, needs)
+        checked.append(r.name)
+    assert len(checked) >= 3, checked
+
+
 #: engine dependencies the Slicer module does not need: the command line's DICOM reader/writer
 #: (Slicer reads and writes DICOM itself, and bundles pydicom)
 NOT_NEEDED_IN_SLICER = {"pydicom", "highdicom"}
@@ -310,7 +347,7 @@ def test_installer_asks_first_and_installs_nothing_when_declined(fake_packages):
     outcome = d.install_missing(lambda text: asked.append(text) or False, state["pip"],
                                 lambda: torch.append(1) or True)
     assert outcome.declined and not state["pip_calls"] and not torch and outcome.installed == []
-    assert "torch" in asked[0] and "POT" in asked[0] and "numpy and SimpleITK are not touched" in asked[0]
+    assert "torch" in asked[0] and "POT" in asked[0] and "SciPy, Pillow and SimpleITK are not touched" in asked[0]
 
 
 def test_installer_installs_torch_first_then_pip_packages(fake_packages):
@@ -327,7 +364,7 @@ def test_installer_installs_torch_first_then_pip_packages(fake_packages):
         state["pip"](args)
 
     outcome = d.install_missing(lambda text: True, pip, install_torch)
-    assert order == ["torch", ["POT>=0.9"]]
+    assert order == ["torch", ["--no-deps", "POT>=0.9,<0.10"]]
     assert outcome.installed == ["torch", "POT"] and not outcome.declined
 
 
