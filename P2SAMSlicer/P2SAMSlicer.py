@@ -16,7 +16,7 @@ import logging
 import os
 import pathlib
 import sys
-from typing import Annotated, List, Optional
+from typing import TYPE_CHECKING, Annotated, List, Optional, Tuple
 
 import qt
 import vtk
@@ -33,6 +33,14 @@ from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModuleWidget,
 )
 from slicer.util import VTKObservationMixin
+
+if TYPE_CHECKING:  # annotations only: the Lib is imported lazily (see _ensureEngineImportable)
+    import types
+
+    from P2SAMSlicerLib.editing import ProposalUndo
+    from P2SAMSlicerLib.followups import NodeSelection
+    from P2SAMSlicerLib.logic import ProcessOutcome, PropagationLogic, SeriesOutcome
+    from P2SAMSlicerLib.panel_state import SegmentSelection
 
 MODEL_LITEMEDSAM = "LiteMedSAM (embedded)"
 MODEL_SAM = "SAM checkpoint"
@@ -183,14 +191,14 @@ class P2SAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._updatingMoreFollowups = False
         from P2SAMSlicerLib.editing import ProposalUndo
 
-        self._proposalUndo = ProposalUndo()  # the last proposal written into the user's segmentation
+        self._proposalUndo: "ProposalUndo" = ProposalUndo()  # the last proposal written into the user's segmentation
 
     def setup(self) -> None:
         """Called when the user opens the module the first time and the widget is initialized."""
         ScriptedLoadableModuleWidget.setup(self)
         _ensureEngineImportable()
 
-        uiWidget = slicer.util.loadUI(self.resourcePath("UI/P2SAMSlicer.ui"))
+        uiWidget: "slicer.qMRMLWidget" = slicer.util.loadUI(self.resourcePath("UI/P2SAMSlicer.ui"))
         self.layout.addWidget(uiWidget)
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
@@ -317,7 +325,7 @@ class P2SAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._checkCanApply()
 
     # -- segment checklist -------------------------------------------------------------------
-    def _selection(self):
+    def _selection(self) -> "SegmentSelection":
         """The ticked segments, kept in the parameter node (:class:`P2SAMSlicerLib.panel_state.SegmentSelection`)."""
         from P2SAMSlicerLib.panel_state import SegmentSelection
 
@@ -385,7 +393,7 @@ class P2SAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._checkCanApply()
 
     # -- follow-ups --------------------------------------------------------------------------
-    def _moreFollowupsSelection(self):
+    def _moreFollowupsSelection(self) -> "NodeSelection":
         from P2SAMSlicerLib.followups import NodeSelection
 
         return NodeSelection(self._parameterNode.parameterNode if self._parameterNode else None)
@@ -633,7 +641,8 @@ class P2SAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.undoProposalButton.enabled = self._proposalUndo.can_undo()
 
     # -- results -------------------------------------------------------------------------------
-    def showResults(self, outputs, seriesReport=None) -> None:
+    def showResults(self, outputs: "List[Tuple[slicer.vtkMRMLSegmentationNode, dict, slicer.vtkMRMLScalarVolumeNode]]",
+                    seriesReport: Optional[dict] = None) -> None:
         """Show the new segmentations, fill the report and flagged-slice tables.
 
         Args:
@@ -783,7 +792,7 @@ class P2SAMSlicerLogic(ScriptedLoadableModuleLogic):
     def getParameterNode(self):
         return P2SAMSlicerParameterNode(super().getParameterNode())
 
-    def propagationLogic(self):
+    def propagationLogic(self) -> "PropagationLogic":
         if self._propagation is None:
             _ensureEngineImportable()
             from P2SAMSlicerLib.logic import PropagationLogic
@@ -804,7 +813,7 @@ class P2SAMSlicerLogic(ScriptedLoadableModuleLogic):
 
     def process(self, priorVolume, priorSegmentation, followupVolume, outputSegmentation=None, segmentIds=None,
                 model="litemedsam", modelType=None, device="auto", parameters=None, progress=None, cancel=None,
-                outputName=None, save_state=None):
+                outputName=None, save_state=None) -> "ProcessOutcome":
         """Propagate (blocking); returns ``ProcessOutcome(output_node, report, result)``.
 
         See :meth:`P2SAMSlicerLib.logic.PropagationLogic.process` for the arguments and errors.
@@ -815,7 +824,8 @@ class P2SAMSlicerLogic(ScriptedLoadableModuleLogic):
                                                outputName=outputName, save_state=save_state)
 
     def processSeries(self, priorVolume, priorSegmentation, followups, segmentIds=None, model="litemedsam",
-                      modelType=None, device="auto", parameters=None, chain=False, progress=None, cancel=None):
+                      modelType=None, device="auto", parameters=None, chain=False, progress=None,
+                      cancel=None) -> "SeriesOutcome":
         """Propagate onto several follow-ups (blocking); returns ``SeriesOutcome(output_nodes, report, result)``.
 
         See :meth:`P2SAMSlicerLib.logic.PropagationLogic.processSeries`.
@@ -874,7 +884,7 @@ class P2SAMSlicerTest(ScriptedLoadableModuleTest):
                 return candidate
         raise RuntimeError("P2SAMSlicer test data (prior_ct.nrrd) not found next to the module")
 
-    def _simulator(self, dataDir: str):
+    def _simulator(self, dataDir: str) -> "types.ModuleType":
         import importlib.util
 
         moduleDir = os.path.dirname(os.path.abspath(slicer.modules.p2samslicer.path))
@@ -887,7 +897,7 @@ class P2SAMSlicerTest(ScriptedLoadableModuleTest):
                 return module
         raise RuntimeError("simulate_followup.py not found")
 
-    def _loadCase(self):
+    def _loadCase(self) -> "Tuple[slicer.vtkMRMLScalarVolumeNode, slicer.vtkMRMLSegmentationNode, slicer.vtkMRMLScalarVolumeNode, sitk.Image, dict]":
         """Prior CT + segmentation (GTV, VertebralBody) and a SIMULATED follow-up with its true masks."""
         import SimpleITK as sitk
 
@@ -1006,7 +1016,7 @@ class P2SAMSlicerTest(ScriptedLoadableModuleTest):
         editor.saveStateForUndo()
         segmentationNode.GetSegmentation().AddEmptySegment("added by the user")
         self.assertTrue(editor.undoEnabled)
-        widget = slicer.util.getModuleWidget("P2SAMSlicer")
+        widget: "P2SAMSlicerWidget" = slicer.util.getModuleWidget("P2SAMSlicer")
         P2SAMSlicerLogic().process(priorNode, segmentationNode, followupNode, mine, segmentIds=["GTV"],
                                    parameters={"method": "rigid"}, save_state=widget.undoCheckpoint(mine))
         widget._proposalUndo.written()
@@ -1026,7 +1036,7 @@ class P2SAMSlicerTest(ScriptedLoadableModuleTest):
         import time
 
         priorNode, segmentationNode, followupNode, _followup, _truth = self._loadCase()
-        widget = slicer.util.getModuleWidget("P2SAMSlicer")
+        widget: "P2SAMSlicerWidget" = slicer.util.getModuleWidget("P2SAMSlicer")
         widget.initializeParameterNode()
         p = widget._parameterNode
         p.priorVolume = priorNode
@@ -1047,6 +1057,6 @@ class P2SAMSlicerTest(ScriptedLoadableModuleTest):
             time.sleep(0.1)
         self.assertIsNone(widget._job, "the background run did not finish within 10 minutes")
         self.assertEqual(slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode"), nodesBefore + 1)
-        outputNode = widget._lastOutput
+        outputNode: "slicer.vtkMRMLSegmentationNode" = widget._lastOutput
         self.assertIsNotNone(outputNode)
         self.assertIsNotNone(json.loads(outputNode.GetAttribute("P2SAM.Report")))

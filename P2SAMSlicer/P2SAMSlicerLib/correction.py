@@ -13,7 +13,7 @@ masks returned are bool ``[j, i]`` slices.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import SimpleITK as sitk
@@ -22,12 +22,15 @@ from vtk.util import numpy_support
 
 import slicer
 
+if TYPE_CHECKING:  # annotations only: the engine is imported on the first click
+    from P2SAMLogic.interactive import SliceCorrector
+
 from . import mrml_bridge
 
 MODEL_ATTRIBUTE = mrml_bridge.MODEL_ATTRIBUTE
 
 
-def oriented_image_array(oriented) -> Tuple[np.ndarray, np.ndarray]:
+def oriented_image_array(oriented: slicer.vtkOrientedImageData) -> Tuple[np.ndarray, np.ndarray]:
     """``(array [k, j, i], IJKToRAS 4 x 4)`` of a ``vtkOrientedImageData``; the matrix maps array
     index ``(0, 0, 0)`` (the extent's first voxel) to RAS."""
     shape, m = oriented_image_array_geometry(oriented)
@@ -58,14 +61,14 @@ class SliceSource:
         return mrml_bridge.content_key(self._array)
 
 
-def segment_mask_on(segmentation_node, segment_id: str, reference) -> np.ndarray:
+def segment_mask_on(segmentation_node: slicer.vtkMRMLSegmentationNode, segment_id: str, reference: slicer.vtkOrientedImageData) -> np.ndarray:
     """The segment as bool ``[k, j, i]`` on the grid of ``reference`` (a ``vtkOrientedImageData``)."""
     oriented = slicer.vtkOrientedImageData()
     segmentation_node.GetBinaryLabelmapRepresentation(segment_id, oriented)
     return mrml_bridge.oriented_image_to_mask(oriented, geometry_image(reference))
 
 
-def geometry_image(oriented) -> sitk.Image:
+def geometry_image(oriented: slicer.vtkOrientedImageData) -> sitk.Image:
     """A SimpleITK image (uint8, zeros) with the grid of a ``vtkOrientedImageData`` (LPS)."""
     ext = oriented.GetExtent()
     _, ijk_to_ras = oriented_image_array_geometry(oriented)
@@ -73,7 +76,7 @@ def geometry_image(oriented) -> sitk.Image:
     return mrml_bridge.set_image_geometry_from_ijk_to_ras(image, ijk_to_ras)
 
 
-def oriented_image_array_geometry(oriented) -> Tuple[Tuple[int, int, int], np.ndarray]:
+def oriented_image_array_geometry(oriented: slicer.vtkOrientedImageData) -> Tuple[Tuple[int, int, int], np.ndarray]:
     """``(shape [k, j, i], IJKToRAS of array index (0, 0, 0))`` of a ``vtkOrientedImageData``."""
     ext = oriented.GetExtent()
     matrix = vtk.vtkMatrix4x4()
@@ -163,7 +166,7 @@ class CorrectionSession:
         c = self.model_choice
         return load_model_cached(c.get("model") or "litemedsam", c.get("model_type"), c.get("device") or "auto")
 
-    def corrector(self, segment_name: str, k: int, current: Optional[np.ndarray] = None):
+    def corrector(self, segment_name: str, k: int, current: Optional[np.ndarray] = None) -> "SliceCorrector":
         """The :class:`SliceCorrector` of ``(segment, k)``, created on first use from the report's prompts."""
         from P2SAMLogic.interactive import SliceCorrector
 
@@ -291,7 +294,7 @@ class CorrectionSession:
         return {j + lo: m for j, m in masks.items()}
 
 
-def session_for(segmentation_node, source_image) -> CorrectionSession:
+def session_for(segmentation_node: slicer.vtkMRMLSegmentationNode, source_image: slicer.vtkOrientedImageData) -> CorrectionSession:
     """A :class:`CorrectionSession` for the Segment Editor's source volume (``vtkOrientedImageData``)
     and the output segmentation node (its report and model choice, when P²SAM made it)."""
     import json
@@ -347,12 +350,12 @@ NOT_ALIGNED = ("This view does not show slices of the source volume (P²SAM corr
 OUTSIDE = "The click is outside the source volume."
 
 
-def _vtk_matrix_array(matrix) -> np.ndarray:
+def _vtk_matrix_array(matrix: vtk.vtkMatrix4x4) -> np.ndarray:
     return np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)], dtype=np.float64)
 
 
-def click_target(slice_node, ijk_to_ras: np.ndarray, shape_kji: Sequence[int], xy: Sequence[float],
-                 parent_transform_node=None) -> ClickTarget:
+def click_target(slice_node: slicer.vtkMRMLSliceNode, ijk_to_ras: np.ndarray, shape_kji: Sequence[int], xy: Sequence[float],
+                 parent_transform_node: Optional[slicer.vtkMRMLTransformNode] = None) -> ClickTarget:
     """The voxel under a click on a slice view, as Slicer's Segment Editor computes it.
 
     Args:

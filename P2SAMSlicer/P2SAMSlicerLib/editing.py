@@ -57,7 +57,7 @@ class EditorMasking:
     intensity_range: Optional[Tuple[float, float]] = None
 
     @classmethod
-    def from_editor_node(cls, editor_node, segmentation_node=None) -> "EditorMasking":
+    def from_editor_node(cls, editor_node: slicer.vtkMRMLSegmentEditorNode, segmentation_node: Optional[slicer.vtkMRMLSegmentationNode] = None) -> "EditorMasking":
         """The settings of a ``vtkMRMLSegmentEditorNode``. A segment-based editable area only applies to
         the segmentation that editor node edits (other segmentations: everywhere)."""
         if editor_node is None:
@@ -72,7 +72,7 @@ class EditorMasking:
         return cls(mode, str(editor_node.GetMaskSegmentID() or ""), int(editor_node.GetOverwriteMode()), intensity)
 
     @classmethod
-    def from_scene(cls, scene, segmentation_node=None) -> "EditorMasking":
+    def from_scene(cls, scene: slicer.vtkMRMLScene, segmentation_node: Optional[slicer.vtkMRMLSegmentationNode] = None) -> "EditorMasking":
         """The Segment Editor module's settings in ``scene`` (defaults when it was never opened)."""
         editor_node = scene.GetSingletonNode(SEGMENT_EDITOR_SINGLETON_TAG, "vtkMRMLSegmentEditorNode")
         return cls.from_editor_node(editor_node, segmentation_node)
@@ -90,7 +90,7 @@ class EditorMasking:
         return "; ".join(parts)
 
 
-def _segment_id_by_name(segmentation, name: str) -> Optional[str]:
+def _segment_id_by_name(segmentation: slicer.vtkSegmentation, name: str) -> Optional[str]:
     for i in range(segmentation.GetNumberOfSegments()):
         sid = segmentation.GetNthSegmentID(i)
         if segmentation.GetSegment(sid).GetName() == name:
@@ -98,7 +98,7 @@ def _segment_id_by_name(segmentation, name: str) -> Optional[str]:
     return None
 
 
-def _overwritable(segmentation_node, written: Sequence[str], mode: int) -> List[str]:
+def _overwritable(segmentation_node: slicer.vtkMRMLSegmentationNode, written: Sequence[str], mode: int) -> List[str]:
     """Segments (not written by this proposal) whose voxels the proposal may take over."""
     segmentation = segmentation_node.GetSegmentation()
     others = [segmentation.GetNthSegmentID(i) for i in range(segmentation.GetNumberOfSegments())]
@@ -111,8 +111,8 @@ def _overwritable(segmentation_node, written: Sequence[str], mode: int) -> List[
     return []
 
 
-def non_editable(segmentation_node, segment_id: str, reference: sitk.Image, masking: EditorMasking,
-                 source_image=None) -> Optional[np.ndarray]:
+def non_editable(segmentation_node: slicer.vtkMRMLSegmentationNode, segment_id: str, reference: sitk.Image, masking: EditorMasking,
+                 source_image: Optional[slicer.vtkOrientedImageData] = None) -> Optional[np.ndarray]:
     """bool ``[k, j, i]`` on ``reference``: voxels the editable area / intensity range protect, or None (none).
 
     Args:
@@ -136,8 +136,8 @@ def non_editable(segmentation_node, segment_id: str, reference: sitk.Image, mask
     return mrml_bridge.oriented_image_to_mask(mask, reference)
 
 
-def write_proposal(segmentation_node, segments: Sequence, reference: sitk.Image,
-                   masking: Optional[EditorMasking] = None, source_image=None,
+def write_proposal(segmentation_node: slicer.vtkMRMLSegmentationNode, segments: Sequence, reference: sitk.Image,
+                   masking: Optional[EditorMasking] = None, source_image: Optional[slicer.vtkOrientedImageData] = None,
                    save_state: Optional[Callable[[], None]] = None) -> List[str]:
     """Write proposal segments into an existing segmentation node like a Segment Editor edit.
 
@@ -218,14 +218,14 @@ class ProposalUndo:
             ``saveStateForUndo()``, ``undo()``), or None.
     """
 
-    def __init__(self, editor=None) -> None:
+    def __init__(self, editor: Optional[slicer.qMRMLSegmentEditorWidget] = None) -> None:
         self.editor = editor
         self.node = None
         self._history = None
         self._in_editor = False
         self._after = None
 
-    def save_state_for(self, output_node) -> Optional[Callable[[], None]]:
+    def save_state_for(self, output_node: slicer.vtkMRMLSegmentationNode) -> Optional[Callable[[], None]]:
         """The ``save_state`` argument of :meth:`.logic.PropagationLogic.createOutput` for ``output_node``
         (None for a new node: deleting it undoes the run). Call :meth:`written` after the write."""
         if output_node is None:

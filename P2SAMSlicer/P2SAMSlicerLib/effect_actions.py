@@ -19,7 +19,7 @@ of the source volume (slice, row, column), which the segmentation's geometry mus
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, Optional, Tuple
 
 import numpy as np
 
@@ -60,7 +60,7 @@ class EffectActions:
         session_factory: ``(segmentation node, source vtkOrientedImageData) -> CorrectionSession``.
     """
 
-    def __init__(self, effect, session_factory: Callable = correction.session_for) -> None:
+    def __init__(self, effect: slicer.qSlicerSegmentEditorScriptedEffect, session_factory: Callable = correction.session_for) -> None:
         self.effect = effect
         self.session_factory = session_factory
         self.session: Optional[correction.CorrectionSession] = None
@@ -75,7 +75,8 @@ class EffectActions:
         self._after_last_write = None
 
     # -- what is edited --------------------------------------------------------------------------
-    def _nodes(self):
+    def _nodes(self) -> Tuple[slicer.vtkMRMLSegmentEditorNode, slicer.vtkMRMLSegmentationNode,
+                              slicer.vtkOrientedImageData]:
         node = self.effect.parameterSetNode()
         segmentation_node = node.GetSegmentationNode() if node is not None else None
         source = self.effect.sourceVolumeImageData()
@@ -98,7 +99,7 @@ class EffectActions:
             self._after_last_write = None
         return self.session
 
-    def selected_segment(self):
+    def selected_segment(self) -> Tuple[slicer.vtkMRMLSegmentationNode, str, str]:
         """``(segmentation node, segment ID, segment name)`` of the editor's selection."""
         node, segmentation_node, _ = self._nodes()
         segment_id = node.GetSelectedSegmentID()
@@ -107,7 +108,7 @@ class EffectActions:
             raise BridgeError("Select a segment first.")
         return segmentation_node, segment_id, segment.GetName()
 
-    def _modifier_grid(self):
+    def _modifier_grid(self) -> slicer.vtkOrientedImageData:
         """The modifier labelmap (segmentation geometry), checked against the source volume's grid."""
         modifier = self.effect.defaultModifierLabelmap()
         if not slicer.vtkOrientedImageDataResample.DoGeometriesMatch(modifier, self.effect.sourceVolumeImageData()) \

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, TYPE_CHECKING
 
 import SimpleITK as sitk
 
 from . import mrml_bridge
 from .mrml_bridge import BridgeError
+
+if TYPE_CHECKING:  # annotations only (the Lib imports Slicer where it runs)
+    import slicer
 
 
 @dataclass
@@ -33,8 +36,8 @@ class Followup:
 
     name: str
     image: sitk.Image
-    volume_node: object = None
-    sequence_node: object = None
+    volume_node: Optional[slicer.vtkMRMLScalarVolumeNode] = None
+    sequence_node: Optional[slicer.vtkMRMLSequenceNode] = None
 
 
 class NodeSelection:
@@ -45,7 +48,7 @@ class NodeSelection:
         parameter: the parameter's name.
     """
 
-    def __init__(self, parameter_node, parameter: str = "P2SAM.MoreFollowups") -> None:
+    def __init__(self, parameter_node: slicer.vtkMRMLScriptedModuleNode, parameter: str = "P2SAM.MoreFollowups") -> None:
         self.parameter_node = parameter_node
         self.parameter = parameter
 
@@ -57,7 +60,7 @@ class NodeSelection:
             return []
         return [str(v) for v in value] if isinstance(value, list) else []
 
-    def nodes(self, scene) -> List:
+    def nodes(self, scene: slicer.vtkMRMLScene) -> List:
         """The stored nodes still in ``scene``, in the scene's order."""
         wanted = set(self.ids())
         out = []
@@ -78,7 +81,7 @@ class NodeSelection:
         return True
 
 
-def sequence_followups(sequence_node) -> List[Followup]:
+def sequence_followups(sequence_node: slicer.vtkMRMLSequenceNode) -> List[Followup]:
     """Every volume of a ``vtkMRMLSequenceNode``, in index order, named ``"<sequence> [<index value>]"``.
 
     Raises:
@@ -96,8 +99,8 @@ def sequence_followups(sequence_node) -> List[Followup]:
     return out
 
 
-def followup_list(followup_volume=None, more_volumes: Sequence = (), sequence_node=None,
-                  prior_volume=None) -> List[Followup]:
+def followup_list(followup_volume: Optional[slicer.vtkMRMLScalarVolumeNode] = None, more_volumes: Sequence = (), sequence_node: Optional[slicer.vtkMRMLSequenceNode] = None,
+                  prior_volume: Optional[slicer.vtkMRMLScalarVolumeNode] = None) -> List[Followup]:
     """The follow-ups of a run, in visit order (see the module docstring); duplicates and the prior are dropped.
 
     Raises:

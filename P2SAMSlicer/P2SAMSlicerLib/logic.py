@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Callable, List, Optional, Sequence, Union
+from typing import Callable, List, Optional, Sequence, TYPE_CHECKING, Tuple, Union
 
 import numpy as np
 import SimpleITK as sitk
@@ -22,6 +22,13 @@ from . import mrml_bridge
 from .mrml_bridge import BridgeError
 from .runner import run_propagation
 
+if TYPE_CHECKING:  # annotations only (the Lib imports Slicer where it runs)
+    import slicer
+
+    from .followups import Followup
+
+#: one result: (output segmentation, report, follow-up volume or None)
+Output = Tuple["slicer.vtkMRMLSegmentationNode", dict, Optional["slicer.vtkMRMLScalarVolumeNode"]]
 #: defaults shown in the GUI and used by :meth:`PropagationLogic.process`
 DEFAULT_PARAMETERS = {"max_parts": 5, "negative_parts": 1, "roi_margin_mm": 15.0, "slice_margin_mm": 5.0}
 
@@ -49,7 +56,7 @@ class PreparedInputs:
 class ProcessOutcome:
     """What :meth:`PropagationLogic.process` returns: the new node and the engine's report (dict)."""
 
-    output_node: object
+    output_node: slicer.vtkMRMLSegmentationNode
     report: dict
     result: object = None
 
@@ -58,7 +65,7 @@ class ProcessOutcome:
 class SeriesOutcome:
     """What :meth:`PropagationLogic.processSeries` returns: one new node per follow-up, the combined report."""
 
-    output_nodes: List
+    output_nodes: List[slicer.vtkMRMLSegmentationNode]
     report: dict
     result: object = None
 
@@ -70,11 +77,11 @@ class PropagationLogic:
         scene: the MRML scene (default ``slicer.mrmlScene``, resolved when first needed).
     """
 
-    def __init__(self, scene=None) -> None:
+    def __init__(self, scene: Optional[slicer.vtkMRMLScene] = None) -> None:
         self._scene = scene
 
     @property
-    def scene(self):
+    def scene(self) -> slicer.vtkMRMLScene:
         if self._scene is None:
             import slicer
 
@@ -82,8 +89,8 @@ class PropagationLogic:
         return self._scene
 
     # -- inputs ---------------------------------------------------------------------------------
-    def prepareInputs(self, priorVolume, priorSegmentation, followupVolume, segmentIds: Optional[Sequence[str]] = None,
-                      outputSegmentation=None) -> PreparedInputs:
+    def prepareInputs(self, priorVolume: slicer.vtkMRMLScalarVolumeNode, priorSegmentation: slicer.vtkMRMLSegmentationNode, followupVolume: slicer.vtkMRMLScalarVolumeNode, segmentIds: Optional[Sequence[str]] = None,
+                      outputSegmentation: Optional[slicer.vtkMRMLSegmentationNode] = None) -> PreparedInputs:
         """Check the nodes and copy them into the engine's types.
 
         Raises:
@@ -117,7 +124,7 @@ class PropagationLogic:
                               priorSegmentation.GetName())
 
     # -- run ------------------------------------------------------------------------------------
-    def process(self, priorVolume, priorSegmentation, followupVolume, outputSegmentation=None,
+    def process(self, priorVolume: slicer.vtkMRMLScalarVolumeNode, priorSegmentation: slicer.vtkMRMLSegmentationNode, followupVolume: slicer.vtkMRMLScalarVolumeNode, outputSegmentation: Optional[slicer.vtkMRMLSegmentationNode] = None,
                 segmentIds: Optional[Sequence[str]] = None, model: Union[str, object] = "litemedsam",
                 modelType: Optional[str] = None, device: str = "auto", parameters: Optional[dict] = None,
                 progress: Optional[Callable[[float, str], None]] = None,
@@ -161,7 +168,7 @@ class PropagationLogic:
         return ProcessOutcome(node, report, result)
 
     # -- several follow-ups ---------------------------------------------------------------------
-    def prepareSeries(self, priorVolume, priorSegmentation, followups: Sequence,
+    def prepareSeries(self, priorVolume: slicer.vtkMRMLScalarVolumeNode, priorSegmentation: slicer.vtkMRMLSegmentationNode, followups: Sequence,
                       segmentIds: Optional[Sequence[str]] = None) -> PreparedInputs:
         """Check the prior and copy it (like :meth:`prepareInputs`) for a run on several follow-ups.
 
@@ -188,7 +195,7 @@ class PropagationLogic:
         return PreparedInputs(prior, segments, followups[0].image, priorVolume.GetName(), followups[0].name,
                               priorSegmentation.GetName())
 
-    def processSeries(self, priorVolume, priorSegmentation, followups: Sequence,
+    def processSeries(self, priorVolume: slicer.vtkMRMLScalarVolumeNode, priorSegmentation: slicer.vtkMRMLSegmentationNode, followups: Sequence,
                       segmentIds: Optional[Sequence[str]] = None, model: Union[str, object] = "litemedsam",
                       modelType: Optional[str] = None, device: str = "auto", parameters: Optional[dict] = None,
                       chain: bool = False, progress: Optional[Callable[[float, str], None]] = None,
@@ -225,7 +232,7 @@ class PropagationLogic:
                                    f"{f.name} P2SAM", choice) for f, r in zip(followups, series.results)]
         return SeriesOutcome(nodes, series.report_dict(), series)
 
-    def followupVolumeNode(self, followup):
+    def followupVolumeNode(self, followup: "Followup") -> slicer.vtkMRMLScalarVolumeNode:
         """The follow-up's volume node; for a Sequence item (none yet) a new volume node of its voxels.
 
         The Sequence item's node, named like the item (``"<sequence> [<index>]"``) and placed next
@@ -239,9 +246,11 @@ class PropagationLogic:
             followup.volume_node = node
         return followup.volume_node
 
-    def createOutput(self, segments: Sequence, report: dict, followupImage: sitk.Image, followupVolume,
-                     outputSegmentation=None, outputName: Optional[str] = None, modelChoice: Optional[dict] = None,
-                     save_state: Optional[Callable[[], None]] = None, masking=None):
+    def createOutput(self, segments: Sequence, report: dict, followupImage: sitk.Image,
+                     followupVolume: Optional[slicer.vtkMRMLScalarVolumeNode],
+                     outputSegmentation: Optional[slicer.vtkMRMLSegmentationNode] = None,
+                     outputName: Optional[str] = None, modelChoice: Optional[dict] = None,
+                     save_state: Optional[Callable[[], None]] = None, masking=None) -> slicer.vtkMRMLSegmentationNode:
         """Write the engine's segments into a new node, or into the node the user chose; returns the node.
 
         A new node (``outputSegmentation`` None) is named ``"<follow-up> P2SAM"`` (or ``outputName``),
@@ -276,7 +285,7 @@ class PropagationLogic:
         return node
 
     @staticmethod
-    def flaggedSliceLocations(outputNode) -> List[dict]:
+    def flaggedSliceLocations(outputNode: slicer.vtkMRMLSegmentationNode) -> List[dict]:
         """Flagged slices of an output node's report, each with the RAS point to jump to.
 
         Returns:
@@ -307,12 +316,12 @@ def _fmt(value) -> str:
     return "" if value is None else f"{float(value):.2f}"
 
 
-def _followup_label(output) -> str:
+def _followup_label(output: Tuple[slicer.vtkMRMLSegmentationNode, dict, slicer.vtkMRMLScalarVolumeNode]) -> str:
     outputNode, _report, followupVolume = output
     return followupVolume.GetName() if followupVolume is not None else outputNode.GetName()
 
 
-def summary_rows(outputs: Sequence) -> List[List[str]]:
+def summary_rows(outputs: Sequence[Output]) -> List[List[str]]:
     """The panel's report table: one row per (follow-up, segment).
 
     Args:
@@ -330,7 +339,7 @@ def summary_rows(outputs: Sequence) -> List[List[str]]:
     return rows
 
 
-def flagged_rows(logic: PropagationLogic, outputs: Sequence) -> List[dict]:
+def flagged_rows(logic: PropagationLogic, outputs: Sequence[Output]) -> List[dict]:
     """Every flagged slice of every output: :meth:`PropagationLogic.flaggedSliceLocations` entries plus
     ``"followup"`` (name) and ``"volume"`` (the follow-up volume node to show, or None)."""
     out = []
@@ -340,12 +349,13 @@ def flagged_rows(logic: PropagationLogic, outputs: Sequence) -> List[dict]:
     return out
 
 
-def review_choices(outputs: Sequence) -> List[str]:
+def review_choices(outputs: Sequence[Output]) -> List[str]:
     """Labels of the results to review, one per follow-up: ``"<follow-up>: <segmentation>"``."""
     return [f"{_followup_label(output)}: {output[0].GetName()}" for output in outputs]
 
 
-def review_target(outputs: Sequence, index: int):
+def review_target(outputs: Sequence[Output], index: int
+                  ) -> Tuple[slicer.vtkMRMLSegmentationNode, Optional[slicer.vtkMRMLScalarVolumeNode]]:
     """``(segmentation node, follow-up volume node or None)`` of result ``index`` (for the Segment Editor).
 
     Raises:
@@ -362,7 +372,7 @@ def review_target(outputs: Sequence, index: int):
     return node, volume
 
 
-def result_index_for_volume(outputs: Sequence, volume) -> int:
+def result_index_for_volume(outputs: Sequence[Output], volume: Optional[slicer.vtkMRMLScalarVolumeNode]) -> int:
     """The index of the result on follow-up ``volume`` (0 when none matches)."""
     for index, output in enumerate(outputs):
         if volume is not None and output[2] is volume:

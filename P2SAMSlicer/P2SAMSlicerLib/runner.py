@@ -36,9 +36,13 @@ import os
 import sys
 import time
 import traceback
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import SimpleITK as sitk
+
+if TYPE_CHECKING:  # annotations only: the engine is imported when a run starts
+    from P2SAMLogic.propagate import PropagationResult
+    from P2SAMLogic.series import SeriesResult
 
 EXIT_OK, EXIT_FAILED, EXIT_INPUT, EXIT_CANCELLED = 0, 1, 2, 3
 
@@ -85,7 +89,7 @@ def run_propagation(prior_image: sitk.Image, prior_segments: Sequence, followup:
                     model: Union[str, object] = "litemedsam", model_type: Optional[str] = None,
                     device: str = "auto", config: Optional[dict] = None,
                     progress: Optional[Callable[[float, str], None]] = None,
-                    cancel: Optional[Callable[[], bool]] = None):
+                    cancel: Optional[Callable[[], bool]] = None) -> "PropagationResult":
     """Load (or reuse) the model and call :func:`P2SAMLogic.propagate.propagate`.
 
     Args:
@@ -110,7 +114,7 @@ def run_series(prior_image: sitk.Image, prior_segments: Sequence, followups: Seq
                model: Union[str, object] = "litemedsam", model_type: Optional[str] = None,
                device: str = "auto", config: Optional[dict] = None,
                progress: Optional[Callable[[float, str], None]] = None,
-               cancel: Optional[Callable[[], bool]] = None):
+               cancel: Optional[Callable[[], bool]] = None) -> "SeriesResult":
     """:func:`P2SAMLogic.series.propagate_series` with the model loaded (or reused) by :func:`load_model_cached`.
 
     Returns:
@@ -211,7 +215,7 @@ def read_error(folder: str) -> Optional[dict]:
         return json.load(handle)
 
 
-def _read_job(folder: str):
+def _read_job(folder: str) -> Tuple[dict, sitk.Image, List, List[sitk.Image]]:
     with open(os.path.join(folder, "job.json"), encoding="utf-8") as handle:
         job = json.load(handle)
     prior = sitk.ReadImage(os.path.join(folder, job["prior"]))

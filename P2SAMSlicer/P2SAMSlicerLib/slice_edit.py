@@ -30,7 +30,7 @@ modifier extent's first slice.
 """
 from __future__ import annotations
 
-from typing import Dict, Iterable, Mapping, Sequence
+from typing import Dict, Iterable, Mapping, Sequence, Tuple
 
 import numpy as np
 from vtk.util import numpy_support
@@ -41,12 +41,11 @@ from . import mrml_bridge
 
 
 def modification_modes():
-    """The class holding ``ModificationModeAdd`` / ``ModificationModeRemove``: Slicer 5.8's effect base class,
-    else (slicer-core, newer Slicer) ``vtkSlicerSegmentEditorLogic``; both number them Set 0, Add 1, Remove 2."""
-    return getattr(slicer, "qSlicerSegmentEditorAbstractEffect", None) or slicer.vtkSlicerSegmentEditorLogic
+    """The class holding ``ModificationModeAdd`` / ``ModificationModeRemove`` (the Segment Editor effects' base class)."""
+    return slicer.qSlicerSegmentEditorAbstractEffect
 
 
-def _array_of(oriented) -> np.ndarray:
+def _array_of(oriented: slicer.vtkOrientedImageData) -> np.ndarray:
     """The voxels of a single-component ``vtkOrientedImageData`` as a ``[k, j, i]`` view (empty extent: size 0)."""
     ext = oriented.GetExtent()
     dims = (ext[5] - ext[4] + 1, ext[3] - ext[2] + 1, ext[1] - ext[0] + 1)
@@ -56,7 +55,7 @@ def _array_of(oriented) -> np.ndarray:
     return numpy_support.vtk_to_numpy(scalars).reshape(dims)
 
 
-def read_slices(segmentation_node, segment_id: str, geometry, ks: Iterable[int]) -> Dict[int, np.ndarray]:
+def read_slices(segmentation_node: slicer.vtkMRMLSegmentationNode, segment_id: str, geometry: slicer.vtkOrientedImageData, ks: Iterable[int]) -> Dict[int, np.ndarray]:
     """Slices of one segment on the grid of ``geometry``: ``{k: bool [j, i]}``.
 
     Args:
@@ -92,13 +91,13 @@ def read_slices(segmentation_node, segment_id: str, geometry, ks: Iterable[int])
     return out
 
 
-def _sitk_grid(oriented):
+def _sitk_grid(oriented: slicer.vtkOrientedImageData):
     from .correction import geometry_image
 
     return geometry_image(oriented)
 
 
-def _selected(effect):
+def _selected(effect: slicer.qSlicerSegmentEditorScriptedEffect) -> Tuple[slicer.vtkMRMLSegmentationNode, str]:
     node = effect.parameterSetNode()
     segmentation_node = node.GetSegmentationNode() if node is not None else None
     segment_id = node.GetSelectedSegmentID() if node is not None else None
@@ -107,7 +106,7 @@ def _selected(effect):
     return segmentation_node, segment_id
 
 
-def _modify(effect, modifier, mode: int, ks: Sequence[int], masks: Mapping[int, np.ndarray]) -> None:
+def _modify(effect: slicer.qSlicerSegmentEditorScriptedEffect, modifier: slicer.vtkOrientedImageData, mode: int, ks: Sequence[int], masks: Mapping[int, np.ndarray]) -> None:
     """Fill ``modifier`` with ``masks`` on their slices (zeros elsewhere) and apply ``mode`` within those slices."""
     array = _array_of(modifier)
     array[:] = 0
@@ -119,7 +118,7 @@ def _modify(effect, modifier, mode: int, ks: Sequence[int], masks: Mapping[int, 
     effect.modifySelectedSegmentByLabelmap(modifier, mode, extent)
 
 
-def write_slices(effect, masks: Mapping[int, np.ndarray]) -> Dict[int, np.ndarray]:
+def write_slices(effect: slicer.qSlicerSegmentEditorScriptedEffect, masks: Mapping[int, np.ndarray]) -> Dict[int, np.ndarray]:
     """Replace slices of the Segment Editor's selected segment; every other voxel of it stays.
 
     Args:
@@ -161,7 +160,7 @@ def write_slices(effect, masks: Mapping[int, np.ndarray]) -> Dict[int, np.ndarra
     return read_slices(segmentation_node, segment_id, modifier, wanted)
 
 
-def segmentation_signature(segmentation_node) -> tuple:
+def segmentation_signature(segmentation_node: slicer.vtkMRMLSegmentationNode) -> tuple:
     """Changes whenever a segment of the node is added, removed, renamed, recoloured or has its labelmap
     modified (an edit, an undo): ``(segment IDs, (segment, labelmap) modification times)``."""
     segmentation = segmentation_node.GetSegmentation()

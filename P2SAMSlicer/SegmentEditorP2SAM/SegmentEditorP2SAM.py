@@ -4,11 +4,17 @@ Layout of Slicer's ScriptedSegmentEditorEffect template: this module only regist
 ``SegmentEditorP2SAMLib/SegmentEditorEffect.py`` once Slicer has started.
 """
 import os
+from typing import TYPE_CHECKING
 
 import slicer
 from slicer.i18n import tr as _
 from slicer.i18n import translate
 from slicer.ScriptedLoadableModule import ScriptedLoadableModule, ScriptedLoadableModuleTest
+
+if TYPE_CHECKING:  # annotations only
+    import numpy as np
+
+    from SegmentEditorP2SAMLib.SegmentEditorEffect import SegmentEditorEffect
 
 
 class SegmentEditorP2SAM(ScriptedLoadableModule):
@@ -124,9 +130,9 @@ class SegmentEditorP2SAMTest(ScriptedLoadableModuleTest):
         editor.setSourceVolumeNode(volume)
         editor.setCurrentSegmentID("GTV")
         editor.setActiveEffectByName("P2SAM")
-        effect = editor.activeEffect().self()
+        effect: "SegmentEditorEffect" = editor.activeEffect().self()  # the effect's Python object
 
-        def dice(a, b):
+        def dice(a: "np.ndarray", b: "np.ndarray") -> float:
             return 2.0 * float((a & b).sum()) / max(1, int(a.sum() + b.sum()))
 
         before = mrml_bridge.masks_from_segmentation_node(segmentation, ct)["GTV"]

@@ -218,23 +218,31 @@ def test_effect_name_matches_the_module():
     assert 'EFFECT_NAME = "P2SAM"' in MODULE_FILE.read_text()
 
 
-def test_effect_saves_undo_state_before_writing_and_keeps_masking():
+def test_effect_writes_only_through_the_slice_writer_with_undo_and_masking():
+    """The effect file writes nothing itself; the Lib's slice writer saves one undo state before writing, never
+    bypasses the editor's masking, and never uses Set with an extent (it clears the whole segment)."""
     cls = next(n for n in effect_tree().body if isinstance(n, ast.ClassDef) and n.name == "SegmentEditorEffect")
     methods = {f.name: f for f in cls.body if isinstance(f, ast.FunctionDef)}
     for required in ("clone", "icon", "helpText", "setupOptionsFrame", "processInteractionEvents"):
         assert required in methods
+    calls = [n for n in ast.walk(cls) if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)]
+    assert not [c for c in calls if c.func.attr in ("modifySelectedSegmentByLabelmap", "modifySegmentByLabelmap")]
+    source = (LIB_DIR / "slice_edit.py").read_text()
+    functions = {f.name: f for f in ast.parse(source).body if isinstance(f, ast.FunctionDef)}
     writers = []
-    for name, fn in methods.items():
-        calls = [n for n in ast.walk(fn) if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)]
-        modify = [c for c in calls if c.func.attr in ("modifySelectedSegmentByLabelmap", "modifySegmentByLabelmap")]
-        if not modify:
-            continue
-        writers.append(name)
-        undo = [c for c in calls if c.func.attr == "saveStateForUndo"]
-        assert undo and min(c.lineno for c in undo) < min(c.lineno for c in modify), name
+    for name, fn in functions.items():
+        modify = [c for c in ast.walk(fn) if isinstance(c, ast.Call) and isinstance(c.func, ast.Attribute)
+                  and c.func.attr == "modifySelectedSegmentByLabelmap"]
+        if modify:
+            writers.append(name)
         for c in modify:
-            assert len(c.args) <= 3 and not c.keywords, "bypassMasking must stay False (editor masking applies)"
-    assert writers == ["_writeSlices"], "one place writes to the segment"
+            assert len(c.args) == 3 and not c.keywords, "bypassMasking must stay False (editor masking applies)"
+    assert writers == ["_modify"], "one place writes to the segment"
+    calls = [c for c in ast.walk(functions["write_slices"]) if isinstance(c, ast.Call)]
+    undo = [c.lineno for c in calls if isinstance(c.func, ast.Attribute) and c.func.attr == "saveStateForUndo"]
+    writes = [c.lineno for c in calls if isinstance(c.func, ast.Name) and c.func.id == "_modify"]
+    assert len(undo) == 1 and writes and undo[0] < min(writes), "one undo state, saved before the first write"
+    assert ".ModificationModeSet" not in source, "Set with an extent clears the whole segment"
 
 
 # ------------------------------------------------------------------------------------------

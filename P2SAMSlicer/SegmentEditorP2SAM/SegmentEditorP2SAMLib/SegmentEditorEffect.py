@@ -16,6 +16,7 @@ turns events into calls and results into Segment Editor edits.
 """
 import logging
 import os
+from typing import TYPE_CHECKING, List
 
 import qt
 import vtk
@@ -25,8 +26,14 @@ from slicer.i18n import tr as _
 
 from SegmentEditorEffects import AbstractScriptedSegmentEditorEffect
 
+if TYPE_CHECKING:  # annotations only: the Lib is imported when the effect is first used
+    import types
 
-def _importLib():
+    from P2SAMSlicerLib.effect_actions import EffectActions
+    from P2SAMSlicerLib.panel_state import BusyState
+
+
+def _importLib() -> "types.ModuleType":
     """Import ``P2SAMSlicerLib`` (beside the P2SAMSlicer module) only when the effect is used.
 
     Installed extension: this file is ``<qt-scripted-modules>/SegmentEditorP2SAMLib/``, the Lib and
@@ -63,7 +70,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         self._actions = None  # P2SAMSlicerLib.effect_actions.EffectActions, created on first use
         self._busy = None  # P2SAMSlicerLib.panel_state.BusyState, created on first use
 
-    def busyState(self):
+    def busyState(self) -> "BusyState":
         """The effect's :class:`BusyState`: a model call in progress (re-propagation processes GUI events)."""
         if self._busy is None:
             _importLib()
@@ -142,7 +149,7 @@ Edits respect the editable area and overlap settings; undo with Ctrl+Z.</html>""
         return slicer.util.mainWindow().cursor
 
     # -- session --------------------------------------------------------------------------------
-    def actions(self):
+    def actions(self) -> "EffectActions":
         """The effect's actions without Qt (:class:`P2SAMSlicerLib.effect_actions.EffectActions`)."""
         if self._actions is None:
             _importLib()
@@ -169,7 +176,8 @@ Edits respect the editable area and overlap settings; undo with Ctrl+Z.</html>""
         self._forgetSession()
 
     # -- interaction ----------------------------------------------------------------------------
-    def processInteractionEvents(self, callerInteractor, eventId, viewWidget):
+    def processInteractionEvents(self, callerInteractor: "vtk.vtkRenderWindowInteractor", eventId: int,
+                                 viewWidget: "slicer.qMRMLSliceWidget") -> bool:
         """A left click on a slice view showing the source volume's slices corrects that slice.
 
         Other clicks (another view orientation, outside the volume, Shift/Alt held, other
@@ -214,7 +222,8 @@ Edits respect the editable area and overlap settings; undo with Ctrl+Z.</html>""
     # -- buttons --------------------------------------------------------------------------------
     def _segmentEditorUndo(self):
         """One step of the Segment Editor's undo (Ctrl+Z) in the editor this effect is active in, or None."""
-        for widget in qt.QApplication.allWidgets():
+        widgets: "List[qt.QWidget]" = qt.QApplication.allWidgets()
+        for widget in widgets:
             if widget.className() != "qMRMLSegmentEditorWidget":
                 continue
             active = widget.activeEffect()
