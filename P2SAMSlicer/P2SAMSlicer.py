@@ -897,7 +897,8 @@ class P2SAMSlicerTest(ScriptedLoadableModuleTest):
                 return module
         raise RuntimeError("simulate_followup.py not found")
 
-    def _loadCase(self) -> "Tuple[slicer.vtkMRMLScalarVolumeNode, slicer.vtkMRMLSegmentationNode, slicer.vtkMRMLScalarVolumeNode, sitk.Image, dict]":
+    def _loadCase(self) -> Tuple["slicer.vtkMRMLScalarVolumeNode", "slicer.vtkMRMLSegmentationNode",
+                                 "slicer.vtkMRMLScalarVolumeNode", "sitk.Image", dict]:
         """Prior CT + segmentation (GTV, VertebralBody) and a SIMULATED follow-up with its true masks."""
         import SimpleITK as sitk
 

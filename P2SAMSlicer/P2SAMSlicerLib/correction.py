@@ -61,7 +61,8 @@ class SliceSource:
         return mrml_bridge.content_key(self._array)
 
 
-def segment_mask_on(segmentation_node: slicer.vtkMRMLSegmentationNode, segment_id: str, reference: slicer.vtkOrientedImageData) -> np.ndarray:
+def segment_mask_on(segmentation_node: slicer.vtkMRMLSegmentationNode, segment_id: str,
+                    reference: slicer.vtkOrientedImageData) -> np.ndarray:
     """The segment as bool ``[k, j, i]`` on the grid of ``reference`` (a ``vtkOrientedImageData``)."""
     oriented = slicer.vtkOrientedImageData()
     segmentation_node.GetBinaryLabelmapRepresentation(segment_id, oriented)
@@ -294,7 +295,8 @@ class CorrectionSession:
         return {j + lo: m for j, m in masks.items()}
 
 
-def session_for(segmentation_node: slicer.vtkMRMLSegmentationNode, source_image: slicer.vtkOrientedImageData) -> CorrectionSession:
+def session_for(segmentation_node: slicer.vtkMRMLSegmentationNode, source_image: slicer.vtkOrientedImageData
+                ) -> CorrectionSession:
     """A :class:`CorrectionSession` for the Segment Editor's source volume (``vtkOrientedImageData``)
     and the output segmentation node (its report and model choice, when P²SAM made it)."""
     import json
@@ -354,8 +356,9 @@ def _vtk_matrix_array(matrix: vtk.vtkMatrix4x4) -> np.ndarray:
     return np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)], dtype=np.float64)
 
 
-def click_target(slice_node: slicer.vtkMRMLSliceNode, ijk_to_ras: np.ndarray, shape_kji: Sequence[int], xy: Sequence[float],
-                 parent_transform_node: Optional[slicer.vtkMRMLTransformNode] = None) -> ClickTarget:
+def click_target(slice_node: slicer.vtkMRMLSliceNode, ijk_to_ras: np.ndarray, shape_kji: Sequence[int],
+                 xy: Sequence[float], parent_transform_node: Optional[slicer.vtkMRMLTransformNode] = None
+                 ) -> ClickTarget:
     """The voxel under a click on a slice view, as Slicer's Segment Editor computes it.
 
     Args:

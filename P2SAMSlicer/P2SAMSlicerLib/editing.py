@@ -57,7 +57,8 @@ class EditorMasking:
     intensity_range: Optional[Tuple[float, float]] = None
 
     @classmethod
-    def from_editor_node(cls, editor_node: slicer.vtkMRMLSegmentEditorNode, segmentation_node: Optional[slicer.vtkMRMLSegmentationNode] = None) -> "EditorMasking":
+    def from_editor_node(cls, editor_node: slicer.vtkMRMLSegmentEditorNode,
+                         segmentation_node: Optional[slicer.vtkMRMLSegmentationNode] = None) -> "EditorMasking":
         """The settings of a ``vtkMRMLSegmentEditorNode``. A segment-based editable area only applies to
         the segmentation that editor node edits (other segmentations: everywhere)."""
         if editor_node is None:
@@ -72,7 +73,8 @@ class EditorMasking:
         return cls(mode, str(editor_node.GetMaskSegmentID() or ""), int(editor_node.GetOverwriteMode()), intensity)
 
     @classmethod
-    def from_scene(cls, scene: slicer.vtkMRMLScene, segmentation_node: Optional[slicer.vtkMRMLSegmentationNode] = None) -> "EditorMasking":
+    def from_scene(cls, scene: slicer.vtkMRMLScene, segmentation_node: Optional[slicer.vtkMRMLSegmentationNode] = None
+                   ) -> "EditorMasking":
         """The Segment Editor module's settings in ``scene`` (defaults when it was never opened)."""
         editor_node = scene.GetSingletonNode(SEGMENT_EDITOR_SINGLETON_TAG, "vtkMRMLSegmentEditorNode")
         return cls.from_editor_node(editor_node, segmentation_node)
@@ -111,8 +113,9 @@ def _overwritable(segmentation_node: slicer.vtkMRMLSegmentationNode, written: Se
     return []
 
 
-def non_editable(segmentation_node: slicer.vtkMRMLSegmentationNode, segment_id: str, reference: sitk.Image, masking: EditorMasking,
-                 source_image: Optional[slicer.vtkOrientedImageData] = None) -> Optional[np.ndarray]:
+def non_editable(segmentation_node: slicer.vtkMRMLSegmentationNode, segment_id: str, reference: sitk.Image,
+                 masking: EditorMasking, source_image: Optional[slicer.vtkOrientedImageData] = None
+                 ) -> Optional[np.ndarray]:
     """bool ``[k, j, i]`` on ``reference``: voxels the editable area / intensity range protect, or None (none).
 
     Args:

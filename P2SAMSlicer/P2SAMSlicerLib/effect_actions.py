@@ -60,7 +60,8 @@ class EffectActions:
         session_factory: ``(segmentation node, source vtkOrientedImageData) -> CorrectionSession``.
     """
 
-    def __init__(self, effect: slicer.qSlicerSegmentEditorScriptedEffect, session_factory: Callable = correction.session_for) -> None:
+    def __init__(self, effect: slicer.qSlicerSegmentEditorScriptedEffect,
+                 session_factory: Callable = correction.session_for) -> None:
         self.effect = effect
         self.session_factory = session_factory
         self.session: Optional[correction.CorrectionSession] = None
@@ -90,9 +91,10 @@ class EffectActions:
         source_node = node.GetSourceVolumeNode()
         geometry = segmentation_node.GetSegmentation().GetConversionParameter(
             slicer.vtkSegmentationConverter.GetReferenceImageGeometryParameterName())
+        image = source_node.GetImageData() if source_node is not None else None
         key = (segmentation_node.GetID(), source_node.GetID() if source_node is not None else None,
-               source_node.GetImageData().GetMTime() if source_node is not None and source_node.GetImageData() else None,
-               geometry, segmentation_node.GetAttribute("P2SAM.Report") is not None)
+               image.GetMTime() if image is not None else None, geometry,
+               segmentation_node.GetAttribute("P2SAM.Report") is not None)
         if self.session is None or self._key != key:
             self.session = self.session_factory(segmentation_node, source)
             self._key = key

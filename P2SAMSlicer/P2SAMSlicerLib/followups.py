@@ -48,7 +48,8 @@ class NodeSelection:
         parameter: the parameter's name.
     """
 
-    def __init__(self, parameter_node: slicer.vtkMRMLScriptedModuleNode, parameter: str = "P2SAM.MoreFollowups") -> None:
+    def __init__(self, parameter_node: slicer.vtkMRMLScriptedModuleNode, parameter: str = "P2SAM.MoreFollowups"
+                 ) -> None:
         self.parameter_node = parameter_node
         self.parameter = parameter
 
@@ -99,7 +100,8 @@ def sequence_followups(sequence_node: slicer.vtkMRMLSequenceNode) -> List[Follow
     return out
 
 
-def followup_list(followup_volume: Optional[slicer.vtkMRMLScalarVolumeNode] = None, more_volumes: Sequence = (), sequence_node: Optional[slicer.vtkMRMLSequenceNode] = None,
+def followup_list(followup_volume: Optional[slicer.vtkMRMLScalarVolumeNode] = None, more_volumes: Sequence = (),
+                  sequence_node: Optional[slicer.vtkMRMLSequenceNode] = None,
                   prior_volume: Optional[slicer.vtkMRMLScalarVolumeNode] = None) -> List[Followup]:
     """The follow-ups of a run, in visit order (see the module docstring); duplicates and the prior are dropped.
 

@@ -89,7 +89,9 @@ class PropagationLogic:
         return self._scene
 
     # -- inputs ---------------------------------------------------------------------------------
-    def prepareInputs(self, priorVolume: slicer.vtkMRMLScalarVolumeNode, priorSegmentation: slicer.vtkMRMLSegmentationNode, followupVolume: slicer.vtkMRMLScalarVolumeNode, segmentIds: Optional[Sequence[str]] = None,
+    def prepareInputs(self, priorVolume: slicer.vtkMRMLScalarVolumeNode,
+                      priorSegmentation: slicer.vtkMRMLSegmentationNode, followupVolume: slicer.vtkMRMLScalarVolumeNode,
+                      segmentIds: Optional[Sequence[str]] = None,
                       outputSegmentation: Optional[slicer.vtkMRMLSegmentationNode] = None) -> PreparedInputs:
         """Check the nodes and copy them into the engine's types.
 
@@ -124,12 +126,13 @@ class PropagationLogic:
                               priorSegmentation.GetName())
 
     # -- run ------------------------------------------------------------------------------------
-    def process(self, priorVolume: slicer.vtkMRMLScalarVolumeNode, priorSegmentation: slicer.vtkMRMLSegmentationNode, followupVolume: slicer.vtkMRMLScalarVolumeNode, outputSegmentation: Optional[slicer.vtkMRMLSegmentationNode] = None,
+    def process(self, priorVolume: slicer.vtkMRMLScalarVolumeNode, priorSegmentation: slicer.vtkMRMLSegmentationNode,
+                followupVolume: slicer.vtkMRMLScalarVolumeNode,
+                outputSegmentation: Optional[slicer.vtkMRMLSegmentationNode] = None,
                 segmentIds: Optional[Sequence[str]] = None, model: Union[str, object] = "litemedsam",
                 modelType: Optional[str] = None, device: str = "auto", parameters: Optional[dict] = None,
-                progress: Optional[Callable[[float, str], None]] = None,
-                cancel: Optional[Callable[[], bool]] = None, outputName: Optional[str] = None,
-                save_state: Optional[Callable[[], None]] = None) -> ProcessOutcome:
+                progress: Optional[Callable[[float, str], None]] = None, cancel: Optional[Callable[[], bool]] = None,
+                outputName: Optional[str] = None, save_state: Optional[Callable[[], None]] = None) -> ProcessOutcome:
         """Propagate (blocking) and return the output segmentation node.
 
         Args:
@@ -168,7 +171,8 @@ class PropagationLogic:
         return ProcessOutcome(node, report, result)
 
     # -- several follow-ups ---------------------------------------------------------------------
-    def prepareSeries(self, priorVolume: slicer.vtkMRMLScalarVolumeNode, priorSegmentation: slicer.vtkMRMLSegmentationNode, followups: Sequence,
+    def prepareSeries(self, priorVolume: slicer.vtkMRMLScalarVolumeNode,
+                      priorSegmentation: slicer.vtkMRMLSegmentationNode, followups: Sequence,
                       segmentIds: Optional[Sequence[str]] = None) -> PreparedInputs:
         """Check the prior and copy it (like :meth:`prepareInputs`) for a run on several follow-ups.
 
@@ -195,7 +199,8 @@ class PropagationLogic:
         return PreparedInputs(prior, segments, followups[0].image, priorVolume.GetName(), followups[0].name,
                               priorSegmentation.GetName())
 
-    def processSeries(self, priorVolume: slicer.vtkMRMLScalarVolumeNode, priorSegmentation: slicer.vtkMRMLSegmentationNode, followups: Sequence,
+    def processSeries(self, priorVolume: slicer.vtkMRMLScalarVolumeNode,
+                      priorSegmentation: slicer.vtkMRMLSegmentationNode, followups: Sequence,
                       segmentIds: Optional[Sequence[str]] = None, model: Union[str, object] = "litemedsam",
                       modelType: Optional[str] = None, device: str = "auto", parameters: Optional[dict] = None,
                       chain: bool = False, progress: Optional[Callable[[float, str], None]] = None,

@@ -198,7 +198,8 @@ def empty_oriented_image_like(reference: sitk.Image) -> "slicer.vtkOrientedImage
     return oriented
 
 
-def oriented_image_to_mask(oriented: slicer.vtkOrientedImageData, reference: sitk.Image, label_value: Optional[int] = None) -> np.ndarray:
+def oriented_image_to_mask(oriented: slicer.vtkOrientedImageData, reference: sitk.Image,
+                           label_value: Optional[int] = None) -> np.ndarray:
     """Resample a labelmap onto ``reference``'s grid (nearest neighbour): bool ``[k, j, i]``.
 
     Args:
@@ -372,8 +373,9 @@ def _is_shared(segmentation: slicer.vtkSegmentation, segment_id: str) -> bool:
 # segments -> segmentation node
 
 
-def fill_segmentation_node(segmentation_node: slicer.vtkMRMLSegmentationNode, segments: Sequence[Segment], reference: sitk.Image,
-                           reference_volume_node: Optional[slicer.vtkMRMLScalarVolumeNode] = None) -> None:
+def fill_segmentation_node(segmentation_node: slicer.vtkMRMLSegmentationNode, segments: Sequence[Segment],
+                           reference: sitk.Image, reference_volume_node: Optional[slicer.vtkMRMLScalarVolumeNode] = None
+                           ) -> None:
     """Replace every segment of ``segmentation_node`` by ``segments`` (masks on ``reference``'s grid).
 
     Names, colours and tags are copied; each segment's ID is its ``segment_id`` (made
@@ -444,7 +446,8 @@ def place_next_to(scene: slicer.vtkMRMLScene, node: slicer.vtkMRMLNode, sibling:
         sh.SetItemParent(item, parent)
 
 
-def masks_from_segmentation_node(segmentation_node: slicer.vtkMRMLSegmentationNode, reference: sitk.Image) -> Dict[str, np.ndarray]:
+def masks_from_segmentation_node(segmentation_node: slicer.vtkMRMLSegmentationNode, reference: sitk.Image
+                                 ) -> Dict[str, np.ndarray]:
     """``{segment name: bool [k, j, i]}`` of every segment, resampled on ``reference``'s grid."""
     segmentation = _labelmap_segmentation(segmentation_node, reference)
     out = {}
@@ -456,7 +459,8 @@ def masks_from_segmentation_node(segmentation_node: slicer.vtkMRMLSegmentationNo
     return out
 
 
-def segment_mask(segmentation_node: slicer.vtkMRMLSegmentationNode, segment_id: str, reference: sitk.Image) -> np.ndarray:
+def segment_mask(segmentation_node: slicer.vtkMRMLSegmentationNode, segment_id: str, reference: sitk.Image
+                 ) -> np.ndarray:
     """One segment as bool ``[k, j, i]`` on ``reference``'s grid (shared labelmap layers handled)."""
     segmentation = _labelmap_segmentation(segmentation_node, reference)
     segment = segmentation.GetSegment(segment_id)
@@ -552,7 +556,8 @@ def flagged_slices(report: dict) -> List[dict]:
     return out
 
 
-def slice_prompts(report: Optional[dict], segment_name: str, k: int) -> Tuple[Optional[List[float]], Optional[List[float]]]:
+def slice_prompts(report: Optional[dict], segment_name: str, k: int
+                  ) -> Tuple[Optional[List[float]], Optional[List[float]]]:
     """``(window, box)`` P²SAM used on slice ``k`` of ``segment_name`` (slice pixels), or ``(None, None)``."""
     if not report:
         return None, None

@@ -41,7 +41,7 @@ from . import mrml_bridge
 
 
 def modification_modes():
-    """The class holding ``ModificationModeAdd`` / ``ModificationModeRemove`` (the Segment Editor effects' base class)."""
+    """The class holding ``ModificationModeAdd`` / ``ModificationModeRemove``: the effects' base class."""
     return slicer.qSlicerSegmentEditorAbstractEffect
 
 
@@ -55,7 +55,8 @@ def _array_of(oriented: slicer.vtkOrientedImageData) -> np.ndarray:
     return numpy_support.vtk_to_numpy(scalars).reshape(dims)
 
 
-def read_slices(segmentation_node: slicer.vtkMRMLSegmentationNode, segment_id: str, geometry: slicer.vtkOrientedImageData, ks: Iterable[int]) -> Dict[int, np.ndarray]:
+def read_slices(segmentation_node: slicer.vtkMRMLSegmentationNode, segment_id: str,
+                geometry: slicer.vtkOrientedImageData, ks: Iterable[int]) -> Dict[int, np.ndarray]:
     """Slices of one segment on the grid of ``geometry``: ``{k: bool [j, i]}``.
 
     Args:
@@ -106,7 +107,8 @@ def _selected(effect: slicer.qSlicerSegmentEditorScriptedEffect) -> Tuple[slicer
     return segmentation_node, segment_id
 
 
-def _modify(effect: slicer.qSlicerSegmentEditorScriptedEffect, modifier: slicer.vtkOrientedImageData, mode: int, ks: Sequence[int], masks: Mapping[int, np.ndarray]) -> None:
+def _modify(effect: slicer.qSlicerSegmentEditorScriptedEffect, modifier: slicer.vtkOrientedImageData, mode: int,
+            ks: Sequence[int], masks: Mapping[int, np.ndarray]) -> None:
     """Fill ``modifier`` with ``masks`` on their slices (zeros elsewhere) and apply ``mode`` within those slices."""
     array = _array_of(modifier)
     array[:] = 0
@@ -118,7 +120,8 @@ def _modify(effect: slicer.qSlicerSegmentEditorScriptedEffect, modifier: slicer.
     effect.modifySelectedSegmentByLabelmap(modifier, mode, extent)
 
 
-def write_slices(effect: slicer.qSlicerSegmentEditorScriptedEffect, masks: Mapping[int, np.ndarray]) -> Dict[int, np.ndarray]:
+def write_slices(effect: slicer.qSlicerSegmentEditorScriptedEffect, masks: Mapping[int, np.ndarray]
+                 ) -> Dict[int, np.ndarray]:
     """Replace slices of the Segment Editor's selected segment; every other voxel of it stays.
 
     Args:

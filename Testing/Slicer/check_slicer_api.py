@@ -996,8 +996,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(json.dumps(summary, indent=2))
     else:
         src = doc.get("source", {}).get("Slicer", {})
-        print(f"Slicer {src.get('tag')} ({src.get('commit', '')[:12]}), Qt {doc.get('source', {}).get('Qt', {}).get('version')}, "
-              f"VTK {doc.get('source', {}).get('VTK', {}).get('version')}: {summary['checked']} uses of "
+        versions = {k: doc.get("source", {}).get(k, {}).get("version") for k in ("Qt", "VTK")}
+        print(f"Slicer {src.get('tag')} ({src.get('commit', '')[:12]}), Qt {versions['Qt']}, "
+              f"VTK {versions['VTK']}: {summary['checked']} uses of "
               f"{summary['distinct_checked']} names checked, {len(summary['unknown'])} unknown")
         for u in summary["unknown"]:
             print(f"  UNKNOWN {u['file']}:{u['line']}: {u['name']} ({u['reason']})")

@@ -368,7 +368,8 @@ def vtk_part(start: Iterable[str], depth: int = 3, python: Optional[str] = None)
     if python is None:
         return vtk_names(start, depth)
     script = ("import json, sys; sys.path.insert(0, %r); from extract_slicer_api import vtk_names, jsonable; "
-              "json.dump(jsonable(vtk_names(json.load(sys.stdin), %d)), sys.stdout)" % (str(Path(__file__).parent), depth))
+              "json.dump(jsonable(vtk_names(json.load(sys.stdin), %d)), sys.stdout)"
+              % (str(Path(__file__).parent), depth))
     done = subprocess.run([python, "-c", script], input=json.dumps(sorted(start)), capture_output=True, text=True,
                           check=True)
     return json.loads(done.stdout)
