@@ -229,6 +229,8 @@ class P2SAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.openSegmentEditorButton.connect("clicked()", self.onOpenSegmentEditor)
         self.ui.undoProposalButton.connect("clicked()", self.onUndoProposal)
         self.ui.installDependenciesButton.connect("clicked()", self.onInstallDependencies)
+        self.ui.restartButton.connect("clicked()", self.onRestart)
+        self.ui.restartButton.visible = False
 
         self.initializeParameterNode()
         self.updateDependencyStatus()
@@ -557,24 +559,31 @@ class P2SAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                     self.log(_("Refused by the server: {message}").format(message=error.get("message", "")))
                     slicer.util.errorDisplay(error.get("message", ""))
                 else:
-                    self.log(_("Failed: {message}").format(message=error.get("message", "")))
+                    from P2SAMSlicerLib.background import failure_text
+
+                    tail = job.log_tail() if hasattr(job, "log_tail") else ""
+                    self.log(failure_text(error, tail))
                     if error.get("traceback"):
                         logging.error(error["traceback"])
-                    slicer.util.errorDisplay(_("P²SAM failed:\n{message}").format(message=error.get("message", "")))
+                    slicer.util.errorDisplay(_("P²SAM failed:\n{message}").format(message=error.get("message", "")),
+                                             detailedText=failure_text(error, tail))
                 return
             with slicer.util.tryWithErrorDisplay(_("P²SAM could not create the output segmentation."), waitCursor=True):
                 outcome = job.results()
                 logic = self.logic.propagationLogic()
                 if followups:
                     outputs = [(logic.createOutput(done["segments"], done["report"], f.image,
-                                                   logic.followupVolumeNode(f), None, f"{f.name} P2SAM", choice),
+                                                   logic.followupVolumeNode(f), None, f"{f.name} P2SAM", choice,
+                                                   priorSegments=inputs.prior_segments,
+                                                   registered=done.get("registered")),
                                 done["report"], f.volume_node) for f, done in zip(followups, outcome["followups"])]
                     self.showResults(outputs, outcome["report"])
                 else:
                     done = outcome["followups"][0]
                     node = logic.createOutput(done["segments"], done["report"], inputs.followup_image, followupVolume,
                                               outputSegmentation, None, choice,
-                                              save_state=self.undoCheckpoint(outputSegmentation))
+                                              save_state=self.undoCheckpoint(outputSegmentation),
+                                              priorSegments=inputs.prior_segments, registered=done.get("registered"))
                     self._proposalUndo.written()
                     self.showResults([(node, done["report"], followupVolume)])
         finally:
@@ -741,6 +750,10 @@ class P2SAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         else:
             self.ui.dependencyStatusLabel.text = _("All packages P²SAM needs are installed.")
 
+    def onRestart(self) -> None:
+        """Restart Slicer (after packages that were already loaded were replaced); Slicer asks to save first."""
+        slicer.util.restart()
+
     def ensureDependencies(self) -> bool:
         """True when everything is installed; otherwise offer to install (asks first)."""
         from P2SAMSlicerLib import dependencies
@@ -765,7 +778,11 @@ class P2SAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.log(outcome.message)
             return False
         if outcome.restart_needed:
-            slicer.util.infoDisplay(outcome.message, windowTitle=_("Restart Slicer"))
+            self.ui.restartButton.visible = True
+            self.log(outcome.message)
+            slicer.util.infoDisplay(outcome.message + "\n\n" + _("Click 'Restart Slicer' in the module's Python "
+                                                                 "packages section when you are ready."),
+                                    windowTitle=_("Restart Slicer"))
             return False
         if outcome.installed:
             self.log(outcome.message)
@@ -987,15 +1004,16 @@ class P2SAMSlicerTest(ScriptedLoadableModuleTest):
         import SimpleITK as sitk
         from P2SAMSlicerLib import mrml_bridge
         from P2SAMSlicerLib.followups import followup_list
+        from P2SAMSlicerLib.review import count_segmentations
 
         priorNode, segmentationNode, followupNode, followup, _truth = self._loadCase()
         moved = sitk.Image(followup)
         moved.SetOrigin([v + d for v, d in zip(moved.GetOrigin(), (3.0, 0.0, 0.0))])
         secondNode = mrml_bridge.image_to_volume_node(moved, slicer.mrmlScene, "second follow-up (SIMULATED)")
-        before = slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode")
+        before = count_segmentations(slicer.mrmlScene)
         outcome = P2SAMSlicerLogic().processSeries(priorNode, segmentationNode, followup_list(followupNode, [secondNode]),
                                                    segmentIds=["GTV"], parameters={"method": "rigid"})
-        self.assertEqual(slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode"), before + 2)
+        self.assertEqual(count_segmentations(slicer.mrmlScene), before + 2)
         self.assertEqual([outputNode.GetName() for outputNode in outcome.output_nodes],
                          ["follow-up (SIMULATED) P2SAM", "second follow-up (SIMULATED) P2SAM"])
         self.assertEqual(len(outcome.report["followups"]), 2)
@@ -1036,6 +1054,8 @@ class P2SAMSlicerTest(ScriptedLoadableModuleTest):
         self.delayDisplay("Background run from the module panel")
         import time
 
+        from P2SAMSlicerLib.review import count_segmentations
+
         priorNode, segmentationNode, followupNode, _followup, _truth = self._loadCase()
         widget: "P2SAMSlicerWidget" = slicer.util.getModuleWidget("P2SAMSlicer")
         widget.initializeParameterNode()
@@ -1049,7 +1069,7 @@ class P2SAMSlicerTest(ScriptedLoadableModuleTest):
         p.device = "cpu"
         p.maxParts = 2
         p.sliceMarginMm = 0.0
-        nodesBefore = slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode")
+        nodesBefore = count_segmentations(slicer.mrmlScene)
         widget.onApplyButton()
         self.assertIsNotNone(widget._job, "the background process did not start")
         deadline = time.time() + 600
@@ -1057,7 +1077,7 @@ class P2SAMSlicerTest(ScriptedLoadableModuleTest):
             slicer.app.processEvents()
             time.sleep(0.1)
         self.assertIsNone(widget._job, "the background run did not finish within 10 minutes")
-        self.assertEqual(slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode"), nodesBefore + 1)
+        self.assertEqual(count_segmentations(slicer.mrmlScene), nodesBefore + 1)
         outputNode: "slicer.vtkMRMLSegmentationNode" = widget._lastOutput
         self.assertIsNotNone(outputNode)
         self.assertIsNotNone(json.loads(outputNode.GetAttribute("P2SAM.Report")))

@@ -265,6 +265,11 @@ class CorrectionSession:
         else:
             self._slices.pop((segment_name, int(k)), None)
 
+    def click_points(self, segment_name: str, k: int) -> List[Tuple[float, float, bool]]:
+        """The clicks on that slice: ``(x, y, positive)`` in slice pixels (column, row)."""
+        history = self._slices.get((segment_name, int(k)))
+        return [] if history is None else [(c.x, c.y, c.positive) for c in history.corrector.clicks]
+
     def clicks(self, segment_name: str, k: int) -> Tuple[int, int]:
         """``(positive, negative)`` click counts on that slice."""
         history = self._slices.get((segment_name, int(k)))
@@ -386,3 +391,15 @@ def click_target(slice_node: slicer.vtkMRMLSliceNode, ijk_to_ras: np.ndarray, sh
     if not (0 <= k < shape_kji[0] and 0 <= j < shape_kji[1] and 0 <= i < shape_kji[2]):
         return ClickTarget(k, j, i, problem=OUTSIDE)
     return ClickTarget(k, j, i)
+
+
+def view_slice_index(slice_node: slicer.vtkMRMLSliceNode, ijk_to_ras: np.ndarray, n_slices: int) -> Optional[int]:
+    """The slice ``k`` of the volume a view shows (its centre), or None when the view is not aligned with the
+    volume's slices (see :func:`view_normal_matches_k`) or shows no slice of it."""
+    slice_to_ras = _vtk_matrix_array(slice_node.GetSliceToRAS())
+    if not view_normal_matches_k(slice_to_ras, ijk_to_ras):
+        return None
+    ijk = np.linalg.solve(np.asarray(ijk_to_ras, dtype=np.float64), slice_to_ras[:, 3])[:3]
+    k = int(np.floor(ijk[2] + 0.5))
+    return k if 0 <= k < n_slices else None
+

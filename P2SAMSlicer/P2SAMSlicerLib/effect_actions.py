@@ -25,7 +25,7 @@ import numpy as np
 
 import slicer
 
-from . import correction, slice_edit
+from . import correction, mrml_bridge, review, slice_edit
 from .mrml_bridge import BridgeError
 
 GEOMETRY_DIFFERS = ("The segmentation's geometry differs from the source volume's; set the segmentation geometry "
@@ -68,12 +68,15 @@ class EffectActions:
         self._key = None
         #: the segmentation's :func:`.slice_edit.segmentation_signature` right after the last click's write
         self._after_last_write = None
+        self._markers: Optional[review.ClickMarkers] = None
 
     def forget(self) -> None:
-        """Drop the session (the next click starts a new one)."""
+        """Drop the session (the next click starts a new one) and its click markers."""
         self.session = None
         self._key = None
         self._after_last_write = None
+        if self._markers is not None:
+            self._markers.clear()
 
     # -- what is edited --------------------------------------------------------------------------
     def _nodes(self) -> Tuple[slicer.vtkMRMLSegmentEditorNode, slicer.vtkMRMLSegmentationNode,
@@ -140,6 +143,7 @@ class EffectActions:
         changed = not np.array_equal(written, current)
         if changed:
             self._after_last_write = slice_edit.segmentation_signature(segmentation_node)
+        self.update_markers()
         pos, neg = session.clicks(name, k)
         note = {"undone": " (your undo was applied to the clicks too)",
                 "edited": " (the slice had been edited: the clicks start again from it)"}.get(state, "")
@@ -151,7 +155,15 @@ class EffectActions:
     def undo_last_click(self, editor_undo: Optional[Callable[[], None]]) -> str:
         """Take back the last click: one step of the Segment Editor's undo (``editor_undo``), so that the
         segment, Slicer's undo history and the session agree. Refused (nothing changes) when the
-        segmentation was edited after that click: then Slicer's undo would take back that edit."""
+        segmentation was edited after that click: then Slicer's undo would take back that edit.
+        The click markers follow the session."""
+        try:
+            return self._undo_last_click(editor_undo)
+        finally:
+            if self.session is not None:
+                self.update_markers()
+
+    def _undo_last_click(self, editor_undo: Optional[Callable[[], None]]) -> str:
         session = self.session
         if session is None or session.last is None:
             return "No click to undo."
@@ -200,3 +212,56 @@ class EffectActions:
         written = slice_edit.write_slices(self.effect, masks)
         self._after_last_write = None
         return written
+
+    # -- review ----------------------------------------------------------------------------------
+    def markers(self) -> review.ClickMarkers:
+        """The green / red markers of the clicks (created in the segmentation's scene on first use)."""
+        if self._markers is None:
+            _, segmentation_node, _ = self._nodes()
+            self._markers = review.ClickMarkers(segmentation_node.GetScene())
+        return self._markers
+
+    def update_markers(self) -> None:
+        """Show the clicks of the last corrected slice as they are in the session."""
+        session = self.session
+        if session is None or session.last is None:
+            self.markers().clear()
+            return
+        name, k = session.last
+        self.markers().show(session.click_points(name, k), k, session.ijk_to_ras)
+
+    def slice_review(self) -> Tuple[review.SliceReview, str]:
+        """``(SliceReview of the edited segmentation, selected segment's name)``; the report's flagged slices are
+        used only when they refer to the source volume's voxels (the session's check)."""
+        session = self.current_session()
+        segmentation_node, _, name = self.selected_segment()
+        if not session.uses_report:
+            raise BridgeError(f"No P²SAM report for this source volume: '{segmentation_node.GetName()}' has no "
+                              "flagged slices to go through here.")
+        return review.SliceReview(segmentation_node), name
+
+    def next_flagged(self, k: Optional[int], step: int = 1) -> Tuple[int, Tuple[float, float, float], str]:
+        """The next (``step`` 1) or previous (-1) flagged slice not yet reviewed, from slice ``k`` (None: the
+        start): ``(k, RAS point to show, message)``. Raises BridgeError when none is left."""
+        slices, name = self.slice_review()
+        target = slices.next_flagged(name, -1 if k is None else int(k), step)
+        if target is None:
+            done, total = slices.progress(name)
+            raise BridgeError(f"Every flagged slice of '{name}' is marked reviewed ({done} of {total}).")
+        window, _ = mrml_bridge.slice_prompts(self.session.report, name, target)
+        shape = self.session.volume.shape
+        ras = mrml_bridge.slice_point_ras(self.session.ijk_to_ras, target, window, (shape[2], shape[1], shape[0]))
+        reason = next((e["reason"] for e in mrml_bridge.flagged_slices(self.session.report)
+                       if e["segment"] == name and e["index"] == target), "")
+        done, total = slices.progress(name)
+        return target, ras, f"Flagged slice {target} of '{name}' ({reason}); {done} of {total} reviewed."
+
+    def toggle_reviewed(self, k: int) -> str:
+        """Mark slice ``k`` of the selected segment reviewed (or not, when it was); a message."""
+        slices, name = self.slice_review()
+        now = not slices.is_reviewed(name, k)
+        slices.set_reviewed(name, k, now)
+        done, total = slices.progress(name)
+        return (f"Slice {k} of '{name}' marked {'reviewed' if now else 'not reviewed'}; {done} of {total} flagged "
+                "slices reviewed.")
+

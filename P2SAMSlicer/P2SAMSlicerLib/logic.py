@@ -167,7 +167,8 @@ class PropagationLogic:
         choice = {"model": model if isinstance(model, str) else "litemedsam", "model_type": modelType,
                   "device": device}
         node = self.createOutput(result.segments, report, inputs.followup_image, followupVolume, outputSegmentation,
-                                 outputName, choice, save_state=save_state)
+                                 outputName, choice, save_state=save_state, priorSegments=inputs.prior_segments,
+                                 registered=result.registered_prior)
         return ProcessOutcome(node, report, result)
 
     # -- several follow-ups ---------------------------------------------------------------------
@@ -234,7 +235,8 @@ class PropagationLogic:
         choice = {"model": model if isinstance(model, str) else "litemedsam", "model_type": modelType,
                   "device": device}
         nodes = [self.createOutput(r.segments, r.report_dict(), f.image, self.followupVolumeNode(f), None,
-                                   f"{f.name} P2SAM", choice) for f, r in zip(followups, series.results)]
+                                   f"{f.name} P2SAM", choice, priorSegments=inputs.prior_segments,
+                                   registered=r.registered_prior) for f, r in zip(followups, series.results)]
         return SeriesOutcome(nodes, series.report_dict(), series)
 
     def followupVolumeNode(self, followup: "Followup") -> slicer.vtkMRMLScalarVolumeNode:
@@ -255,7 +257,9 @@ class PropagationLogic:
                      followupVolume: Optional[slicer.vtkMRMLScalarVolumeNode],
                      outputSegmentation: Optional[slicer.vtkMRMLSegmentationNode] = None,
                      outputName: Optional[str] = None, modelChoice: Optional[dict] = None,
-                     save_state: Optional[Callable[[], None]] = None, masking=None) -> slicer.vtkMRMLSegmentationNode:
+                     save_state: Optional[Callable[[], None]] = None, masking=None,
+                     priorSegments: Optional[Sequence] = None,
+                     registered: Optional[Sequence] = None) -> slicer.vtkMRMLSegmentationNode:
         """Write the engine's segments into a new node, or into the node the user chose; returns the node.
 
         A new node (``outputSegmentation`` None) is named ``"<follow-up> P2SAM"`` (or ``outputName``),
@@ -267,7 +271,12 @@ class PropagationLogic:
 
         The node also keeps the report, the follow-up geometry it refers to and the model
         choice (node attributes), for the flagged-slice list and the Segment Editor effect.
+        ``priorSegments``: the prior's segments, whose standard terminology each proposal keeps.
+        ``registered``: the registered prior (registration alone), added as a segmentation of its
+        own shown as outlines, for comparison (:func:`.review.add_registered_prior`; new nodes only).
         """
+        if priorSegments:
+            segments = mrml_bridge.carry_prior_tags(segments, priorSegments)
         if followupVolume is not None and not self.scene.IsNodePresent(followupVolume):
             raise BridgeError("the follow-up volume was removed from the scene during the run; nothing was written")
         if outputSegmentation is None:
@@ -287,6 +296,10 @@ class PropagationLogic:
             source = None
         mrml_bridge.store_report(node, report, followupImage)
         node.SetAttribute(mrml_bridge.MODEL_ATTRIBUTE, json.dumps(modelChoice or {"model": "litemedsam"}))
+        if registered and outputSegmentation is None:
+            from .review import add_registered_prior
+
+            add_registered_prior(self.scene, node, registered, followupImage, followupVolume)
         return node
 
     @staticmethod

@@ -354,7 +354,29 @@ def segments_from_segmentation_node(segmentation_node: slicer.vtkMRMLSegmentatio
         image = sitk.GetImageFromArray(mask.astype(np.uint8))
         image.CopyInformation(reference)
         out.append(Segment(name=name, color=(float(r), float(g), float(b)), mask=image, segment_id=sid,
-                           tags={}))
+                           tags=kept_tags(segment)))
+    return out
+
+
+def kept_tags(segment: slicer.vtkSegment) -> Dict[str, str]:
+    """The tags of a prior segment a proposal keeps: its standard terminology (``TerminologyEntry``: category,
+    type, modifier, anatomic region as DICOM / SNOMED CT codes), so the proposal is the same structure."""
+    out = {}
+    for key in (slicer.vtkSegment.GetTerminologyEntryTagName(),):
+        value = segment_tag(segment, key)
+        if value:
+            out[key] = value
+    return out
+
+
+def carry_prior_tags(segments: Sequence[Segment], prior_segments: Sequence[Segment]) -> List[Segment]:
+    """Proposals with the tags of the prior segment of the same name added (the proposal's own tags win)."""
+    by_name = {p.name: dict(p.tags or {}) for p in prior_segments}
+    out = []
+    for s in segments:
+        tags = dict(by_name.get(s.name, {}))
+        tags.update(s.tags or {})
+        out.append(Segment(s.name, s.color, s.mask, s.segment_id, tags))
     return out
 
 

@@ -209,7 +209,7 @@ def make_qt_module():
     qt.Qt = _Qt
     qt.QListWidgetItem = ListItem
     qt.QColor = Anything(fromRgbF=lambda *a: ("colour", a))
-    for name in ("QTimer", "QHeaderView", "QTableWidgetItem", "QPushButton", "QLabel", "QHBoxLayout", "QSpinBox",
+    for name in ("QTimer", "QHeaderView", "QTableWidgetItem", "QPushButton", "QLabel", "QHBoxLayout", "QSpinBox", "QCheckBox",
                  "QIcon", "QMessageBox", "QCursor", "QApplication"):
         setattr(qt, name, Anything)
     return qt

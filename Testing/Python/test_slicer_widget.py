@@ -132,7 +132,10 @@ def ready(panel):
 
 
 def segmentation_nodes(scene):
-    return scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode")
+    """Segmentations other than the registered priors P²SAM adds for comparison."""
+    from P2SAMSlicerLib.review import count_segmentations
+
+    return count_segmentations(scene)
 
 
 def test_closing_the_scene_during_a_blocking_run_cancels_it(ready):

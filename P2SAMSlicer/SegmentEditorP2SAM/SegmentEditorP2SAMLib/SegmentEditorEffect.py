@@ -93,18 +93,52 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         return qt.QIcon()
 
     def helpText(self):
+        _importLib()
+        from P2SAMSlicerLib.review import negative_modifier_label
+
         return _("""<html>Correct a P²SAM proposal slice by slice.<p>
-<b>Click</b> on a slice view: this belongs to the structure (positive). <b>Ctrl+click</b>: this does not
-(negative). The selected segment is re-computed on that slice from P²SAM's own prompts plus your clicks.
-The slice view must show the source volume's own slices (e.g. axial for an axial CT).<p>
+<b>Click</b> on a slice view: this belongs to the structure (positive, green marker). <b>{key}+click</b>, or
+<b>N</b> to switch to negative clicks: this does not (negative, red marker). The selected segment is
+re-computed on that slice only, from P²SAM's own prompts plus your clicks; the slice view must show the
+source volume's own slices (e.g. axial for an axial CT).<p>
+<b>J</b> / <b>K</b>: next / previous flagged slice not yet reviewed; <b>M</b>: mark the slice reviewed.<p>
 <b>Re-propagate</b> uses the slice you corrected last as the reference for its neighbours.<p>
-Edits respect the editable area and overlap settings; undo with Ctrl+Z.</html>""")
+Edits respect the editable area and overlap settings; each click is one undo step (Ctrl+Z); edits made with
+other effects are kept.</html>""").format(key=negative_modifier_label())
 
     # -- options --------------------------------------------------------------------------------
     def setupOptionsFrame(self):
         self.statusLabel = qt.QLabel(_("Click on a slice of the source volume."))
         self.statusLabel.wordWrap = True
         self.scriptedEffect.addOptionsWidget(self.statusLabel)
+
+        self.negativeButton = qt.QPushButton(_("Negative clicks (N)"))
+        self.negativeButton.objectName = self.__class__.__name__ + "Negative"
+        self.negativeButton.checkable = True
+        self.negativeButton.toolTip = _("Checked: a click marks what does NOT belong to the structure. The modifier "
+                                        "key (Ctrl, Cmd on macOS) flips one click.")
+        self.negativeButton.connect("toggled(bool)", self.onNegativeToggled)
+        self.scriptedEffect.addOptionsWidget(self.negativeButton)
+
+        self.previousFlaggedButton = qt.QPushButton(_("Previous flagged (K)"))
+        self.previousFlaggedButton.toolTip = _("Show the previous flagged slice not yet marked reviewed.")
+        self.previousFlaggedButton.connect("clicked()", lambda: self.onFlagged(-1))
+        self.nextFlaggedButton = qt.QPushButton(_("Next flagged (J)"))
+        self.nextFlaggedButton.toolTip = _("Show the next flagged slice not yet marked reviewed.")
+        self.nextFlaggedButton.connect("clicked()", lambda: self.onFlagged(1))
+        self.reviewedButton = qt.QPushButton(_("Mark reviewed (M)"))
+        self.reviewedButton.toolTip = _("Mark the slice shown as reviewed (again: not reviewed); kept with the scene.")
+        self.reviewedButton.connect("clicked()", self.onMarkReviewed)
+        review = qt.QHBoxLayout()
+        review.addWidget(self.previousFlaggedButton)
+        review.addWidget(self.nextFlaggedButton)
+        review.addWidget(self.reviewedButton)
+        self.scriptedEffect.addOptionsWidget(review)
+
+        self.priorCheckBox = qt.QCheckBox(_("Show the registered prior (outline)"))
+        self.priorCheckBox.toolTip = _("The prior contour carried by registration alone, to compare with the proposal.")
+        self.priorCheckBox.connect("toggled(bool)", self.onShowPrior)
+        self.scriptedEffect.addOptionsWidget(self.priorCheckBox)
 
         self.undoClickButton = qt.QPushButton(_("Undo last click"))
         self.undoClickButton.objectName = self.__class__.__name__ + "UndoClick"
@@ -136,11 +170,15 @@ Edits respect the editable area and overlap settings; undo with Ctrl+Z.</html>""
 
     def setMRMLDefaults(self):
         self.scriptedEffect.setParameterDefault("Neighbours", 2)
+        self.scriptedEffect.setParameterDefault("NegativeClicks", 0)
 
     def updateGUIFromMRML(self):
         wasBlocked = self.neighboursSpinBox.blockSignals(True)
         self.neighboursSpinBox.value = self.scriptedEffect.integerParameter("Neighbours")
         self.neighboursSpinBox.blockSignals(wasBlocked)
+        wasBlocked = self.negativeButton.blockSignals(True)
+        self.negativeButton.checked = bool(self.scriptedEffect.integerParameter("NegativeClicks"))
+        self.negativeButton.blockSignals(wasBlocked)
 
     def updateMRMLFromGUI(self):
         self.scriptedEffect.setParameter("Neighbours", self.neighboursSpinBox.value)
@@ -185,6 +223,9 @@ Edits respect the editable area and overlap settings; undo with Ctrl+Z.</html>""
         """
         if viewWidget.className() != "qMRMLSliceWidget":
             return False
+        self._sliceNode = viewWidget.sliceLogic().GetSliceNode()
+        if eventId == vtk.vtkCommand.KeyPressEvent and not callerInteractor.GetControlKey():
+            return self.onKey(callerInteractor.GetKeySym())
         if eventId != vtk.vtkCommand.LeftButtonPressEvent or callerInteractor.GetShiftKey() or callerInteractor.GetAltKey():
             return False
         if self.busyState().busy:
@@ -206,7 +247,10 @@ Edits respect the editable area and overlap settings; undo with Ctrl+Z.</html>""
         confirmed = self.scriptedEffect.confirmCurrentSegmentVisible()
         if confirmed == self.scriptedEffect.NotConfirmed or confirmed == self.scriptedEffect.ConfirmedWithDialog:
             return True
-        positive = not callerInteractor.GetControlKey()
+        from P2SAMSlicerLib.review import click_is_positive
+
+        positive = click_is_positive(bool(self.scriptedEffect.integerParameter("NegativeClicks")),
+                                     bool(callerInteractor.GetControlKey()))
         with slicer.util.tryWithErrorDisplay(_("P²SAM could not update the slice."), waitCursor=True):
             self.clickAt(click.k, click.j, click.i, positive)
         return True
@@ -267,3 +311,64 @@ Edits respect the editable area and overlap settings; undo with Ctrl+Z.</html>""
             self.statusLabel.text = _("Re-computed slices {slices}.").format(
                 slices=", ".join(str(s) for s in sorted(written)) or _("none"))
             logging.info(f"P2SAM: re-propagated slices {sorted(written)}")
+
+    # -- review ---------------------------------------------------------------------------------
+    def onKey(self, key):
+        """N: positive/negative clicks; J / K: next / previous flagged slice; M: mark the slice reviewed."""
+        if key == "n":
+            self.negativeButton.checked = not self.negativeButton.checked  # onNegativeToggled follows
+        elif key in ("j", "k"):
+            self.onFlagged(1 if key == "j" else -1)
+        elif key == "m":
+            self.onMarkReviewed()
+        else:
+            return False
+        return True
+
+    def onNegativeToggled(self, checked):
+        self.scriptedEffect.setParameter("NegativeClicks", 1 if checked else 0)
+        self.statusLabel.text = _("Clicks are negative (this does not belong).") if checked else \
+            _("Clicks are positive (this belongs).")
+
+    def _viewSliceIndex(self):
+        """The slice of the source volume shown in the last view used (else the Red view), or None."""
+        correction = _importLib()
+        sliceNode = getattr(self, "_sliceNode", None)
+        if sliceNode is None:
+            sliceWidget = slicer.app.layoutManager().sliceWidget("Red")
+            sliceNode = sliceWidget.mrmlSliceNode() if sliceWidget is not None else None
+        session = self.actions().current_session()
+        if sliceNode is None:
+            return None
+        return correction.view_slice_index(sliceNode, session.ijk_to_ras, session.volume.shape[0])
+
+    def onFlagged(self, step):
+        with slicer.util.tryWithErrorDisplay(_("P²SAM could not go to a flagged slice."), waitCursor=False):
+            try:
+                k, ras, message = self.actions().next_flagged(self._viewSliceIndex(), step)
+            except ValueError as exc:
+                self.statusLabel.text = str(exc)
+                return
+            slicer.modules.markups.logic().JumpSlicesToLocation(ras[0], ras[1], ras[2], True)
+            self.statusLabel.text = message
+
+    def onMarkReviewed(self):
+        with slicer.util.tryWithErrorDisplay(_("P²SAM could not mark the slice."), waitCursor=False):
+            k = self._viewSliceIndex()
+            if k is None:
+                self.statusLabel.text = _("Show a slice of the source volume first.")
+                return
+            try:
+                self.statusLabel.text = self.actions().toggle_reviewed(k)
+            except ValueError as exc:
+                self.statusLabel.text = str(exc)
+
+    def onShowPrior(self, checked):
+        _importLib()
+        from P2SAMSlicerLib.review import show_registered_prior
+
+        segmentationNode = self.scriptedEffect.parameterSetNode().GetSegmentationNode()
+        if not show_registered_prior(segmentationNode, checked) and checked:
+            self.statusLabel.text = _("This segmentation has no registered prior to compare with (P²SAM adds one "
+                                      "to the segmentations it creates).")
+
