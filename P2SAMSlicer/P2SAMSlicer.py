@@ -81,7 +81,7 @@ class P2SAMSlicer(ScriptedLoadableModule):
         self.parent.title = _("P²SAM")
         self.parent.categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]
         self.parent.dependencies = []
-        self.parent.contributors = ["P2SAM for 3D Slicer developers"]
+        self.parent.contributors = ["P2SAM for 3D Slicer developers (independent open-source project)"]
         self.parent.helpText = _("""
 Carries a patient's prior-visit tumour and organ segmentations onto a follow-up CT with P²SAM:
 one-shot, part-aware prompting of frozen Segment-Anything models, using the prior scan and its

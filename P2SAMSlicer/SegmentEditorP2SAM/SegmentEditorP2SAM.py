@@ -27,7 +27,7 @@ class SegmentEditorP2SAM(ScriptedLoadableModule):
         self.parent.title = _("Segment Editor P²SAM")
         self.parent.categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]
         self.parent.dependencies = ["Segmentations"]
-        self.parent.contributors = ["P2SAM for 3D Slicer developers"]
+        self.parent.contributors = ["P2SAM for 3D Slicer developers (independent open-source project)"]
         self.parent.hidden = True
         self.parent.helpText = _("This hidden module registers the P²SAM Segment Editor effect (click correction "
                                  "of propagated segments).")
