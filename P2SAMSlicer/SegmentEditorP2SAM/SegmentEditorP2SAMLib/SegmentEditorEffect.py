@@ -1,18 +1,20 @@
 """Segment Editor effect "P²SAM": correct a propagated segment slice by slice with clicks.
 
 On a slice view showing slices of the source volume (the follow-up), a click adds a
-positive point and Ctrl+click a negative one; the model re-decodes that slice from
-P²SAM's own prompts (the ROI window and box it used, kept with the propagation report on
-the segmentation node) plus the user's clicks, on the slice's cached embedding, and the
-slice of the selected segment is replaced. Every write goes through
-``modifySelectedSegmentByLabelmap`` (so the editable area, intensity masking and overlap
-settings apply) after ``saveStateForUndo()`` (Ctrl+Z undoes it).
+positive point and Ctrl+click (Cmd+click on macOS, or any click after N) a negative one;
+the model re-decodes that slice from P²SAM's own prompts (the ROI window and box it used,
+kept with the propagation report on the segmentation node) plus the user's clicks, and that
+slice of the selected segment is rewritten: only the voxels that change, with
+``modifySelectedSegmentByLabelmap`` Add/Remove in that slice's extent (so the editable area,
+intensity masking and overlap settings apply) after one ``saveStateForUndo()`` (one Ctrl+Z).
 
 "Use this slice as reference and re-propagate" re-segments the neighbouring slices with
-the corrected slice as P²SAM's reference.
+the corrected slice as P²SAM's reference. J / K go to the next / previous flagged slice, M
+marks a slice reviewed; markers show the clicks.
 
-The logic (no Qt) is ``P2SAMSlicerLib.correction``, tested on slicer-core; this file only
-turns events into calls and results into Segment Editor edits.
+The logic (no Qt) is ``P2SAMSlicerLib.effect_actions`` (with ``correction``, ``slice_edit``
+and ``review``), tested on slicer-core's Segment Editor logic; this file only turns events
+into calls and results into the status line.
 """
 import logging
 import os
