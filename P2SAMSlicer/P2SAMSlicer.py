@@ -71,6 +71,11 @@ def _ensureEngineImportable() -> None:
 #
 
 
+#: QLineEdit::EchoMode values (qlineedit.h: Normal = 0, Password = 2), passed as integers, which PythonQt accepts
+#: for enum arguments (the vendored Qt names carry no QLineEdit enum keys)
+_ECHO_NORMAL = 0
+_ECHO_PASSWORD = 2
+
 class P2SAMSlicer(ScriptedLoadableModule):
     """Uses ScriptedLoadableModule base class, available at:
     https://github.com/Slicer/Slicer/blob/main/Base/Python/slicer/ScriptedLoadableModule.py
@@ -603,12 +608,12 @@ class P2SAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         title = _("Sign in to the P2SAM server")
         username = qt.QInputDialog.getText(slicer.util.mainWindow(), title,
                                            _("{reason}\n\nUser name on {url}:").format(reason=reason, url=url),
-                                           qt.QLineEdit.Normal, known.get("username", ""))
+                                           _ECHO_NORMAL, known.get("username", ""))
         if not username or not username.strip():
             return False
         password = qt.QInputDialog.getText(slicer.util.mainWindow(), title,
                                            _("Password for {user}:").format(user=username.strip()),
-                                           qt.QLineEdit.Password, "")
+                                           _ECHO_PASSWORD, "")
         if not password:
             return False
         self._serverLogins[url] = {"username": username.strip(), "password": password}
