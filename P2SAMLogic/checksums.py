@@ -7,7 +7,8 @@ resumes only cases whose recorded checksums, engine version and parameters still
   of the header's bytes followed by the data file's;
 * a folder (a DICOM series): the SHA-256 of every regular file under it, recursively, in sorted
   order of their relative paths, each contributing its relative path and its own checksum (a file
-  added, removed, renamed or changed changes the folder's checksum).
+  added, removed, renamed or changed changes the folder's checksum; an unreadable file counts by
+  its name only).
 """
 from __future__ import annotations
 
@@ -56,7 +57,10 @@ def sha256_of(path: PathLike) -> str:
         h = hashlib.sha256()
         for f in sorted(q for q in p.rglob("*") if q.is_file()):
             h.update(str(f.relative_to(p).as_posix()).encode("utf-8") + b"\0")
-            h.update(_file_digest(f).hexdigest().encode("ascii"))
+            try:
+                h.update(_file_digest(f).hexdigest().encode("ascii"))
+            except OSError:  # a file the reader skipped too (no permission): counted by name only
+                h.update(b"unreadable")
         return h.hexdigest()
     h = _file_digest(p)
     data = _detached_data(p)

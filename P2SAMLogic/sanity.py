@@ -17,7 +17,10 @@ computed or written:
 * **non-finite voxels** (:func:`check_finite`): NaN or ±infinity. They are **refused**, not
   replaced: a scanner never writes them, so they mean a broken export or a processing step that
   failed, and any value put in their place (air, the median...) would be a guess that changes
-  the registration and the model's input without anyone seeing it.
+  the registration and the model's input without anyone seeing it. NIfTI float data is scanned
+  in the file by :func:`check_file` (ITK's NIfTI reader turns NaN into 0); every image is
+  checked again after reading (:func:`check_volume`), and by ``propagate.check_inputs`` for
+  images that come from elsewhere (the Slicer module, the server).
 """
 from __future__ import annotations
 

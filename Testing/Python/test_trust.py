@@ -374,6 +374,22 @@ def test_a_write_failing_on_the_third_file_leaves_the_old_outputs(tmp_path, inpu
     assert snapshot(tmp_path) == before  # byte for byte, and no temporary file left
 
 
+def test_several_followups_failing_on_the_third_file_leave_the_old_outputs(tmp_path, inputs, capsys, monkeypatch):
+    out = tmp_path / "course"
+    out.mkdir()
+    for name in ("fu.seg.nrrd", "fu.overlay.png", "report.json"):  # an earlier run's files
+        (out / name).write_bytes(b"earlier " + name.encode())
+    before = snapshot(tmp_path)
+    calls = _fail_on_third_file(monkeypatch)
+    code, _, err = run(capsys, "--prior-image", PRIOR, "--prior-segmentation", PRIOR_SEG, "--followup",
+                       inputs / "fu.nrrd", "--output-dir", out, "--method", "rigid", "--segments", "GTV",
+                       "--overwrite")
+    assert code == 1 and [Path(c).name for c in calls] == ["fu.seg.nrrd", "fu.overlay.png", "report.json"]
+    assert err.strip().endswith("report.json: could not be written (No space left on device); nothing was "
+                                "written, the old output files are intact")
+    assert snapshot(tmp_path) == before
+
+
 def test_write_all_puts_every_old_file_back_when_a_replacement_fails(tmp_path, monkeypatch):
     from P2SAMLogic import outputs
 
