@@ -23,7 +23,10 @@ from P2SAMSlicerLib.followups import NodeSelection, followup_list, sequence_foll
 from P2SAMSlicerLib.logic import PropagationLogic, summary_rows  # noqa: E402
 from P2SAMSlicerLib.mrml_bridge import BridgeError  # noqa: E402
 
-RIGID = {"method": "rigid"}
+# The toy block phantom below is too small and too uniform for the rigid registration (it lands
+# several millimetres off, and the plausibility check of P2SAMLogic/regcheck.py refuses it):
+# these tests are about nodes, so they let a poor registration through.
+RIGID = {"method": "rigid", "allow_poor_registration": True}
 
 
 def proposals(scene):
