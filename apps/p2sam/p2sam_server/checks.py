@@ -51,6 +51,7 @@ PARAMETER_RULES: Dict[str, Tuple[str, Any]] = {
     "qa_flag_below": ("float", (0.0, 1.0)),
     "confirm_agreement": ("float", (0.0, 1.0)),
     "min_overlap": ("float", (0.0, 1.0)),
+    "allow_poor_registration": ("bool", None),
     "batch_size": ("int", (1, 64)),
     "seed": ("int", (0, 2 ** 31 - 1)),
 }
