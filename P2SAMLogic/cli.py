@@ -9,9 +9,8 @@ import argparse
 import datetime
 import json
 import os
-import shutil
 import sys
-import tempfile
+import traceback
 import warnings
 from pathlib import Path
 from typing import List, Optional
@@ -53,6 +52,12 @@ Examples
       --target frames/*.jpg --output-dir video_masks/ --device cuda
   p2sam segment-image ... --model sam_vit_b_01ec64.pth --model-type vit_b
 """
+
+
+def add_debug_option(p: argparse.ArgumentParser) -> None:
+    """``--debug`` on a sub-command (``p2sam propagate ... --debug``; also ``p2sam --debug propagate ...``)."""
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                   help="on an error, print its traceback too (default: one line)")
 
 
 def _add_model_options(p: argparse.ArgumentParser) -> None:
@@ -112,7 +117,23 @@ Output O, by extension (or --output-format)
              planar contours in F's frame of reference (holes as inner
              contours), approval status UNAPPROVED
 Every output is marked as an UNREVIEWED PROPOSAL. Outputs are written only
-after the whole run succeeded, each atomically; inputs are never modified.
+after the whole run succeeded, all or none: every file goes to a temporary
+beside it and the old files are replaced only when all were written; inputs
+are never modified.
+
+Refused before anything runs (exit 2, the message names the file): truncated
+or corrupt files (a .nii/.nii.gz shorter than its header says, a broken gzip
+stream), voxel axes that are not perpendicular (sheared), NaN or infinite
+voxels. After the rigid registration each structure is checked:
+  * plausibility: the follow-up must correlate with the prior around it, and
+    better than with the alignment moved by 15 mm (docs/method.md); a failed
+    check stops the run ("registration failed for segment ...") unless
+    --allow-poor-registration (then every slice of it is flagged and its
+    change is "n/a (registration failed)");
+  * field of view: a structure cut by the follow-up's (or the prior image's)
+    field of view keeps its contour, its cut slices are flagged and its change
+    is reported as "n/a (cut by FOV)" (report: change_percent null and
+    change_not_measurable saying where).
 
 Several follow-ups (e.g. the weekly scans of a treatment course)
   --followup F1 F2 F3 --output-dir D   one run, the model loaded once: D gets
@@ -128,7 +149,9 @@ prior's reference slices are encoded and clustered once. --device cuda runs the
 encoder in batches under bf16 autocast. Numbers: Testing/Benchmarks/benchmark_speed.py.
 
 Exit status: 0 on success, 2 on a bad input or option (the message names
-it), 130 when interrupted.
+it), 1 when an output could not be written (disk full...) or on an unexpected
+error (one line; --debug prints the traceback), 130 when interrupted. On any
+failure the old output files are left as they were.
 
 Examples
   p2sam propagate --prior-image plan_ct.nrrd --prior-segmentation plan.seg.nrrd \\
@@ -155,6 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
                "docs/speed.md.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--debug", action="store_true", help="print the traceback of an error")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     q = sub.add_parser("propagate", help="carry a prior scan's segments onto a follow-up scan (3D, main job)",
@@ -212,7 +236,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "proposal alone, 1 = the registered prior's shape on those slices)")
     m.add_argument("--window", default=None, metavar="LOW,HIGH",
                    help="intensity window for the model (default: CT -910,590 HU; MR 0.5-99.5 percentiles)")
+    m.add_argument("--allow-poor-registration", action="store_true",
+                   help="go on when a structure's rigid registration fails the plausibility check (default: "
+                        "stop with exit status 2); its every slice is then flagged and its change reported as "
+                        "not measurable")
     q.add_argument("--quiet", action="store_true", help="no progress bar and no table")
+    add_debug_option(q)
     q.set_defaults(func=_propagate)
 
     p = sub.add_parser("segment-image", help="segment 2D target images from one reference image and mask",
@@ -243,6 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="add a second pass that re-encodes a crop around the first result (off by default: "
                         "it did not help on the development data, see README)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_debug_option(p)
     p.set_defaults(func=_segment_image)
 
     from .cohort import add_parser as add_propagate_many  # argparse only; Dask is imported when it runs
@@ -316,17 +346,24 @@ def _segment_image(args: argparse.Namespace) -> int:
         "encoder_calls": model.encode_calls,
         "targets": results,
     }
-    # write everything into a temporary folder beside the output, then move the files in
+    # every mask and results.json: all replaced, or none (outputs.write_all)
+    from .outputs import write_all
+
+    writers = [(out_dir / entry["mask"], lambda entry=entry, mask=mask: write_png_atomic(
+        out_dir / entry["mask"], (mask.astype(np.uint8) * 255))) for entry, mask in zip(results, masks)]
+    writers.append((out_dir / "results.json",
+                    lambda: write_text_atomic(out_dir / "results.json", json.dumps(report, indent=2))))
+    created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".p2sam-staging-", dir=str(out_dir)))
     try:
-        for entry, mask in zip(results, masks):
-            write_png_atomic(staging / entry["mask"], (mask.astype(np.uint8) * 255))
-        write_text_atomic(staging / "results.json", json.dumps(report, indent=2))
-        for f in staging.iterdir():
-            os.replace(f, out_dir / f.name)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        write_all(writers)
+    except BaseException:
+        if created:
+            try:
+                out_dir.rmdir()
+            except OSError:
+                pass
+        raise
     if not args.quiet:
         for entry in results:
             ch = entry["chosen"]
@@ -367,6 +404,7 @@ def _propagation_config(args: argparse.Namespace):
                                negative_parts=args.negative_parts, roi_margin_mm=args.roi_margin,
                                slice_margin_mm=args.slice_margin, intensity_window=window,
                                scale=args.scale,
+                               allow_poor_registration=getattr(args, "allow_poor_registration", False),
                                **({} if args.prior_weight is None else {"prior_weight": args.prior_weight})).validate()
     return config, names, window
 
@@ -379,8 +417,10 @@ def _propagate(args: argparse.Namespace, model=None) -> int:
     from .errors import InputError
     from .io3d import check_output_path, check_writable_file, read_segmentation, read_volume, write_segmentation
     from .propagate import needs_model, propagate
-    from .report import overlay_montage, write_report
+    from .checksums import input_checksums
     from .io2d import write_png_atomic
+    from .outputs import write_all
+    from .report import overlay_montage, write_report
 
     if args.output_dir or len(args.followup) > 1:
         from .series_cli import propagate_many_followups
@@ -392,15 +432,15 @@ def _propagate(args: argparse.Namespace, model=None) -> int:
         raise InputError("--chain", "chains several follow-ups; give them all to --followup with --output-dir")
     args.followup = args.followup[0]
     config, names, window = _propagation_config(args)
-    # every input and output path is checked before anything heavy runs
-    outs = [os.path.abspath(p) for p in (args.output, args.report, args.overlay) if p]
+    # every input and output path is checked before anything heavy runs (symbolic links resolved)
+    outs = [os.path.realpath(p) for p in (args.output, args.report, args.overlay) if p]
     if len(set(outs)) != len(outs):
         raise InputError("--output", "--output, --report and --overlay must be different files")
-    inputs = {os.path.abspath(p) for p in (args.prior_image, args.prior_segmentation, args.followup)}
+    inputs = {os.path.realpath(p) for p in (args.prior_image, args.prior_segmentation, args.followup)}
     for o in outs:
         if o in inputs:
             raise InputError(o, "is one of the inputs; outputs never overwrite inputs")
-    if os.path.abspath(args.prior_image) == os.path.abspath(args.followup):
+    if os.path.realpath(args.prior_image) == os.path.realpath(args.followup):
         raise InputError("--followup", "is the same file as --prior-image")
     prior, prior_src = read_volume(args.prior_image, _pick_series(args.prior_image, args.series_uid))
     follow, follow_src = read_volume(args.followup, _pick_series(args.followup, args.series_uid))
@@ -409,6 +449,8 @@ def _propagate(args: argparse.Namespace, model=None) -> int:
         if path:
             check_writable_file(path, args.overwrite, f"{option} {path}")
     segments = read_segmentation(args.prior_segmentation, prior, prior_src, names)
+    checksums = input_checksums((("prior_image", args.prior_image), ("prior_segmentation", args.prior_segmentation),
+                                 ("followup", args.followup)))
 
     bar = tqdm(total=1000, desc="propagating", unit="‰", disable=args.quiet, file=sys.stderr,
                bar_format="{l_bar}{bar}| {elapsed}<{remaining} {postfix}")
@@ -430,28 +472,18 @@ def _propagate(args: argparse.Namespace, model=None) -> int:
                            followup_source=follow_src, progress=progress)
     finally:
         bar.close()
+    result.provenance["inputs_sha256"] = checksums  # what a later run compares (propagate-many resume)
     overlay = overlay_montage(follow, result, window=window) if args.overlay else None
-    # write: segmentation, report, overlay; each atomically; on a failure, remove what this run wrote
-    written: List[str] = []
-    try:
-        write_segmentation(args.output, result.segments, follow, result.provenance, follow_src,
-                           overwrite=args.overwrite, kind=kind)
-        written.append(args.output)
-        if args.report:
-            write_report(args.report, result, {"inputs": {
-                "prior_image": args.prior_image, "prior_segmentation": args.prior_segmentation,
-                "followup": args.followup}, "output": {"path": args.output, "kind": kind}})
-            written.append(args.report)
-        if overlay is not None:
-            write_png_atomic(args.overlay, overlay)
-            written.append(args.overlay)
-    except BaseException:
-        for w in written:
-            try:
-                os.remove(w)
-            except OSError:
-                pass
-        raise
+    # write: segmentation (+ its label table), report, overlay, all or none (outputs.write_all)
+    writers = [(args.output, lambda: write_segmentation(args.output, result.segments, follow, result.provenance,
+                                                        follow_src, overwrite=args.overwrite, kind=kind))]
+    if args.report:
+        writers.append((args.report, lambda: write_report(args.report, result, {"inputs": {
+            "prior_image": args.prior_image, "prior_segmentation": args.prior_segmentation,
+            "followup": args.followup}, "output": {"path": args.output, "kind": kind}})))
+    if overlay is not None:
+        writers.append((args.overlay, lambda: write_png_atomic(args.overlay, overlay)))
+    written = write_all(writers)
     if not args.quiet:
         print(result.report_table())
         for w in result.warnings:
@@ -460,25 +492,47 @@ def _propagate(args: argparse.Namespace, model=None) -> int:
     return 0
 
 
+def _one_line(text: object) -> str:
+    return " ".join(str(text).split())
+
+
 def main(argv: Optional[List[str]] = None) -> int:
+    """Run ``p2sam``. Exit status: 0 done; 2 bad input or option (the message names it); 1 an output
+    could not be written or an unexpected error (one line; ``--debug`` adds the traceback); 130
+    interrupted. On 1, 2 and 130 no output file was replaced."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
+    from .errors import OutputError
     from .runtime import tune_process
 
+    debug = bool(getattr(args, "debug", False))
     tune_process()  # glibc allocator settings for fast CPU inference (see runtime.py)
     try:
         with warnings.catch_warnings():  # warnings for people: "p2sam: warning: <file>: <what>"
             warnings.showwarning = lambda message, *a, **k: print(f"p2sam: warning: {message}", file=sys.stderr)
             return int(args.func(args) or 0)
+    except OutputError as exc:
+        if debug:
+            traceback.print_exc()
+        print(f"p2sam: error: {_one_line(exc)}", file=sys.stderr)
+        return 1
     except P2SAMError as exc:
-        print(f"p2sam: error: {exc}", file=sys.stderr)
+        if debug:
+            traceback.print_exc()
+        print(f"p2sam: error: {_one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("p2sam: interrupted; nothing more was written", file=sys.stderr)
         return 130
+    except Exception as exc:  # noqa: BLE001 - a bug or an environment problem: one line, the trace on request
+        if debug:
+            raise
+        print(f"p2sam: error: {exc.__class__.__name__}: {_one_line(exc)} (no output was replaced; run again with "
+              "--debug for the traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

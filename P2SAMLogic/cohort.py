@@ -74,19 +74,28 @@ are relative to the manifest's folder:
 
 Each case writes its output and its QA report <output stem>.report.json, with
 the same provenance and atomic writing as `p2sam propagate`. A case whose
-output and report both exist is skipped (resume after an interruption) unless
---overwrite. One case failing never stops the others: its error goes to the
+output and report both exist is skipped (resume after an interruption) when
+its report records the same engine version, the same input checksums
+(SHA-256 of each input file or DICOM folder) and the same parameters; if any
+differs the case fails, naming what changed (pass --overwrite to compute it
+again). One case failing never stops the others: its error goes to the
 summary.
+
+--propagate-options: option names in full (an abbreviation such as --overw
+is refused), none of those the manifest or propagate-many sets.
 
 Where it runs
   default         a local Dask cluster of --workers processes (default: one
                   per GPU when there are GPUs, else one per 8 CPU cores, at
                   least 1), each loading the model once and using
                   cores/workers torch threads
-  --scheduler A   an existing Dask cluster (e.g. tcp://10.0.0.5:8786); its
+  --scheduler A   an existing Dask cluster (e.g. tls://10.0.0.5:8786); its
                   workers need this package installed and must see the
                   manifest's paths (shared file system); set
-                  --threads-per-worker (Dask starts workers with 1 thread)
+                  --threads-per-worker (Dask starts workers with 1 thread).
+                  Whoever can reach a scheduler can run any code on its
+                  workers: secure it with TLS and keep it on a private
+                  network (docs/scale-out.md)
 
 Summary (replaced on every run): <manifest stem>.summary.csv and .json beside
 the manifest, or --summary PATH.csv (+ PATH.json): per case and segment the
@@ -220,8 +229,14 @@ def read_manifest(path: str) -> List[Case]:
     return cases
 
 
+def _path_key(path: str) -> str:
+    """A path as compared with others: symbolic links resolved (one folder reached two ways is one folder)."""
+    return os.path.normcase(os.path.realpath(path))
+
+
 def _check_paths(path: str, cases: List[Case]) -> None:
-    """Two cases writing one file, or an output that is some case's input: errors naming both places."""
+    """Two cases writing one file, or an output that is some case's input: errors naming both places
+    (paths compared after resolving symbolic links)."""
     written: Dict[str, Tuple[int, str]] = {}
     ids: Dict[str, int] = {}
     for c in cases:
@@ -230,7 +245,7 @@ def _check_paths(path: str, cases: List[Case]) -> None:
                                                                      f"{ids[c.case_id]}")
         ids[c.case_id] = c.line
         for column, target in (("output", c.output), ("output", c.report)):
-            key = os.path.normcase(os.path.abspath(target))
+            key = _path_key(target)
             if key in written:
                 other_line, other_col = written[key]
                 what = "its report" if target == c.report else "the same file"
@@ -242,18 +257,42 @@ def _check_paths(path: str, cases: List[Case]) -> None:
             value = getattr(c, column)
             if not value:
                 continue
-            key = os.path.normcase(os.path.abspath(value))
+            key = _path_key(value)
             if key in written:
                 other_line, _ = written[key]
                 raise InputError(f"{path} line {other_line}, column 'output'",
                                  f"is the input of line {c.line}, column '{column}'; outputs never overwrite inputs")
 
 
+def propagate_option_names() -> List[str]:
+    """Every option string ``p2sam propagate`` accepts (``--max-parts``, ``-h``...)."""
+    from .cli import build_parser
+
+    parser = build_parser()
+    for action in parser._actions:  # the sub-command table
+        if isinstance(action, argparse._SubParsersAction):
+            return sorted(o for a in action.choices["propagate"]._actions for o in a.option_strings)
+    raise RuntimeError("p2sam has no propagate command")  # pragma: no cover
+
+
 def check_propagate_options(options: Sequence[str], example: Case) -> List[str]:
-    """Check the ``--propagate-options`` with ``p2sam propagate``'s own parser; returns them as a list."""
+    """Check the ``--propagate-options`` with ``p2sam propagate``'s own parser; returns them as a list.
+
+    Option names must be written in full: argparse would take ``--overw`` for ``--overwrite``, so an
+    abbreviation is refused (naming the option it stands for), as is any option that the manifest
+    or ``propagate-many`` sets itself (:data:`MANAGED_OPTIONS`).
+    """
     options = list(options)
+    known = propagate_option_names()
     for opt in options:
+        if not opt.startswith("--") or opt == "--":
+            continue
         name = opt.split("=", 1)[0]
+        if name not in known:
+            full = [k for k in known if k.startswith(name)]
+            if full:
+                raise InputError("--propagate-options", f"{name} is an abbreviation (of {', '.join(full)}); write "
+                                                        "option names in full")
         if name in MANAGED_OPTIONS:
             raise InputError("--propagate-options", f"{name} is set per case by the manifest or by propagate-many "
                                                     "itself; remove it")
@@ -341,14 +380,18 @@ def run_case(case: Case, options: Sequence[str], overwrite: bool = False, thread
         argv = case.propagate_argv(list(options) + ["--model", model, "--device", device]
                                    + (["--model-type", model_type] if model_type else []), overwrite)
         truth = _read_truth(case) if case.truth else None  # a bad truth fails the case before anything runs
+        args = parse_propagate_argv(argv, f"case {case.case_id}")
         if not overwrite and os.path.exists(case.output) and os.path.exists(case.report):
-            out["status"] = "skipped"
+            stale = stale_reason(case, args)
+            if stale:
+                raise InputError(case.output, f"exists, but {stale}; pass --overwrite to compute it again")
+            status = "skipped"
         else:
-            args = parse_propagate_argv(argv, f"case {case.case_id}")
             net = None if not needs_model(args.method) else _model(args.model, args.model_type, args.device)
             _propagate(args, model=net)
-            out["status"] = "done"
+            status = "done"
         out["segments"], out["warnings"] = _summarise(case, truth)
+        out["status"] = status  # only now: a case whose run or summary raised stays "failed"
     except P2SAMError as exc:
         out["error"] = str(exc)
     except Exception as exc:  # reported in the summary, never stops the other cases
@@ -356,6 +399,43 @@ def run_case(case: Case, options: Sequence[str], overwrite: bool = False, thread
         out["traceback"] = traceback.format_exc()
     out["seconds"] = round(time.perf_counter() - start, 3)
     return out
+
+
+def stale_reason(case: Case, args: argparse.Namespace) -> Optional[str]:
+    """Why the existing output of ``case`` does not belong to this run (None: it does, resume may skip it).
+
+    Compared with what the case's report recorded in its provenance: the engine version, the
+    SHA-256 of each input (:mod:`P2SAMLogic.checksums`) and the parameters the options give.
+    """
+    from .checksums import input_checksums
+    from .cli import _propagation_config
+
+    try:
+        with open(case.report, encoding="utf-8") as handle:
+            provenance = json.load(handle).get("provenance") or {}
+    except (OSError, ValueError, AttributeError) as exc:
+        return f"its report {case.report} cannot be read ({exc})"
+    version = provenance.get("version")
+    if version != __version__:
+        return f"it was made by P2SAM {version or '(unknown version)'}, not by this one ({__version__})"
+    recorded = provenance.get("inputs_sha256")
+    if not isinstance(recorded, dict):
+        return "its report records no checksums of its inputs"
+    roles = (("prior_image", case.prior_image), ("prior_segmentation", case.prior_segmentation),
+             ("followup", case.followup))
+    try:
+        now = input_checksums(roles)
+    except OSError as exc:
+        return f"an input cannot be read to compare it ({exc})"
+    changed = [f"{role.replace('_', ' ')} {path}" for role, path in roles if recorded.get(role) != now[role]]
+    if changed:
+        return f"it was made from other inputs: the {', the '.join(changed)} differ(s) from what its report records"
+    config = json.loads(json.dumps(_propagation_config(args)[0].as_dict()))
+    then = provenance.get("parameters") or {}
+    differ = sorted(k for k in config if k in then and then[k] != config[k])
+    if differ:
+        return f"it was made with other parameters ({', '.join(differ)})"
+    return None
 
 
 def _read_truth(case: Case):
@@ -463,11 +543,10 @@ def run_cohort(manifest: str, *, workers: Optional[int] = None, scheduler: Optio
     csv_path, json_path = summary_paths(manifest, summary)
     for p in (csv_path, json_path):
         check_writable_file(p, overwrite=True, source=f"summary {p}")
-        key = os.path.normcase(os.path.abspath(p))
+        key = _path_key(p)
         for c in cases:
-            if key in {os.path.normcase(os.path.abspath(x)) for x in (c.prior_image, c.prior_segmentation,
-                                                                        c.followup, c.output, c.report,
-                                                                        c.truth or "")}:
+            if key in {_path_key(x) for x in (c.prior_image, c.prior_segmentation, c.followup, c.output, c.report,
+                                              c.truth or "") if x}:
                 raise InputError(f"summary {p}", f"is also a file of line {c.line} of the manifest")
     Client, LocalCluster, as_completed = _import_dask()
     if workers is not None and workers < 1:
@@ -488,7 +567,8 @@ def run_cohort(manifest: str, *, workers: Optional[int] = None, scheduler: Optio
         else:
             import logging
 
-            cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
+            # on this machine only: a Dask scheduler runs any code a client sends (docs/scale-out.md)
+            cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, host="127.0.0.1",
                                    dashboard_address=None, silence_logs=logging.ERROR)
             client = Client(cluster)
             where = f"local Dask cluster, {n_workers} worker(s) x {threads} torch thread(s)"

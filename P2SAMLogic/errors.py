@@ -22,6 +22,19 @@ class InputError(P2SAMError, ValueError):
         super().__init__(problem if source is None else f"{source}: {problem}")
 
 
+class OutputError(P2SAMError):
+    """An output could not be written (disk full, file system error); nothing was replaced.
+
+    The message starts with the output's path. The command line exits with status 1 (not 2:
+    the inputs and options were fine).
+    """
+
+    def __init__(self, target: Optional[Union[str, Path]], problem: str) -> None:
+        self.target = None if target is None else str(target)
+        self.problem = problem
+        super().__init__(problem if target is None else f"{target}: {problem}")
+
+
 class CheckpointError(InputError):
     """A model checkpoint is missing, unreadable, or does not fit the expected architecture."""
 

@@ -42,6 +42,7 @@ from .cleanup3d import fill_holes_per_slice, keep_consistent
 from .decide import DecisionRule, SliceDecision, decide_part, fuse_contours, signed_distance  # noqa: F401 (API)
 from .errors import CancelledError, InputError
 from .intensity import IntensityWindow, choose_window
+from .regcheck import StructureFindings, apply_findings, change_cell
 from .registration import DEFORMABLE_METHODS, StructureRegistration
 from .scale import EncodingScale
 from .segmenter import mask_box
@@ -123,6 +124,10 @@ class PropagationConfig:
             registration, and the slice needs no more attention than any other.
         min_overlap: the fraction of a prior segment that must land inside the follow-up's
             field of view after registration.
+        allow_poor_registration: a structure whose rigid registration fails the plausibility check
+            (:mod:`P2SAMLogic.regcheck`) is propagated anyway, every slice flagged and its change
+            reported as not measurable; False (default): the run stops with an error naming the
+            follow-up.
         registration: ``per-structure`` (default: one rigid registration around each
             structure) or ``joint`` (one around all of them).
         batch_size: follow-up crops encoded per model call.
@@ -159,6 +164,7 @@ class PropagationConfig:
     qa_flag_below: float = 0.6
     confirm_agreement: float = 0.8
     min_overlap: float = 0.5
+    allow_poor_registration: bool = False
     registration: str = "per-structure"
     batch_size: int = 8
     seed: int = 0
@@ -279,6 +285,9 @@ class SegmentReport:
 
     ``model_share`` is the fraction of the output's non-empty slices whose contour came from the
     model (source ``model``; ``mixed`` counts half): "the model earned its place" on this segment.
+    ``change_not_measurable`` says why ``change_percent`` is NaN (None in JSON) when the volumes
+    cannot be compared: the structure is cut by a field of view, or its registration failed the
+    plausibility check (:mod:`P2SAMLogic.regcheck`); empty otherwise.
     """
 
     name: str
@@ -294,12 +303,14 @@ class SegmentReport:
     shape: str = "filled"
     model_share: float = math.nan
     slices: List[SliceReport] = field(default_factory=list)
+    change_not_measurable: str = ""
 
     def to_dict(self) -> dict:
         d = {k: v for k, v in asdict(self).items() if k != "slices"}
         for k in ("prior_volume_ml", "registered_volume_ml", "followup_volume_ml", "change_percent", "model_share"):
             d[k] = round(float(d[k]), 4) if math.isfinite(d[k]) else None
         d["color"] = [round(float(c), 4) for c in self.color]
+        d["change_not_measurable"] = self.change_not_measurable or None
         d["slices"] = [s.to_dict() for s in self.slices]
         return d
 
@@ -348,7 +359,7 @@ class PropagationResult:
         for r in self.reports:
             share = "n/a" if not math.isfinite(r.model_share) else f"{100 * r.model_share:.0f}%"
             rows.append((r.name, r.shape, f"{r.prior_volume_ml:.2f}", f"{r.followup_volume_ml:.2f}",
-                         "n/a" if not math.isfinite(r.change_percent) else f"{r.change_percent:+.1f}",
+                         change_cell(r.change_percent, r.change_not_measurable),
                          str(r.slices_processed), share, str(r.slices_flagged),
                          ",".join(str(k) for k in r.flagged_slices) or "-"))
         widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(head)]
@@ -383,6 +394,8 @@ class Study:
     prior_name: str
     followup_name: str
     notes: List[str] = field(default_factory=list)
+    #: per segment name: registration plausibility and field-of-view cuts (stage "register")
+    findings: Dict[str, StructureFindings] = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------------------
@@ -405,7 +418,8 @@ def select_segments(segments: Sequence[Segment], names: Optional[Sequence[str]],
 def check_inputs(prior_image: sitk.Image, prior_segments: Sequence[Segment], followup: sitk.Image,
                  cfg: PropagationConfig, prior_source: Optional[VolumeSource] = None,
                  followup_source: Optional[VolumeSource] = None) -> Study:
-    """Stage "check": 3D images, segments on the prior's grid, empty or one-voxel segments, modality, windows.
+    """Stage "check": 3D images (rectangular grids, finite voxels: :mod:`P2SAMLogic.sanity`), segments on the
+    prior's grid, empty or one-voxel segments, modality, windows.
 
     An empty segment is an error when it is the only one; with others, it is skipped with a warning
     (they still run). A one-voxel segment runs with a warning (the model sees almost nothing of it).
@@ -413,9 +427,12 @@ def check_inputs(prior_image: sitk.Image, prior_segments: Sequence[Segment], fol
     notes: List[str] = []
     prior_name = prior_source.path if prior_source else "prior image"
     follow_name = followup_source.path if followup_source else "follow-up image"
+    from .sanity import check_volume
+
     for img, name in ((prior_image, prior_name), (followup, follow_name)):
         if img.GetDimension() != 3 or min(img.GetSize()) < 2:
             raise InputError(name, f"needs a 3D volume, got size {list(img.GetSize())}")
+        check_volume(img, name)  # sheared axes, NaN / infinite voxels
     segments = select_segments(prior_segments, cfg.segments)
     if not segments:
         raise InputError("prior segmentation", "holds no segment")
@@ -454,26 +471,42 @@ def register(study: Study, cfg: PropagationConfig, tick: _Progress, cancel: Opti
              ) -> Dict[str, StructureRegistration]:
     """Stage "register": per structure, rigid then deformable (``cfg.deformable``; none for ``rigid``).
 
-    Raises :class:`InputError` naming the follow-up when a structure falls mostly outside its field of view.
+    After the rigid stage, before the deformable one, each structure is checked
+    (:mod:`P2SAMLogic.regcheck`; the findings go to ``study.findings``): it must fall mostly inside
+    the follow-up's field of view, and its registration must pass the plausibility check unless
+    ``cfg.allow_poor_registration``. Both failures raise :class:`InputError` naming the follow-up.
     """
+    from .regcheck import check_structure
     from .registration import overlap_fraction, register_structures
 
     deformable = "none" if cfg.method == "rigid" else cfg.deformable
     if cfg.method == "deformable" and deformable == "none":
         deformable = "auto"
+    same = study.prior_modality == study.followup_modality
+
+    def after_rigid(rigid) -> None:
+        for s, r in zip(study.segments, rigid):
+            frac = overlap_fraction(s.mask, study.followup, r.transform)
+            if frac < cfg.min_overlap:
+                raise InputError(study.followup_name, f"does not cover segment '{s.name}' after registration (only "
+                                                      f"{100 * frac:.0f}% of it falls inside the follow-up's field "
+                                                      "of view); is this the same patient and region?")
+        for s, r in zip(study.segments, rigid):
+            found = check_structure(study.prior_image, s.mask, study.followup, r.transform, same,
+                                    (study.prior_modality, study.followup_modality))
+            if found.registration_failed() and not cfg.allow_poor_registration:
+                raise InputError(study.followup_name, f"registration failed for segment '{s.name}': "
+                                                      f"{found.registration.explain()}. Is this the same patient "
+                                                      "and region, and is the follow-up's orientation header "
+                                                      "right? To go on anyway (every slice flagged, no change "
+                                                      "reported), pass --allow-poor-registration")
+            study.findings[s.name] = found
+
     regs = register_structures(study.followup, study.prior_image, [s.mask for s in study.segments],
                                margin_mm=cfg.registration_margin_mm, deformable=deformable,
-                               same_modality=study.prior_modality == study.followup_modality,
-                               joint=cfg.registration == "joint", cancel=cancel,
-                               progress=lambda f, m: tick(0.15 * f, m))
-    out = dict(zip([s.name for s in study.segments], regs))
-    for s in study.segments:
-        frac = overlap_fraction(s.mask, study.followup, out[s.name].rigid.transform)
-        if frac < cfg.min_overlap:
-            raise InputError(study.followup_name, f"does not cover segment '{s.name}' after registration (only "
-                                                  f"{100 * frac:.0f}% of it falls inside the follow-up's field of "
-                                                  "view); is this the same patient and region?")
-    return out
+                               same_modality=same, joint=cfg.registration == "joint", cancel=cancel,
+                               progress=lambda f, m: tick(0.15 * f, m), after_rigid=after_rigid)
+    return dict(zip([s.name for s in study.segments], regs))
 
 
 def clean_up(mask: np.ndarray, registered: np.ndarray, cfg: PropagationConfig, spacing_kji: Sequence[float]
@@ -804,6 +837,7 @@ def propagate(prior_image: sitk.Image, prior_segments: Sequence[Segment], follow
                          "(structure thinner than the follow-up's voxels)")
         t = time.perf_counter()
         reports.append(build_report(seg, output, registered, plan, outcomes, cfg, spacing))
+        notes.extend(apply_findings(reports[-1], study.findings.get(seg.name)))  # FOV cuts, failed registration
         stage["report"] += time.perf_counter() - t
         role = "registered prior (rigid)" if reg.deformable == "none" else f"registered prior (rigid + {reg.deformable})"
         registered_segments.append(Segment(seg.name, seg.color, mask_image_like(registered, followup), seg.segment_id,
@@ -825,6 +859,7 @@ def propagate(prior_image: sitk.Image, prior_segments: Sequence[Segment], follow
                              study.followup_window, prior_source, followup_source, study.prior_modality,
                              study.followup_modality)
     provenance["structures"] = {r.name: r.shape for r in reports}
+    provenance["registration"]["checks"] = {n: f.describe() for n, f in study.findings.items()}
     for seg_out, rep in zip(out_segments, reports):
         seg_out.tags.update(segment_tags(provenance, rep))
     tick(1.0, "done")

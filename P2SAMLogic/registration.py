@@ -609,7 +609,9 @@ def choose_deformable(method: str, same_modality: bool) -> str:
 def register_structures(fixed: sitk.Image, moving: sitk.Image, masks: Sequence[sitk.Image], *,
                         margin_mm: float = 40.0, deformable: str = "auto", same_modality: bool = True,
                         joint: bool = False, progress: Optional[Callable[[float, str], None]] = None,
-                        cancel: Optional[Callable[[], bool]] = None) -> List[StructureRegistration]:
+                        cancel: Optional[Callable[[], bool]] = None,
+                        after_rigid: Optional[Callable[[List[RegistrationResult]], None]] = None
+                        ) -> List[StructureRegistration]:
     """Rigid registration around each structure (or around all, ``joint``), then a deformable stage per structure.
 
     Args:
@@ -621,6 +623,8 @@ def register_structures(fixed: sitk.Image, moving: sitk.Image, masks: Sequence[s
             outside that box. Structures with the same rigid transform share one deformable run
             (``deformable_seconds`` is then split between them).
         progress: ``(fraction, message)``.
+        after_rigid: called with the rigid result of each mask (in order) before the deformable stage;
+            it may raise to stop there (a failed plausibility check costs no deformable registration).
     Returns:
         One :class:`StructureRegistration` per mask, in order.
     """
@@ -635,6 +639,8 @@ def register_structures(fixed: sitk.Image, moving: sitk.Image, masks: Sequence[s
 
     rigid = register_rigid_regions(fixed, moving, regions, progress=rigid_progress, cancel=cancel)
     per_mask = [rigid[0] if joint else rigid[i] for i in range(n)]
+    if after_rigid is not None:
+        after_rigid(per_mask)
     if method == "none":
         return [StructureRegistration(r, r.transform) for r in per_mask]
     # structures with (nearly) the same rigid transform share one deformable registration on the union

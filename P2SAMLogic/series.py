@@ -23,6 +23,7 @@ import SimpleITK as sitk
 from . import __version__
 from .errors import InputError
 from .propagate import PropagationConfig, PropagationResult, needs_model, propagate
+from .regcheck import change_cell
 from .volume import PROPOSAL_STATUS, Segment, VolumeSource
 
 ProgressCallback = Callable[[float, str], None]
@@ -59,6 +60,7 @@ class SeriesResult:
                 entry = course.setdefault(r.name, {"prior_volume_ml": _round(r.prior_volume_ml), "visits": []})
                 entry["visits"].append({"followup": name, "volume_ml": _round(r.followup_volume_ml),
                                         "change_percent": _round(r.change_percent),
+                                        "change_not_measurable": r.change_not_measurable or None,
                                         "slices_flagged": r.slices_flagged})
         return {"status": PROPOSAL_STATUS, "tool": "p2sam propagate (series)", "version": __version__,
                 "chain": self.chain, "model_loads": self.model_loads, "seconds": round(self.seconds, 2),
@@ -73,7 +75,7 @@ class SeriesResult:
         rows = []
         for name, prior, result in zip(self.names, self.priors, self.results):
             for r in result.reports:
-                change = "n/a" if not math.isfinite(r.change_percent) else f"{r.change_percent:+.1f}"
+                change = change_cell(r.change_percent, r.change_not_measurable)
                 rows.append((r.name, name, prior, f"{r.followup_volume_ml:.2f}", change,
                              ",".join(str(k) for k in r.flagged_slices) or "-"))
         rows.sort(key=lambda row: row[0])  # segment by segment, visits in order

@@ -3,7 +3,7 @@
 Called by :mod:`P2SAMLogic.cli` when several follow-ups or ``--output-dir`` are given. Every
 input is read and every output path checked before the model loads; the model is loaded once
 (:func:`P2SAMLogic.series.propagate_series`); the outputs are written only after every
-follow-up succeeded, each atomically, and removed again if a later one fails.
+follow-up succeeded, all or none (:func:`P2SAMLogic.outputs.write_all`).
 
 In ``D``: ``<name><ext>`` (the segmentation, ``ext`` by ``--output-format``) and
 ``<name>.overlay.png`` per follow-up, and ``report.json`` (or ``--report``) for all of them.
@@ -15,7 +15,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict
 
 from .errors import InputError
 
@@ -38,10 +38,11 @@ def propagate_many_followups(args: argparse.Namespace) -> int:
     """Run ``p2sam propagate`` with ``args.followup`` a list (see the module docstring)."""
     from tqdm import tqdm
 
+    from .checksums import input_checksums
     from .cli import _pick_series, _propagation_config
     from .io2d import write_png_atomic
     from .io3d import check_output_path, check_writable_file, read_segmentation, read_volume, write_segmentation
-    from .outputs import dumps_json, write_text_atomic
+    from .outputs import dumps_json, write_all, write_text_atomic
     from .report import overlay_montage
     from .series import propagate_series
 
@@ -60,8 +61,8 @@ def propagate_many_followups(args: argparse.Namespace) -> int:
     if dupes:
         raise InputError("--followup", f"{', '.join(dupes)} would get the same output name; give the follow-ups "
                                        "distinct file or folder names")
-    inputs = {os.path.abspath(p) for p in (args.prior_image, args.prior_segmentation, *args.followup)}
-    if os.path.abspath(args.prior_image) in {os.path.abspath(f) for f in args.followup}:
+    inputs = {os.path.realpath(p) for p in (args.prior_image, args.prior_segmentation, *args.followup)}
+    if os.path.realpath(args.prior_image) in {os.path.realpath(f) for f in args.followup}:
         raise InputError("--followup", "one of the follow-ups is the same file as --prior-image")
     # every input is read and every output checked before the model loads
     if out_dir.exists() and not out_dir.is_dir():
@@ -76,11 +77,13 @@ def propagate_many_followups(args: argparse.Namespace) -> int:
         follows.append(image)
         sources.append(source)
     segments = read_segmentation(args.prior_segmentation, prior, prior_src, names)
+    prior_sums = input_checksums((("prior_image", args.prior_image), ("prior_segmentation", args.prior_segmentation)))
+    checksums = [{**prior_sums, **input_checksums((("followup", f),))} for f in args.followup]
     report_path = str(args.report or out_dir / "report.json")
     outputs = [(str(out_dir / (s + EXTENSIONS[kind])), str(out_dir / (s + ".overlay.png"))) for s in stems]
     planned = [report_path] + [p for pair in outputs for p in pair]
     for p in planned:
-        if os.path.abspath(p) in inputs:
+        if os.path.realpath(p) in inputs:
             raise InputError(p, "is one of the inputs; outputs never overwrite inputs")
     if args.report:
         check_writable_file(args.report, args.overwrite, f"--report {args.report}")
@@ -112,28 +115,32 @@ def propagate_many_followups(args: argparse.Namespace) -> int:
                                   prior_source=prior_src, followup_sources=sources, progress=progress)
     finally:
         bar.close()
+    for sums, result in zip(checksums, series.results):
+        result.provenance["inputs_sha256"] = sums  # what a later run compares
     overlays = [overlay_montage(f, r, window=window) for f, r in zip(follows, series.results)]
-    written: List[str] = []
+    report = series.report_dict()
+    report["inputs"] = {"prior_image": args.prior_image, "prior_segmentation": args.prior_segmentation,
+                        "followups": list(args.followup)}
+    report["outputs"] = [{"followup": f, "segmentation": o[0], "overlay": o[1], "kind": kind}
+                         for f, o in zip(args.followup, outputs)]
+    # every segmentation, overlay and the report: all replaced, or none (outputs.write_all)
+    writers = []
+    for (seg_path, overlay_path), follow, source, result, overlay in zip(outputs, follows, sources, series.results,
+                                                                        overlays):
+        writers.append((seg_path, lambda seg_path=seg_path, follow=follow, source=source, result=result:
+                        write_segmentation(seg_path, result.segments, follow, result.provenance, source,
+                                           overwrite=args.overwrite, kind=kind)))
+        writers.append((overlay_path, lambda overlay_path=overlay_path, overlay=overlay:
+                        write_png_atomic(overlay_path, overlay)))
+    writers.append((report_path, lambda: write_text_atomic(report_path, dumps_json(report, indent=2))))
+    created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
     try:
-        for (seg_path, overlay_path), follow, source, result, overlay in zip(outputs, follows, sources,
-                                                                            series.results, overlays):
-            write_segmentation(seg_path, result.segments, follow, result.provenance, source,
-                               overwrite=args.overwrite, kind=kind)
-            written.append(seg_path)
-            write_png_atomic(overlay_path, overlay)
-            written.append(overlay_path)
-        report = series.report_dict()
-        report["inputs"] = {"prior_image": args.prior_image, "prior_segmentation": args.prior_segmentation,
-                            "followups": list(args.followup)}
-        report["outputs"] = [{"followup": f, "segmentation": o[0], "overlay": o[1], "kind": kind}
-                             for f, o in zip(args.followup, outputs)]
-        write_text_atomic(report_path, dumps_json(report, indent=2))
-        written.append(report_path)
+        write_all(writers)
     except BaseException:
-        for w in written:
+        if created:
             try:
-                os.remove(w)
+                out_dir.rmdir()  # the folder this run made, empty again
             except OSError:
                 pass
         raise

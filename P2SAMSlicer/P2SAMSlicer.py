@@ -16,7 +16,7 @@ import logging
 import os
 import pathlib
 import sys
-from typing import Annotated, List, Optional
+from typing import TYPE_CHECKING, Annotated, List, Optional, Tuple
 
 import qt
 import vtk
@@ -33,6 +33,14 @@ from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModuleWidget,
 )
 from slicer.util import VTKObservationMixin
+
+if TYPE_CHECKING:  # annotations only: the Lib is imported lazily (see _ensureEngineImportable)
+    import types
+
+    from P2SAMSlicerLib.editing import ProposalUndo
+    from P2SAMSlicerLib.followups import NodeSelection
+    from P2SAMSlicerLib.logic import ProcessOutcome, PropagationLogic, SeriesOutcome
+    from P2SAMSlicerLib.panel_state import SegmentSelection
 
 MODEL_LITEMEDSAM = "LiteMedSAM (embedded)"
 MODEL_SAM = "SAM checkpoint"
@@ -63,6 +71,11 @@ def _ensureEngineImportable() -> None:
 #
 
 
+#: QLineEdit::EchoMode values (qlineedit.h: Normal = 0, Password = 2), passed as integers, which PythonQt accepts
+#: for enum arguments (the vendored Qt names carry no QLineEdit enum keys)
+_ECHO_NORMAL = 0
+_ECHO_PASSWORD = 2
+
 class P2SAMSlicer(ScriptedLoadableModule):
     """Uses ScriptedLoadableModule base class, available at:
     https://github.com/Slicer/Slicer/blob/main/Base/Python/slicer/ScriptedLoadableModule.py
@@ -73,7 +86,7 @@ class P2SAMSlicer(ScriptedLoadableModule):
         self.parent.title = _("P²SAM")
         self.parent.categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]
         self.parent.dependencies = []
-        self.parent.contributors = ["P2SAM for 3D Slicer developers"]
+        self.parent.contributors = ["P2SAM for 3D Slicer developers (independent open-source project)"]
         self.parent.helpText = _("""
 Carries a patient's prior-visit tumour and organ segmentations onto a follow-up CT with P²SAM:
 one-shot, part-aware prompting of frozen Segment-Anything models, using the prior scan and its
@@ -171,6 +184,7 @@ class P2SAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._observedSegmentation = None
         self._updatingSegmentList = False
         self._job = None  # running BackgroundPropagation
+        self._serverLogins = {}  # server URL -> {"username", "password"}: in memory only, never saved
         self._jobContext = None  # (inputs, followupVolume, outputSegmentation, modelChoice)
         _ensureEngineImportable()
         from P2SAMSlicerLib.panel_state import BusyState
@@ -181,13 +195,16 @@ class P2SAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._timer = None
         self._segmentListSignature = None
         self._updatingMoreFollowups = False
+        from P2SAMSlicerLib.editing import ProposalUndo
+
+        self._proposalUndo: "ProposalUndo" = ProposalUndo()  # the last proposal written into the user's segmentation
 
     def setup(self) -> None:
         """Called when the user opens the module the first time and the widget is initialized."""
         ScriptedLoadableModuleWidget.setup(self)
         _ensureEngineImportable()
 
-        uiWidget = slicer.util.loadUI(self.resourcePath("UI/P2SAMSlicer.ui"))
+        uiWidget: "slicer.qMRMLWidget" = slicer.util.loadUI(self.resourcePath("UI/P2SAMSlicer.ui"))
         self.layout.addWidget(uiWidget)
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
@@ -216,7 +233,10 @@ class P2SAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.selectNoSegmentsButton.connect("clicked()", lambda: self.setAllSegmentsChecked(False))
         self.ui.moreFollowupsComboBox.connect("checkedNodesChanged()", self.onMoreFollowupsChanged)
         self.ui.openSegmentEditorButton.connect("clicked()", self.onOpenSegmentEditor)
+        self.ui.undoProposalButton.connect("clicked()", self.onUndoProposal)
         self.ui.installDependenciesButton.connect("clicked()", self.onInstallDependencies)
+        self.ui.restartButton.connect("clicked()", self.onRestart)
+        self.ui.restartButton.visible = False
 
         self.initializeParameterNode()
         self.updateDependencyStatus()
@@ -313,7 +333,7 @@ class P2SAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._checkCanApply()
 
     # -- segment checklist -------------------------------------------------------------------
-    def _selection(self):
+    def _selection(self) -> "SegmentSelection":
         """The ticked segments, kept in the parameter node (:class:`P2SAMSlicerLib.panel_state.SegmentSelection`)."""
         from P2SAMSlicerLib.panel_state import SegmentSelection
 
@@ -381,7 +401,7 @@ class P2SAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._checkCanApply()
 
     # -- follow-ups --------------------------------------------------------------------------
-    def _moreFollowupsSelection(self):
+    def _moreFollowupsSelection(self) -> "NodeSelection":
         from P2SAMSlicerLib.followups import NodeSelection
 
         return NodeSelection(self._parameterNode.parameterNode if self._parameterNode else None)
@@ -511,7 +531,7 @@ class P2SAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
             self.log(_("... on the server {url}").format(url=server))
             job = ServerPropagation(inputs.prior_image, inputs.prior_segments, inputs.followup_image, url=server,
-                                    model=args["model"], config=parameters)
+                                    model=args["model"], config=parameters, **self._serverLogins.get(server, {}))
         else:
             job = BackgroundPropagation(inputs.prior_image, inputs.prior_segments, images, names=names,
                                         chain=bool(followups) and p.chainFollowups, model=args["model"],
@@ -541,32 +561,63 @@ class P2SAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if error is not None:
                 if error.get("type") == "CancelledError":
                     self.log(_("Cancelled: the scene was not changed."))
+                elif error.get("type") == "AuthenticationError":  # the server requires signing in
+                    self.log(_("The server refused: {message}").format(message=error.get("message", "")))
+                    if self.askServerLogin(getattr(job, "url", ""), error.get("message", "")):
+                        qt.QTimer.singleShot(0, self.onApplyButton)  # the same run again, signed in
                 elif error.get("type") == "VersionMismatchError":  # the message names both versions
                     self.log(_("Refused by the server: {message}").format(message=error.get("message", "")))
                     slicer.util.errorDisplay(error.get("message", ""))
                 else:
-                    self.log(_("Failed: {message}").format(message=error.get("message", "")))
+                    from P2SAMSlicerLib.background import failure_text
+
+                    tail = job.log_tail() if hasattr(job, "log_tail") else ""
+                    self.log(failure_text(error, tail))
                     if error.get("traceback"):
                         logging.error(error["traceback"])
-                    slicer.util.errorDisplay(_("P²SAM failed:\n{message}").format(message=error.get("message", "")))
+                    slicer.util.errorDisplay(_("P²SAM failed:\n{message}").format(message=error.get("message", "")),
+                                             detailedText=failure_text(error, tail))
                 return
             with slicer.util.tryWithErrorDisplay(_("P²SAM could not create the output segmentation."), waitCursor=True):
                 outcome = job.results()
                 logic = self.logic.propagationLogic()
                 if followups:
-                    outputs = [(logic.createOutput(done["segments"], done["report"], f.image, f.volume_node, None,
-                                                   f"{f.name} P2SAM", choice), done["report"], f.volume_node)
-                               for f, done in zip(followups, outcome["followups"])]
+                    outputs = [(logic.createOutput(done["segments"], done["report"], f.image,
+                                                   logic.followupVolumeNode(f), None, f"{f.name} P2SAM", choice,
+                                                   priorSegments=inputs.prior_segments,
+                                                   registered=done.get("registered")),
+                                done["report"], f.volume_node) for f, done in zip(followups, outcome["followups"])]
                     self.showResults(outputs, outcome["report"])
                 else:
                     done = outcome["followups"][0]
                     node = logic.createOutput(done["segments"], done["report"], inputs.followup_image, followupVolume,
                                               outputSegmentation, None, choice,
-                                              save_state=self.undoCheckpoint(outputSegmentation))
+                                              save_state=self.undoCheckpoint(outputSegmentation),
+                                              priorSegments=inputs.prior_segments, registered=done.get("registered"))
+                    self._proposalUndo.written()
                     self.showResults([(node, done["report"], followupVolume)])
         finally:
             job.cleanup()
             self._setRunning(False)
+
+    def askServerLogin(self, url: str, reason: str) -> bool:
+        """Ask for a user name and password for the P2SAM server ``url`` (kept in memory for this session, as
+        MONAI Label's module does); False when the user cancels. PythonQt's ``getText`` returns the text only
+        (empty when cancelled)."""
+        known = self._serverLogins.get(url, {})
+        title = _("Sign in to the P2SAM server")
+        username = qt.QInputDialog.getText(slicer.util.mainWindow(), title,
+                                           _("{reason}\n\nUser name on {url}:").format(reason=reason, url=url),
+                                           _ECHO_NORMAL, known.get("username", ""))
+        if not username or not username.strip():
+            return False
+        password = qt.QInputDialog.getText(slicer.util.mainWindow(), title,
+                                           _("Password for {user}:").format(user=username.strip()),
+                                           _ECHO_PASSWORD, "")
+        if not password:
+            return False
+        self._serverLogins[url] = {"username": username.strip(), "password": password}
+        return True
 
     def _runBlocking(self, p, segmentIds, args, parameters, followups=None) -> None:
         """Run inside Slicer's process; the GUI processes events at every progress step.
@@ -597,6 +648,7 @@ class P2SAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                                                  device=args["device"], parameters=parameters, progress=progress,
                                                  cancel=self._busy.should_cancel,
                                                  save_state=self.undoCheckpoint(output))
+                    self._proposalUndo.written()
                     self.showResults([(outcome.output_node, outcome.report, followupVolume)])
             except CancelledError:
                 self.log(_("Cancelled: the scene was not changed."))
@@ -604,24 +656,31 @@ class P2SAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self._setRunning(False)
 
     def undoCheckpoint(self, outputSegmentation):
-        """For a proposal written into the user's segmentation: a function that gives the Segment Editor one
-        undo step for it (the editor is switched to that segmentation first). None for a new node."""
-        if outputSegmentation is None:
+        """For a proposal written into the user's segmentation: the function that saves its undo step
+        (:class:`P2SAMSlicerLib.editing.ProposalUndo`; the Segment Editor is never switched to that node,
+        which would erase the undo history of the segmentation it edits). None for a new node."""
+        from P2SAMSlicerLib.editing import ProposalUndo
+
+        self._proposalUndo = ProposalUndo(self._segmentEditor())
+        return self._proposalUndo.save_state_for(outputSegmentation)
+
+    def _segmentEditor(self):
+        """The Segment Editor module's editor widget, or None (e.g. the module is not available)."""
+        try:
+            return slicer.modules.segmenteditor.widgetRepresentation().self().editor
+        except Exception:
             return None
 
-        def saveState():
-            try:
-                editor = slicer.modules.segmenteditor.widgetRepresentation().self().editor
-                if editor.segmentationNode() is not outputSegmentation:
-                    editor.setSegmentationNode(outputSegmentation)
-                editor.saveStateForUndo()
-            except Exception as exc:  # the proposal is still written; only the undo step is missing
-                self.log(_("No undo step in the Segment Editor ({e}).").format(e=exc))
-
-        return saveState
+    def onUndoProposal(self) -> None:
+        """Take the last proposal out of the user's segmentation (see ProposalUndo)."""
+        if self._isRunning():
+            return
+        self.log(self._proposalUndo.undo())
+        self.ui.undoProposalButton.enabled = self._proposalUndo.can_undo()
 
     # -- results -------------------------------------------------------------------------------
-    def showResults(self, outputs, seriesReport=None) -> None:
+    def showResults(self, outputs: "List[Tuple[slicer.vtkMRMLSegmentationNode, dict, slicer.vtkMRMLScalarVolumeNode]]",
+                    seriesReport: Optional[dict] = None) -> None:
         """Show the new segmentations, fill the report and flagged-slice tables.
 
         Args:
@@ -664,24 +723,36 @@ class P2SAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             ftable.setCellWidget(row, 4, button)
         self.ui.flaggedLabel.text = (_("Slices to review (click Go to show one):") if flagged
                                      else _("No slice was flagged; still review the proposal before use."))
+        from P2SAMSlicerLib.logic import review_choices
+
+        self.ui.reviewResultComboBox.clear()
+        for label in review_choices(outputs):
+            self.ui.reviewResultComboBox.addItem(label)
         self.ui.openSegmentEditorButton.enabled = True
+        self.ui.undoProposalButton.enabled = self._proposalUndo.can_undo()
         self.ui.resultsCollapsibleButton.collapsed = False
 
     def jumpTo(self, ras, volume=None) -> None:
-        """Centre every slice view on a RAS point (a flagged slice), showing ``volume`` when given."""
+        """Centre every slice view on a RAS point (a flagged slice), showing ``volume`` (that visit) when given;
+        the visit's result becomes the one "Review and correct" opens."""
+        from P2SAMSlicerLib.logic import result_index_for_volume
+
         if volume is not None and slicer.mrmlScene.IsNodePresent(volume):
             slicer.util.setSliceViewerLayers(background=volume)
+            self.ui.reviewResultComboBox.setCurrentIndex(result_index_for_volume(self._lastOutputs, volume))
         slicer.modules.markups.logic().JumpSlicesToLocation(float(ras[0]), float(ras[1]), float(ras[2]), True)
 
     def onOpenSegmentEditor(self) -> None:
+        from P2SAMSlicerLib.logic import review_target
+
         if self._busy.busy:
             self.log(_("Wait for the propagation to finish (or cancel it) before opening the Segment Editor."))
             return
-        outputNode = self._lastOutput
-        if outputNode is None or not slicer.mrmlScene.IsNodePresent(outputNode):
-            slicer.util.errorDisplay(_("The result segmentation is no longer in the scene."))
+        try:
+            outputNode, followup = review_target(self._lastOutputs, self.ui.reviewResultComboBox.currentIndex)
+        except ValueError as exc:
+            slicer.util.errorDisplay(str(exc))
             return
-        followup = outputNode.GetNodeReference(slicer.vtkMRMLSegmentationNode.GetReferenceImageGeometryReferenceRole())
         slicer.util.selectModule("SegmentEditor")
         editor = slicer.modules.segmenteditor.widgetRepresentation().self().editor
         editor.setSegmentationNode(outputNode)
@@ -708,6 +779,10 @@ class P2SAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         else:
             self.ui.dependencyStatusLabel.text = _("All packages P²SAM needs are installed.")
 
+    def onRestart(self) -> None:
+        """Restart Slicer (after packages that were already loaded were replaced); Slicer asks to save first."""
+        slicer.util.restart()
+
     def ensureDependencies(self) -> bool:
         """True when everything is installed; otherwise offer to install (asks first)."""
         from P2SAMSlicerLib import dependencies
@@ -732,7 +807,11 @@ class P2SAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.log(outcome.message)
             return False
         if outcome.restart_needed:
-            slicer.util.infoDisplay(outcome.message, windowTitle=_("Restart Slicer"))
+            self.ui.restartButton.visible = True
+            self.log(outcome.message)
+            slicer.util.infoDisplay(outcome.message + "\n\n" + _("Click 'Restart Slicer' in the module's Python "
+                                                                 "packages section when you are ready."),
+                                    windowTitle=_("Restart Slicer"))
             return False
         if outcome.installed:
             self.log(outcome.message)
@@ -759,7 +838,7 @@ class P2SAMSlicerLogic(ScriptedLoadableModuleLogic):
     def getParameterNode(self):
         return P2SAMSlicerParameterNode(super().getParameterNode())
 
-    def propagationLogic(self):
+    def propagationLogic(self) -> "PropagationLogic":
         if self._propagation is None:
             _ensureEngineImportable()
             from P2SAMSlicerLib.logic import PropagationLogic
@@ -780,7 +859,7 @@ class P2SAMSlicerLogic(ScriptedLoadableModuleLogic):
 
     def process(self, priorVolume, priorSegmentation, followupVolume, outputSegmentation=None, segmentIds=None,
                 model="litemedsam", modelType=None, device="auto", parameters=None, progress=None, cancel=None,
-                outputName=None, save_state=None):
+                outputName=None, save_state=None) -> "ProcessOutcome":
         """Propagate (blocking); returns ``ProcessOutcome(output_node, report, result)``.
 
         See :meth:`P2SAMSlicerLib.logic.PropagationLogic.process` for the arguments and errors.
@@ -791,7 +870,8 @@ class P2SAMSlicerLogic(ScriptedLoadableModuleLogic):
                                                outputName=outputName, save_state=save_state)
 
     def processSeries(self, priorVolume, priorSegmentation, followups, segmentIds=None, model="litemedsam",
-                      modelType=None, device="auto", parameters=None, chain=False, progress=None, cancel=None):
+                      modelType=None, device="auto", parameters=None, chain=False, progress=None,
+                      cancel=None) -> "SeriesOutcome":
         """Propagate onto several follow-ups (blocking); returns ``SeriesOutcome(output_nodes, report, result)``.
 
         See :meth:`P2SAMSlicerLib.logic.PropagationLogic.processSeries`.
@@ -850,7 +930,7 @@ class P2SAMSlicerTest(ScriptedLoadableModuleTest):
                 return candidate
         raise RuntimeError("P2SAMSlicer test data (prior_ct.nrrd) not found next to the module")
 
-    def _simulator(self, dataDir: str):
+    def _simulator(self, dataDir: str) -> "types.ModuleType":
         import importlib.util
 
         moduleDir = os.path.dirname(os.path.abspath(slicer.modules.p2samslicer.path))
@@ -863,7 +943,8 @@ class P2SAMSlicerTest(ScriptedLoadableModuleTest):
                 return module
         raise RuntimeError("simulate_followup.py not found")
 
-    def _loadCase(self):
+    def _loadCase(self) -> Tuple["slicer.vtkMRMLScalarVolumeNode", "slicer.vtkMRMLSegmentationNode",
+                                 "slicer.vtkMRMLScalarVolumeNode", "sitk.Image", dict]:
         """Prior CT + segmentation (GTV, VertebralBody) and a SIMULATED follow-up with its true masks."""
         import SimpleITK as sitk
 
@@ -952,22 +1033,23 @@ class P2SAMSlicerTest(ScriptedLoadableModuleTest):
         import SimpleITK as sitk
         from P2SAMSlicerLib import mrml_bridge
         from P2SAMSlicerLib.followups import followup_list
+        from P2SAMSlicerLib.review import count_segmentations
 
         priorNode, segmentationNode, followupNode, followup, _truth = self._loadCase()
         moved = sitk.Image(followup)
         moved.SetOrigin([v + d for v, d in zip(moved.GetOrigin(), (3.0, 0.0, 0.0))])
         secondNode = mrml_bridge.image_to_volume_node(moved, slicer.mrmlScene, "second follow-up (SIMULATED)")
-        before = slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode")
+        before = count_segmentations(slicer.mrmlScene)
         outcome = P2SAMSlicerLogic().processSeries(priorNode, segmentationNode, followup_list(followupNode, [secondNode]),
                                                    segmentIds=["GTV"], parameters={"method": "rigid"})
-        self.assertEqual(slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode"), before + 2)
+        self.assertEqual(count_segmentations(slicer.mrmlScene), before + 2)
         self.assertEqual([outputNode.GetName() for outputNode in outcome.output_nodes],
                          ["follow-up (SIMULATED) P2SAM", "second follow-up (SIMULATED) P2SAM"])
         self.assertEqual(len(outcome.report["followups"]), 2)
 
     def test_ProposalIntoExistingSegmentationIsOneUndoStep(self):
-        """A proposal written into the user's segmentation keeps its other segment; the Segment Editor's
-        undo takes the whole proposal back."""
+        """A proposal written into the user's segmentation keeps its other segment and is one undo step; the
+        Segment Editor, busy with another segmentation, keeps that segmentation and its undo history."""
         self._skipWithoutDependencies()
         self.delayDisplay("Proposal into an existing segmentation, undo")
         from P2SAMSlicerLib import mrml_bridge
@@ -977,15 +1059,22 @@ class P2SAMSlicerTest(ScriptedLoadableModuleTest):
                                              parameters={"method": "rigid"})
         mine = outcome.output_node  # "my" segmentation on the follow-up, holding VertebralBody
         before = mrml_bridge.masks_from_segmentation_node(mine, followup)["VertebralBody"]
-        widget = slicer.util.getModuleWidget("P2SAMSlicer")
+        editor = slicer.modules.segmenteditor.widgetRepresentation().self().editor
+        editor.setSegmentationNode(segmentationNode)  # the user is editing the prior, with one undo step
+        editor.saveStateForUndo()
+        segmentationNode.GetSegmentation().AddEmptySegment("added by the user")
+        self.assertTrue(editor.undoEnabled)
+        widget: "P2SAMSlicerWidget" = slicer.util.getModuleWidget("P2SAMSlicer")
         P2SAMSlicerLogic().process(priorNode, segmentationNode, followupNode, mine, segmentIds=["GTV"],
                                    parameters={"method": "rigid"}, save_state=widget.undoCheckpoint(mine))
+        widget._proposalUndo.written()
         masks = mrml_bridge.masks_from_segmentation_node(mine, followup)
         self.assertEqual(sorted(masks), ["GTV", "VertebralBody"])
         self.assertTrue((masks["VertebralBody"] == before).all(), "the user's segment was changed")
-        editor = slicer.modules.segmenteditor.widgetRepresentation().self().editor
-        self.assertIs(editor.segmentationNode(), mine)
-        editor.undo()
+        self.assertIs(editor.segmentationNode(), segmentationNode, "the Segment Editor was switched")
+        editor.undo()  # the user's own step, on the prior segmentation
+        self.assertIsNone(segmentationNode.GetSegmentation().GetSegment("added by the user"))
+        widget.onUndoProposal()
         self.assertEqual(sorted(mrml_bridge.masks_from_segmentation_node(mine, followup)), ["VertebralBody"])
 
     def test_WidgetRunsInBackground(self):
@@ -994,8 +1083,10 @@ class P2SAMSlicerTest(ScriptedLoadableModuleTest):
         self.delayDisplay("Background run from the module panel")
         import time
 
+        from P2SAMSlicerLib.review import count_segmentations
+
         priorNode, segmentationNode, followupNode, _followup, _truth = self._loadCase()
-        widget = slicer.util.getModuleWidget("P2SAMSlicer")
+        widget: "P2SAMSlicerWidget" = slicer.util.getModuleWidget("P2SAMSlicer")
         widget.initializeParameterNode()
         p = widget._parameterNode
         p.priorVolume = priorNode
@@ -1007,7 +1098,7 @@ class P2SAMSlicerTest(ScriptedLoadableModuleTest):
         p.device = "cpu"
         p.maxParts = 2
         p.sliceMarginMm = 0.0
-        nodesBefore = slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode")
+        nodesBefore = count_segmentations(slicer.mrmlScene)
         widget.onApplyButton()
         self.assertIsNotNone(widget._job, "the background process did not start")
         deadline = time.time() + 600
@@ -1015,7 +1106,7 @@ class P2SAMSlicerTest(ScriptedLoadableModuleTest):
             slicer.app.processEvents()
             time.sleep(0.1)
         self.assertIsNone(widget._job, "the background run did not finish within 10 minutes")
-        self.assertEqual(slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode"), nodesBefore + 1)
-        outputNode = widget._lastOutput
+        self.assertEqual(count_segmentations(slicer.mrmlScene), nodesBefore + 1)
+        outputNode: "slicer.vtkMRMLSegmentationNode" = widget._lastOutput
         self.assertIsNotNone(outputNode)
         self.assertIsNotNone(json.loads(outputNode.GetAttribute("P2SAM.Report")))

@@ -12,6 +12,7 @@ import SimpleITK as sitk
 
 from .. import __version__
 from ..errors import InputError
+from ..sanity import check_direction
 from ..volume import DEFAULT_COLORS, PROPOSAL_STATUS, Segment, VolumeSource
 from .files import _float_list, _index_to_lps, _mask_like, _select, _to_reference, require_overlap
 
@@ -244,6 +245,7 @@ def _read_dicom_seg(p: Path, ds, reference: sitk.Image, reference_source: Option
     kk = np.rint((d - dmin) / step).astype(np.int64)
     origin = (inplane[0] if nframes else np.zeros(3)) + dmin * normal
     direction = np.column_stack([row_dir, col_dir, normal])
+    check_direction(direction, p, "its plane orientation's row and column axes")
     if seg_type == "FRACTIONAL":
         threshold = float(ds.get("MaximumFractionalValue", 255)) / 2.0
     out = []

@@ -120,13 +120,31 @@ def _to_reference(path: PathLike, name: str, mask: sitk.Image, reference: sitk.I
     if not kept:
         raise InputError(path, f"segment '{name}' lies outside the prior image (none of its voxels falls "
                                "inside the prior image's grid)")
-    source_mm3 = float(np.count_nonzero(arr)) * float(np.prod(mask.GetSpacing()))
-    if kept * float(np.prod(reference.GetSpacing())) < 0.5 * source_mm3:
-        warnings.warn(f"{path}: segment '{name}' lies partly outside the prior image; only the part inside is used",
-                      stacklevel=3)
+    outside = outside_fraction(arr, mask, reference)
+    if outside > 0.0:
+        warnings.warn(f"{path}: segment '{name}' lies partly outside the prior image ({100 * outside:.0f}% of its "
+                      "voxels fall beyond the prior image's grid); only the part inside is used, so the structure "
+                      "is cut there", stacklevel=3)
     out = sitk.Cast(out > 0, sitk.sitkUInt8)
     out.CopyInformation(reference)
     return out
+
+
+def outside_fraction(array: np.ndarray, grid: sitk.Image, reference: sitk.Image) -> float:
+    """Share of the non-zero voxels of ``array`` (``[k, j, i]`` on ``grid``) whose centres fall outside
+    ``reference``'s voxel grid (beyond half a voxel from its outer voxel centres); 0.0 when all are inside."""
+    kji = np.argwhere(np.asarray(array) != 0)
+    if kji.size == 0:
+        return 0.0
+    if same_geometry(grid, reference):
+        return 0.0
+    m, o = _index_to_lps(grid)
+    pts = kji[:, ::-1].astype(np.float64) @ m.T + o
+    rm, ro = _index_to_lps(reference)
+    idx = (pts - ro) @ np.linalg.inv(rm).T
+    size = np.asarray(reference.GetSize(), dtype=np.float64)
+    inside = np.all((idx >= -0.5 - 1e-6) & (idx <= size - 0.5 + 1e-6), axis=1)
+    return float(1.0 - inside.mean())
 
 
 def _physical_box(image: sitk.Image) -> Tuple[np.ndarray, np.ndarray]:

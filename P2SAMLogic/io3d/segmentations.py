@@ -9,7 +9,7 @@ from typing import List, Optional, Sequence
 
 import SimpleITK as sitk
 
-from ..errors import InputError
+from ..errors import InputError, OutputError
 from ..outputs import atomic_path
 from ..volume import Segment, VolumeSource, same_geometry
 from .dicom_objects import _read_dicom_seg, _read_rtstruct, _write_dicom_seg, _write_rtstruct
@@ -178,7 +178,8 @@ def write_segmentation(path: PathLike, segments: List[Segment], reference: sitk.
 
     Raises:
         InputError: see :func:`check_output_path`; no segments; a segment not on
-            ``reference``'s geometry; the file could not be written.
+            ``reference``'s geometry.
+        OutputError: the file could not be written (disk full...); the old file is intact.
     """
     kind = check_output_path(path, overwrite=overwrite, reference_source=reference_source, kind=kind)
     target = str(path)
@@ -207,5 +208,6 @@ def write_segmentation(path: PathLike, segments: List[Segment], reference: sitk.
     except InputError:
         raise
     except (OSError, RuntimeError, ValueError, TypeError) as exc:
-        raise InputError(path, f"could not be written ({exc.__class__.__name__}: {exc})") from None
+        raise OutputError(path, f"could not be written ({exc.__class__.__name__}: {exc}); nothing was "
+                                "replaced") from None
     return target

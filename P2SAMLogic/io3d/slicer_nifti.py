@@ -19,6 +19,7 @@ import SimpleITK as sitk
 
 from ..errors import InputError
 from ..outputs import dumps_json
+from ..sanity import check_direction, check_file
 from ..volume import DEFAULT_COLORS, Segment
 from .files import (
     PathLike, _LPS_FROM_RAS, _index_to_lps, _select, _sitk_reason, _strip_volume_extension, _to_reference,
@@ -179,7 +180,10 @@ def _read_seg_nrrd(p: Path, reference: sitk.Image, names: Optional[Sequence[str]
     to_lps = _nrrd_space_matrix(fields.get("space", "left-posterior-superior"))
     vecs = [to_lps @ np.array(dirs[a]) for a in domain]
     spacing = [float(np.linalg.norm(v)) for v in vecs]
+    if min(spacing) <= 0:
+        raise InputError(p, "segmentation header has a zero-length 'space directions' vector")
     direction = np.column_stack([v / s for v, s in zip(vecs, spacing)])
+    check_direction(direction, p)
     origin = to_lps @ np.array(_parse_vector(fields.get("space origin", "(0,0,0)")) or [0, 0, 0])
     axes = [ndim - 1 - domain[2], ndim - 1 - domain[1], ndim - 1 - domain[0]]
     if lists:
@@ -273,6 +277,7 @@ def _sidecar_labels(p: Path) -> Dict[int, dict]:
 
 
 def _read_labelmap(p: Path, reference: sitk.Image, names: Optional[Sequence[str]]) -> List[Segment]:
+    check_file(p)
     try:
         img = sitk.ReadImage(str(p))
     except RuntimeError as exc:
@@ -281,6 +286,7 @@ def _read_labelmap(p: Path, reference: sitk.Image, names: Optional[Sequence[str]
         raise InputError(p, "is a multi-component image, not a labelmap")
     if img.GetDimension() != 3:
         raise InputError(p, f"is a {img.GetDimension()}D image; a 3D labelmap is needed")
+    check_direction(img.GetDirection(), p)
     arr = sitk.GetArrayFromImage(img)
     if arr.dtype.kind == "f":
         if not np.all(np.isfinite(arr)) or not np.all(arr == np.round(arr)):

@@ -8,6 +8,7 @@ from typing import Optional, Tuple
 import SimpleITK as sitk
 
 from ..errors import InputError
+from ..sanity import check_file, check_volume
 from ..volume import VolumeSource, guess_modality
 from .dicom_series import _NON_IMAGE_MODALITIES, _read_dicom_header, _read_dicom_series, _read_multiframe
 from .files import PathLike, _check_3d, _looks_like_dicom, _lower_name, _sitk_reason
@@ -31,14 +32,17 @@ def read_volume(path: PathLike, series_uid: Optional[str] = None,
         so slice ``k`` of the image is ``source.dicom_files[k]``.
 
     Raises:
-        InputError: missing path, unreadable file, 2D image, no or ambiguous DICOM series,
-            unknown ``series_uid``, incomplete or inconsistent series.
+        InputError: missing path, unreadable, truncated or corrupt file, 2D image, no or ambiguous
+            DICOM series, unknown ``series_uid``, incomplete or inconsistent series, sheared voxel
+            axes, NaN or infinite voxels (see :mod:`P2SAMLogic.sanity`).
     """
     p = Path(path)
     if not p.exists():
         raise InputError(path, f"{role} not found: no such file or folder")
     if p.is_dir():
-        return _read_dicom_series(p, series_uid, role)
+        image, source = _read_dicom_series(p, series_uid, role)
+        check_volume(image, path)
+        return image, source
     if _looks_like_dicom(p) or _lower_name(p).endswith((".dcm", ".ima")):
         try:
             ds = _read_dicom_header(p)
@@ -48,17 +52,21 @@ def read_volume(path: PathLike, series_uid: Optional[str] = None,
         if modality in _NON_IMAGE_MODALITIES:
             raise InputError(path, f"is a DICOM {modality} object, not an image; give the image series folder")
         if int(ds.get("NumberOfFrames", 1) or 1) > 1:
-            return _read_multiframe(p, ds, role)
+            image, source = _read_multiframe(p, ds, role)
+            check_volume(image, path)
+            return image, source
         uid = str(ds.get("SeriesInstanceUID", "") or "")
         if series_uid and uid and series_uid != uid:
             raise InputError(path, f"belongs to series {uid}, not {series_uid}")
         image, source = _read_dicom_series(p.parent, series_uid or uid or None, role)
         source.path = str(path)
+        check_volume(image, path)
         return image, source
     return _read_volume_file(p, role)
 
 
 def _read_volume_file(p: Path, role: str) -> Tuple[sitk.Image, VolumeSource]:
+    check_file(p)
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(p))
     try:
@@ -76,5 +84,6 @@ def _read_volume_file(p: Path, role: str) -> Tuple[sitk.Image, VolumeSource]:
     if image.GetDimension() == 4:
         size = list(image.GetSize())
         image = sitk.Extract(image, size[:3] + [0], [0, 0, 0, 0])
+    check_volume(image, p)
     image = sitk.Cast(image, sitk.sitkFloat32)
     return image, VolumeSource(path=str(p), kind="file", modality=guess_modality(image))

@@ -213,3 +213,19 @@ class BackgroundPropagation:
         """Stop the process if needed and delete the job folder."""
         self.kill()
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def failure_text(error: Optional[dict], log_tail: str = "") -> str:
+    """What the panel shows when a run failed: the error's message, then the worker's last log lines.
+
+    Args:
+        error: the job's ``error.json`` (``{"type", "message", "traceback"?}``), or None.
+        log_tail: the end of the worker's output (:meth:`BackgroundPropagation.log_tail`).
+    """
+    message = (error or {}).get("message") or "the background process ended without a result"
+    text = f"P²SAM failed: {message}"
+    tail = (log_tail or "").strip() or ((error or {}).get("traceback") or "").strip()
+    if tail:
+        text += "\n\nLast lines of the worker's log:\n" + tail
+    return text
+

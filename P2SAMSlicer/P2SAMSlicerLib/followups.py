@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, TYPE_CHECKING
 
 import SimpleITK as sitk
 
 from . import mrml_bridge
 from .mrml_bridge import BridgeError
+
+if TYPE_CHECKING:  # annotations only (the Lib imports Slicer where it runs)
+    import slicer
 
 
 @dataclass
@@ -25,13 +28,16 @@ class Followup:
     Attributes:
         name: for messages, the report and the output node's name.
         image: its voxels and geometry (a copy; LPS).
-        volume_node: the ``vtkMRMLScalarVolumeNode`` in the scene, or None for a Sequence item
-            (the output node then takes its geometry from ``image``).
+        volume_node: the ``vtkMRMLScalarVolumeNode`` in the scene; None for a Sequence item until
+            its result is written (:meth:`.logic.PropagationLogic.followupVolumeNode` then adds
+            a volume node of the item, the result's reference volume).
+        sequence_node: the ``vtkMRMLSequenceNode`` a Sequence item comes from (else None).
     """
 
     name: str
     image: sitk.Image
-    volume_node: object = None
+    volume_node: Optional[slicer.vtkMRMLScalarVolumeNode] = None
+    sequence_node: Optional[slicer.vtkMRMLSequenceNode] = None
 
 
 class NodeSelection:
@@ -42,7 +48,8 @@ class NodeSelection:
         parameter: the parameter's name.
     """
 
-    def __init__(self, parameter_node, parameter: str = "P2SAM.MoreFollowups") -> None:
+    def __init__(self, parameter_node: slicer.vtkMRMLScriptedModuleNode, parameter: str = "P2SAM.MoreFollowups"
+                 ) -> None:
         self.parameter_node = parameter_node
         self.parameter = parameter
 
@@ -54,7 +61,7 @@ class NodeSelection:
             return []
         return [str(v) for v in value] if isinstance(value, list) else []
 
-    def nodes(self, scene) -> List:
+    def nodes(self, scene: slicer.vtkMRMLScene) -> List:
         """The stored nodes still in ``scene``, in the scene's order."""
         wanted = set(self.ids())
         out = []
@@ -75,7 +82,7 @@ class NodeSelection:
         return True
 
 
-def sequence_followups(sequence_node) -> List[Followup]:
+def sequence_followups(sequence_node: slicer.vtkMRMLSequenceNode) -> List[Followup]:
     """Every volume of a ``vtkMRMLSequenceNode``, in index order, named ``"<sequence> [<index value>]"``.
 
     Raises:
@@ -87,14 +94,15 @@ def sequence_followups(sequence_node) -> List[Followup]:
         if node is None or not node.IsA("vtkMRMLScalarVolumeNode"):
             continue
         name = f"{sequence_node.GetName()} [{sequence_node.GetNthIndexValue(n)}]"
-        out.append(Followup(name, mrml_bridge.volume_node_to_image(node, f"follow-up {name}"), None))
+        out.append(Followup(name, mrml_bridge.volume_node_to_image(node, f"follow-up {name}"), None, sequence_node))
     if not out:
         raise BridgeError(f"the sequence '{sequence_node.GetName()}' holds no scalar volume to propagate onto")
     return out
 
 
-def followup_list(followup_volume=None, more_volumes: Sequence = (), sequence_node=None,
-                  prior_volume=None) -> List[Followup]:
+def followup_list(followup_volume: Optional[slicer.vtkMRMLScalarVolumeNode] = None, more_volumes: Sequence = (),
+                  sequence_node: Optional[slicer.vtkMRMLSequenceNode] = None,
+                  prior_volume: Optional[slicer.vtkMRMLScalarVolumeNode] = None) -> List[Followup]:
     """The follow-ups of a run, in visit order (see the module docstring); duplicates and the prior are dropped.
 
     Raises:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Callable, List, Optional, Sequence, Union
+from typing import Callable, List, Optional, Sequence, TYPE_CHECKING, Tuple, Union
 
 import numpy as np
 import SimpleITK as sitk
@@ -22,6 +22,13 @@ from . import mrml_bridge
 from .mrml_bridge import BridgeError
 from .runner import run_propagation
 
+if TYPE_CHECKING:  # annotations only (the Lib imports Slicer where it runs)
+    import slicer
+
+    from .followups import Followup
+
+#: one result: (output segmentation, report, follow-up volume or None)
+Output = Tuple["slicer.vtkMRMLSegmentationNode", dict, Optional["slicer.vtkMRMLScalarVolumeNode"]]
 #: defaults shown in the GUI and used by :meth:`PropagationLogic.process`
 DEFAULT_PARAMETERS = {"max_parts": 5, "negative_parts": 1, "roi_margin_mm": 15.0, "slice_margin_mm": 5.0}
 
@@ -49,7 +56,7 @@ class PreparedInputs:
 class ProcessOutcome:
     """What :meth:`PropagationLogic.process` returns: the new node and the engine's report (dict)."""
 
-    output_node: object
+    output_node: slicer.vtkMRMLSegmentationNode
     report: dict
     result: object = None
 
@@ -58,7 +65,7 @@ class ProcessOutcome:
 class SeriesOutcome:
     """What :meth:`PropagationLogic.processSeries` returns: one new node per follow-up, the combined report."""
 
-    output_nodes: List
+    output_nodes: List[slicer.vtkMRMLSegmentationNode]
     report: dict
     result: object = None
 
@@ -70,11 +77,11 @@ class PropagationLogic:
         scene: the MRML scene (default ``slicer.mrmlScene``, resolved when first needed).
     """
 
-    def __init__(self, scene=None) -> None:
+    def __init__(self, scene: Optional[slicer.vtkMRMLScene] = None) -> None:
         self._scene = scene
 
     @property
-    def scene(self):
+    def scene(self) -> slicer.vtkMRMLScene:
         if self._scene is None:
             import slicer
 
@@ -82,8 +89,10 @@ class PropagationLogic:
         return self._scene
 
     # -- inputs ---------------------------------------------------------------------------------
-    def prepareInputs(self, priorVolume, priorSegmentation, followupVolume, segmentIds: Optional[Sequence[str]] = None,
-                      outputSegmentation=None) -> PreparedInputs:
+    def prepareInputs(self, priorVolume: slicer.vtkMRMLScalarVolumeNode,
+                      priorSegmentation: slicer.vtkMRMLSegmentationNode, followupVolume: slicer.vtkMRMLScalarVolumeNode,
+                      segmentIds: Optional[Sequence[str]] = None,
+                      outputSegmentation: Optional[slicer.vtkMRMLSegmentationNode] = None) -> PreparedInputs:
         """Check the nodes and copy them into the engine's types.
 
         Raises:
@@ -117,12 +126,13 @@ class PropagationLogic:
                               priorSegmentation.GetName())
 
     # -- run ------------------------------------------------------------------------------------
-    def process(self, priorVolume, priorSegmentation, followupVolume, outputSegmentation=None,
+    def process(self, priorVolume: slicer.vtkMRMLScalarVolumeNode, priorSegmentation: slicer.vtkMRMLSegmentationNode,
+                followupVolume: slicer.vtkMRMLScalarVolumeNode,
+                outputSegmentation: Optional[slicer.vtkMRMLSegmentationNode] = None,
                 segmentIds: Optional[Sequence[str]] = None, model: Union[str, object] = "litemedsam",
                 modelType: Optional[str] = None, device: str = "auto", parameters: Optional[dict] = None,
-                progress: Optional[Callable[[float, str], None]] = None,
-                cancel: Optional[Callable[[], bool]] = None, outputName: Optional[str] = None,
-                save_state: Optional[Callable[[], None]] = None) -> ProcessOutcome:
+                progress: Optional[Callable[[float, str], None]] = None, cancel: Optional[Callable[[], bool]] = None,
+                outputName: Optional[str] = None, save_state: Optional[Callable[[], None]] = None) -> ProcessOutcome:
         """Propagate (blocking) and return the output segmentation node.
 
         Args:
@@ -157,11 +167,13 @@ class PropagationLogic:
         choice = {"model": model if isinstance(model, str) else "litemedsam", "model_type": modelType,
                   "device": device}
         node = self.createOutput(result.segments, report, inputs.followup_image, followupVolume, outputSegmentation,
-                                 outputName, choice, save_state=save_state)
+                                 outputName, choice, save_state=save_state, priorSegments=inputs.prior_segments,
+                                 registered=result.registered_prior)
         return ProcessOutcome(node, report, result)
 
     # -- several follow-ups ---------------------------------------------------------------------
-    def prepareSeries(self, priorVolume, priorSegmentation, followups: Sequence,
+    def prepareSeries(self, priorVolume: slicer.vtkMRMLScalarVolumeNode,
+                      priorSegmentation: slicer.vtkMRMLSegmentationNode, followups: Sequence,
                       segmentIds: Optional[Sequence[str]] = None) -> PreparedInputs:
         """Check the prior and copy it (like :meth:`prepareInputs`) for a run on several follow-ups.
 
@@ -188,7 +200,8 @@ class PropagationLogic:
         return PreparedInputs(prior, segments, followups[0].image, priorVolume.GetName(), followups[0].name,
                               priorSegmentation.GetName())
 
-    def processSeries(self, priorVolume, priorSegmentation, followups: Sequence,
+    def processSeries(self, priorVolume: slicer.vtkMRMLScalarVolumeNode,
+                      priorSegmentation: slicer.vtkMRMLSegmentationNode, followups: Sequence,
                       segmentIds: Optional[Sequence[str]] = None, model: Union[str, object] = "litemedsam",
                       modelType: Optional[str] = None, device: str = "auto", parameters: Optional[dict] = None,
                       chain: bool = False, progress: Optional[Callable[[float, str], None]] = None,
@@ -221,13 +234,32 @@ class PropagationLogic:
                                   "nothing was written")
         choice = {"model": model if isinstance(model, str) else "litemedsam", "model_type": modelType,
                   "device": device}
-        nodes = [self.createOutput(r.segments, r.report_dict(), f.image, f.volume_node, None,
-                                   f"{f.name} P2SAM", choice) for f, r in zip(followups, series.results)]
+        nodes = [self.createOutput(r.segments, r.report_dict(), f.image, self.followupVolumeNode(f), None,
+                                   f"{f.name} P2SAM", choice, priorSegments=inputs.prior_segments,
+                                   registered=r.registered_prior) for f, r in zip(followups, series.results)]
         return SeriesOutcome(nodes, series.report_dict(), series)
 
-    def createOutput(self, segments: Sequence, report: dict, followupImage: sitk.Image, followupVolume,
-                     outputSegmentation=None, outputName: Optional[str] = None, modelChoice: Optional[dict] = None,
-                     save_state: Optional[Callable[[], None]] = None, masking=None):
+    def followupVolumeNode(self, followup: "Followup") -> slicer.vtkMRMLScalarVolumeNode:
+        """The follow-up's volume node; for a Sequence item (none yet) a new volume node of its voxels.
+
+        The Sequence item's node, named like the item (``"<sequence> [<index>]"``) and placed next
+        to the sequence in the subject hierarchy, is the result's reference volume: "Go" shows
+        that visit and the Segment Editor corrects on it. Kept in ``followup.volume_node``.
+        """
+        if followup.volume_node is None:
+            node = mrml_bridge.image_to_volume_node(followup.image, self.scene, followup.name)
+            if followup.sequence_node is not None:
+                mrml_bridge.place_next_to(self.scene, node, followup.sequence_node)
+            followup.volume_node = node
+        return followup.volume_node
+
+    def createOutput(self, segments: Sequence, report: dict, followupImage: sitk.Image,
+                     followupVolume: Optional[slicer.vtkMRMLScalarVolumeNode],
+                     outputSegmentation: Optional[slicer.vtkMRMLSegmentationNode] = None,
+                     outputName: Optional[str] = None, modelChoice: Optional[dict] = None,
+                     save_state: Optional[Callable[[], None]] = None, masking=None,
+                     priorSegments: Optional[Sequence] = None,
+                     registered: Optional[Sequence] = None) -> slicer.vtkMRMLSegmentationNode:
         """Write the engine's segments into a new node, or into the node the user chose; returns the node.
 
         A new node (``outputSegmentation`` None) is named ``"<follow-up> P2SAM"`` (or ``outputName``),
@@ -239,7 +271,12 @@ class PropagationLogic:
 
         The node also keeps the report, the follow-up geometry it refers to and the model
         choice (node attributes), for the flagged-slice list and the Segment Editor effect.
+        ``priorSegments``: the prior's segments, whose standard terminology each proposal keeps.
+        ``registered``: the registered prior (registration alone), added as a segmentation of its
+        own shown as outlines, for comparison (:func:`.review.add_registered_prior`; new nodes only).
         """
+        if priorSegments:
+            segments = mrml_bridge.carry_prior_tags(segments, priorSegments)
         if followupVolume is not None and not self.scene.IsNodePresent(followupVolume):
             raise BridgeError("the follow-up volume was removed from the scene during the run; nothing was written")
         if outputSegmentation is None:
@@ -254,16 +291,19 @@ class PropagationLogic:
             masking = masking or editing.EditorMasking.from_scene(self.scene, node)
             source = None
             if masking.intensity_range is not None and followupVolume is not None:
-                import slicer
-
-                source = slicer.vtkSlicerSegmentationsModuleLogic.CreateOrientedImageDataFromVolumeNode(followupVolume)
+                source = mrml_bridge.oriented_image_of_volume(followupVolume)
             editing.write_proposal(node, segments, followupImage, masking, source, save_state)
+            source = None
         mrml_bridge.store_report(node, report, followupImage)
         node.SetAttribute(mrml_bridge.MODEL_ATTRIBUTE, json.dumps(modelChoice or {"model": "litemedsam"}))
+        if registered and outputSegmentation is None:
+            from .review import add_registered_prior
+
+            add_registered_prior(self.scene, node, registered, followupImage, followupVolume)
         return node
 
     @staticmethod
-    def flaggedSliceLocations(outputNode) -> List[dict]:
+    def flaggedSliceLocations(outputNode: slicer.vtkMRMLSegmentationNode) -> List[dict]:
         """Flagged slices of an output node's report, each with the RAS point to jump to.
 
         Returns:
@@ -294,12 +334,12 @@ def _fmt(value) -> str:
     return "" if value is None else f"{float(value):.2f}"
 
 
-def _followup_label(output) -> str:
+def _followup_label(output: Tuple[slicer.vtkMRMLSegmentationNode, dict, slicer.vtkMRMLScalarVolumeNode]) -> str:
     outputNode, _report, followupVolume = output
     return followupVolume.GetName() if followupVolume is not None else outputNode.GetName()
 
 
-def summary_rows(outputs: Sequence) -> List[List[str]]:
+def summary_rows(outputs: Sequence[Output]) -> List[List[str]]:
     """The panel's report table: one row per (follow-up, segment).
 
     Args:
@@ -317,7 +357,7 @@ def summary_rows(outputs: Sequence) -> List[List[str]]:
     return rows
 
 
-def flagged_rows(logic: PropagationLogic, outputs: Sequence) -> List[dict]:
+def flagged_rows(logic: PropagationLogic, outputs: Sequence[Output]) -> List[dict]:
     """Every flagged slice of every output: :meth:`PropagationLogic.flaggedSliceLocations` entries plus
     ``"followup"`` (name) and ``"volume"`` (the follow-up volume node to show, or None)."""
     out = []
@@ -325,3 +365,35 @@ def flagged_rows(logic: PropagationLogic, outputs: Sequence) -> List[dict]:
         for entry in logic.flaggedSliceLocations(output[0]):
             out.append(dict(entry, followup=_followup_label(output), volume=output[2]))
     return out
+
+
+def review_choices(outputs: Sequence[Output]) -> List[str]:
+    """Labels of the results to review, one per follow-up: ``"<follow-up>: <segmentation>"``."""
+    return [f"{_followup_label(output)}: {output[0].GetName()}" for output in outputs]
+
+
+def review_target(outputs: Sequence[Output], index: int
+                  ) -> Tuple[slicer.vtkMRMLSegmentationNode, Optional[slicer.vtkMRMLScalarVolumeNode]]:
+    """``(segmentation node, follow-up volume node or None)`` of result ``index`` (for the Segment Editor).
+
+    Raises:
+        BridgeError: no such result, or its segmentation was removed from the scene.
+    """
+    if not 0 <= int(index) < len(outputs):
+        raise BridgeError("no result to review: run P²SAM first")
+    node, _report, volume = outputs[int(index)]
+    scene = node.GetScene()
+    if scene is None or not scene.IsNodePresent(node):
+        raise BridgeError(f"the result segmentation '{node.GetName()}' is no longer in the scene")
+    if volume is not None and not scene.IsNodePresent(volume):
+        volume = None
+    return node, volume
+
+
+def result_index_for_volume(outputs: Sequence[Output], volume: Optional[slicer.vtkMRMLScalarVolumeNode]) -> int:
+    """The index of the result on follow-up ``volume`` (0 when none matches)."""
+    for index, output in enumerate(outputs):
+        if volume is not None and output[2] is volume:
+            return index
+    return 0
+

@@ -41,6 +41,8 @@ REPORT_ATTRIBUTE = "P2SAM.Report"
 GEOMETRY_ATTRIBUTE = "P2SAM.FollowupGeometry"
 #: node attribute with the model the propagation used (JSON: model, model_type, device)
 MODEL_ATTRIBUTE = "P2SAM.ModelChoice"
+#: node attribute identifying the follow-up's voxels the report refers to (:func:`content_key`)
+CONTENT_ATTRIBUTE = "P2SAM.FollowupContent"
 
 
 class BridgeError(ValueError):
@@ -84,7 +86,7 @@ def set_image_geometry_from_ijk_to_ras(image: sitk.Image, ijk_to_ras: np.ndarray
     return image
 
 
-def node_ijk_to_ras(volume_node) -> np.ndarray:
+def node_ijk_to_ras(volume_node: slicer.vtkMRMLScalarVolumeNode) -> np.ndarray:
     """The volume node's IJKToRAS as a ``4 x 4`` array."""
     matrix = vtk.vtkMatrix4x4()
     volume_node.GetIJKToRASMatrix(matrix)
@@ -97,7 +99,7 @@ def geometry_of(image: sitk.Image) -> dict:
             "ijk_to_ras": [[round(float(v), 6) for v in row] for row in ijk_to_ras_from_image(image)]}
 
 
-def _require_untransformed(transformable_node, role: str) -> None:
+def _require_untransformed(transformable_node: slicer.vtkMRMLTransformableNode, role: str) -> None:
     if transformable_node is not None and transformable_node.GetParentTransformNode() is not None:
         raise BridgeError(f"{role} '{transformable_node.GetName()}' is under the transform "
                           f"'{transformable_node.GetParentTransformNode().GetName()}'; harden the transform "
@@ -108,7 +110,7 @@ def _require_untransformed(transformable_node, role: str) -> None:
 # volumes
 
 
-def volume_node_to_image(volume_node, role: str = "volume") -> sitk.Image:
+def volume_node_to_image(volume_node: slicer.vtkMRMLScalarVolumeNode, role: str = "volume") -> sitk.Image:
     """A scalar volume node as a SimpleITK image (voxels copied, full geometry, LPS).
 
     Args:
@@ -137,7 +139,9 @@ def volume_node_to_image(volume_node, role: str = "volume") -> sitk.Image:
     return set_image_geometry_from_ijk_to_ras(image, ijk_to_ras)
 
 
-def image_to_volume_node(image: sitk.Image, scene, name: str, node=None, class_name: str = "vtkMRMLScalarVolumeNode"):
+def image_to_volume_node(image: sitk.Image, scene: slicer.vtkMRMLScene, name: str,
+                         node: Optional[slicer.vtkMRMLScalarVolumeNode] = None,
+                         class_name: str = "vtkMRMLScalarVolumeNode") -> slicer.vtkMRMLScalarVolumeNode:
     """A SimpleITK 3D scalar image in a (new or given) volume node of ``scene``; returns the node."""
     if node is None:
         node = scene.AddNewNodeByClass(class_name, name)
@@ -150,6 +154,20 @@ def image_to_volume_node(image: sitk.Image, scene, name: str, node=None, class_n
     node.SetIJKToRASMatrix(_array_to_matrix(ijk_to_ras_from_image(image)))
     node.CreateDefaultDisplayNodes()
     return node
+
+
+def oriented_image_of_volume(volume_node: slicer.vtkMRMLScalarVolumeNode) -> "slicer.vtkOrientedImageData":
+    """The volume's voxels and geometry as a ``vtkOrientedImageData`` (a copy), owned by Python alone.
+
+    ``vtkSlicerSegmentationsModuleLogic.CreateOrientedImageDataFromVolumeNode`` returns a new
+    object the caller owns; VTK's Python wrapping adds its own reference, so without the
+    ``UnRegister`` here (what Slicer's own Python code does) every call leaks a full copy.
+    """
+    oriented = slicer.vtkSlicerSegmentationsModuleLogic.CreateOrientedImageDataFromVolumeNode(volume_node)
+    if oriented is None:
+        raise BridgeError(f"volume '{volume_node.GetName()}' holds no voxels")
+    oriented.UnRegister(None)
+    return oriented
 
 
 # ------------------------------------------------------------------------------------------
@@ -180,7 +198,8 @@ def empty_oriented_image_like(reference: sitk.Image) -> "slicer.vtkOrientedImage
     return oriented
 
 
-def oriented_image_to_mask(oriented, reference: sitk.Image, label_value: Optional[int] = None) -> np.ndarray:
+def oriented_image_to_mask(oriented: slicer.vtkOrientedImageData, reference: sitk.Image,
+                           label_value: Optional[int] = None) -> np.ndarray:
     """Resample a labelmap onto ``reference``'s grid (nearest neighbour): bool ``[k, j, i]``.
 
     Args:
@@ -212,7 +231,7 @@ def oriented_image_to_mask(oriented, reference: sitk.Image, label_value: Optiona
     return out
 
 
-def _oriented_voxel_count(oriented, label_value: Optional[int]) -> Tuple[int, float]:
+def _oriented_voxel_count(oriented: slicer.vtkOrientedImageData, label_value: Optional[int]) -> Tuple[int, float]:
     """(voxels of the structure, voxel volume in mm³) of a labelmap in its own geometry."""
     if oriented is None or oriented.GetPointData() is None or oriented.GetPointData().GetScalars() is None:
         return 0, 0.0
@@ -228,13 +247,13 @@ def _oriented_voxel_count(oriented, label_value: Optional[int]) -> Tuple[int, fl
 # segmentation nodes -> segments
 
 
-def segment_ids(segmentation_node) -> List[str]:
+def segment_ids(segmentation_node: slicer.vtkMRMLSegmentationNode) -> List[str]:
     """Segment IDs of a segmentation node, in display order."""
     seg = segmentation_node.GetSegmentation()
     return [seg.GetNthSegmentID(i) for i in range(seg.GetNumberOfSegments())]
 
 
-def segment_names(segmentation_node) -> Dict[str, str]:
+def segment_names(segmentation_node: slicer.vtkMRMLSegmentationNode) -> Dict[str, str]:
     """``{segment ID: name}`` of a segmentation node, in display order."""
     seg = segmentation_node.GetSegmentation()
     return {sid: seg.GetSegment(sid).GetName() for sid in segment_ids(segmentation_node)}
@@ -262,7 +281,8 @@ def ensure_conversion_rules() -> None:
             factory.RegisterConverterRule(rule())
 
 
-def _labelmap_segmentation(segmentation_node, reference: sitk.Image):
+def _labelmap_segmentation(segmentation_node: slicer.vtkMRMLSegmentationNode,
+                            reference: sitk.Image) -> slicer.vtkSegmentation:
     """The node's ``vtkSegmentation`` with a binary labelmap representation.
 
     Segmentations whose source representation is not a labelmap (e.g. closed surfaces from
@@ -283,7 +303,7 @@ def _labelmap_segmentation(segmentation_node, reference: sitk.Image):
     return work
 
 
-def segments_from_segmentation_node(segmentation_node, reference: sitk.Image,
+def segments_from_segmentation_node(segmentation_node: slicer.vtkMRMLSegmentationNode, reference: sitk.Image,
                                     selected_ids: Optional[Sequence[str]] = None,
                                     reference_name: str = "the prior volume",
                                     min_inside: float = 0.5) -> List[Segment]:
@@ -334,11 +354,33 @@ def segments_from_segmentation_node(segmentation_node, reference: sitk.Image,
         image = sitk.GetImageFromArray(mask.astype(np.uint8))
         image.CopyInformation(reference)
         out.append(Segment(name=name, color=(float(r), float(g), float(b)), mask=image, segment_id=sid,
-                           tags={}))
+                           tags=kept_tags(segment)))
     return out
 
 
-def _is_shared(segmentation, segment_id: str) -> bool:
+def kept_tags(segment: slicer.vtkSegment) -> Dict[str, str]:
+    """The tags of a prior segment a proposal keeps: its standard terminology (``TerminologyEntry``: category,
+    type, modifier, anatomic region as DICOM / SNOMED CT codes), so the proposal is the same structure."""
+    out = {}
+    for key in (slicer.vtkSegment.GetTerminologyEntryTagName(),):
+        value = segment_tag(segment, key)
+        if value:
+            out[key] = value
+    return out
+
+
+def carry_prior_tags(segments: Sequence[Segment], prior_segments: Sequence[Segment]) -> List[Segment]:
+    """Proposals with the tags of the prior segment of the same name added (the proposal's own tags win)."""
+    by_name = {p.name: dict(p.tags or {}) for p in prior_segments}
+    out = []
+    for s in segments:
+        tags = dict(by_name.get(s.name, {}))
+        tags.update(s.tags or {})
+        out.append(Segment(s.name, s.color, s.mask, s.segment_id, tags))
+    return out
+
+
+def _is_shared(segmentation: slicer.vtkSegmentation, segment_id: str) -> bool:
     """True when the segment's labelmap object is shared with other segments (voxel value = label value)."""
     rep = segmentation.GetSegment(segment_id).GetRepresentation(BINARY_LABELMAP)
     if rep is None:
@@ -353,8 +395,9 @@ def _is_shared(segmentation, segment_id: str) -> bool:
 # segments -> segmentation node
 
 
-def fill_segmentation_node(segmentation_node, segments: Sequence[Segment], reference: sitk.Image,
-                           reference_volume_node=None) -> None:
+def fill_segmentation_node(segmentation_node: slicer.vtkMRMLSegmentationNode, segments: Sequence[Segment],
+                           reference: sitk.Image, reference_volume_node: Optional[slicer.vtkMRMLScalarVolumeNode] = None
+                           ) -> None:
     """Replace every segment of ``segmentation_node`` by ``segments`` (masks on ``reference``'s grid).
 
     Names, colours and tags are copied; each segment's ID is its ``segment_id`` (made
@@ -387,8 +430,11 @@ def fill_segmentation_node(segmentation_node, segments: Sequence[Segment], refer
         segmentation.AddSegment(segment, segment_id)
 
 
-def segments_to_segmentation_node(scene, segments: Sequence[Segment], reference: sitk.Image, name: Optional[str],
-                                  reference_volume_node=None, node=None):
+def segments_to_segmentation_node(scene: slicer.vtkMRMLScene, segments: Sequence[Segment], reference: sitk.Image,
+                                  name: Optional[str],
+                                  reference_volume_node: Optional[slicer.vtkMRMLScalarVolumeNode] = None,
+                                  node: Optional[slicer.vtkMRMLSegmentationNode] = None
+                                  ) -> slicer.vtkMRMLSegmentationNode:
     """A new (or the given, emptied) segmentation node holding ``segments``; returns the node.
 
     The node is added to ``scene`` with display nodes, and placed in the subject hierarchy
@@ -406,7 +452,7 @@ def segments_to_segmentation_node(scene, segments: Sequence[Segment], reference:
     return node
 
 
-def place_next_to(scene, node, sibling) -> None:
+def place_next_to(scene: slicer.vtkMRMLScene, node: slicer.vtkMRMLNode, sibling: slicer.vtkMRMLNode) -> None:
     """Put ``node`` under the subject-hierarchy parent of ``sibling`` (its study, or the scene)."""
     sh = scene.GetSubjectHierarchyNode()
     if sh is None:
@@ -422,7 +468,8 @@ def place_next_to(scene, node, sibling) -> None:
         sh.SetItemParent(item, parent)
 
 
-def masks_from_segmentation_node(segmentation_node, reference: sitk.Image) -> Dict[str, np.ndarray]:
+def masks_from_segmentation_node(segmentation_node: slicer.vtkMRMLSegmentationNode, reference: sitk.Image
+                                 ) -> Dict[str, np.ndarray]:
     """``{segment name: bool [k, j, i]}`` of every segment, resampled on ``reference``'s grid."""
     segmentation = _labelmap_segmentation(segmentation_node, reference)
     out = {}
@@ -434,7 +481,8 @@ def masks_from_segmentation_node(segmentation_node, reference: sitk.Image) -> Di
     return out
 
 
-def segment_mask(segmentation_node, segment_id: str, reference: sitk.Image) -> np.ndarray:
+def segment_mask(segmentation_node: slicer.vtkMRMLSegmentationNode, segment_id: str, reference: sitk.Image
+                 ) -> np.ndarray:
     """One segment as bool ``[k, j, i]`` on ``reference``'s grid (shared labelmap layers handled)."""
     segmentation = _labelmap_segmentation(segmentation_node, reference)
     segment = segmentation.GetSegment(segment_id)
@@ -444,7 +492,7 @@ def segment_mask(segmentation_node, segment_id: str, reference: sitk.Image) -> n
     return oriented_image_to_mask(segment.GetRepresentation(BINARY_LABELMAP), reference, label)
 
 
-def segment_tag(segment, key: str) -> Optional[str]:
+def segment_tag(segment: slicer.vtkSegment, key: str) -> Optional[str]:
     """The value of a segment tag, or None."""
     value = vtk.reference("")
     if segment.GetTag(key, value):
@@ -456,13 +504,35 @@ def segment_tag(segment, key: str) -> Optional[str]:
 # report on the node, and where flagged slices are
 
 
-def store_report(segmentation_node, report: dict, followup: sitk.Image) -> None:
-    """Keep the propagation report (JSON) and the follow-up geometry it refers to on the node."""
+def content_key(voxels: np.ndarray) -> str:
+    """An identity of a volume's voxels (``[k, j, i]``, any dtype): two visits on the same grid differ.
+
+    A SHA-1 of the shape and of every 61st voxel as float64 (fast on large volumes; the same
+    voxels give the same key whatever their storage type).
+    """
+    import hashlib
+
+    array = np.asarray(voxels)
+    sample = np.ascontiguousarray(array.reshape(-1)[::61], dtype=np.float64)
+    digest = hashlib.sha1(repr(tuple(int(v) for v in array.shape)).encode("ascii"))
+    digest.update(sample.tobytes())
+    return digest.hexdigest()
+
+
+def store_report(segmentation_node: slicer.vtkMRMLSegmentationNode, report: dict, followup: sitk.Image) -> None:
+    """Keep the propagation report (JSON), the follow-up geometry it refers to and the identity of the
+    follow-up's voxels (:func:`content_key`) on the node."""
     segmentation_node.SetAttribute(REPORT_ATTRIBUTE, json.dumps(report, separators=(",", ":"), default=json_default))
     segmentation_node.SetAttribute(GEOMETRY_ATTRIBUTE, json.dumps(geometry_of(followup)))
+    segmentation_node.SetAttribute(CONTENT_ATTRIBUTE, content_key(sitk.GetArrayViewFromImage(followup)))
 
 
-def stored_report(segmentation_node) -> Optional[dict]:
+def stored_content_key(segmentation_node: slicer.vtkMRMLSegmentationNode) -> Optional[str]:
+    """The :func:`content_key` kept by :func:`store_report`, or None."""
+    return segmentation_node.GetAttribute(CONTENT_ATTRIBUTE) if segmentation_node is not None else None
+
+
+def stored_report(segmentation_node: slicer.vtkMRMLSegmentationNode) -> Optional[dict]:
     """The report kept by :func:`store_report`, or None."""
     text = segmentation_node.GetAttribute(REPORT_ATTRIBUTE) if segmentation_node is not None else None
     if not text:
@@ -473,7 +543,7 @@ def stored_report(segmentation_node) -> Optional[dict]:
         return None
 
 
-def stored_geometry(segmentation_node) -> Optional[dict]:
+def stored_geometry(segmentation_node: slicer.vtkMRMLSegmentationNode) -> Optional[dict]:
     text = segmentation_node.GetAttribute(GEOMETRY_ATTRIBUTE) if segmentation_node is not None else None
     return json.loads(text) if text else None
 
@@ -508,7 +578,8 @@ def flagged_slices(report: dict) -> List[dict]:
     return out
 
 
-def slice_prompts(report: Optional[dict], segment_name: str, k: int) -> Tuple[Optional[List[float]], Optional[List[float]]]:
+def slice_prompts(report: Optional[dict], segment_name: str, k: int
+                  ) -> Tuple[Optional[List[float]], Optional[List[float]]]:
     """``(window, box)`` P²SAM used on slice ``k`` of ``segment_name`` (slice pixels), or ``(None, None)``."""
     if not report:
         return None, None

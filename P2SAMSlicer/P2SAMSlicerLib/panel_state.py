@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import contextlib
 import json
-from typing import Callable, Iterator, List, Optional, Sequence
+from typing import Callable, Iterator, List, Optional, Sequence, TYPE_CHECKING
+
+if TYPE_CHECKING:  # annotations only (the Lib imports Slicer where it runs)
+    import slicer
 
 
 class SegmentSelection:
@@ -33,7 +36,7 @@ class SegmentSelection:
 
     PARAMETER = "P2SAM.SegmentSelection"
 
-    def __init__(self, parameter_node) -> None:
+    def __init__(self, parameter_node: slicer.vtkMRMLScriptedModuleNode) -> None:
         self.parameter_node = parameter_node
 
     def _stored(self) -> Optional[dict]:
@@ -46,12 +49,12 @@ class SegmentSelection:
             return None
         return value if isinstance(value, dict) else None
 
-    def is_stored(self, segmentation_node) -> bool:
+    def is_stored(self, segmentation_node: slicer.vtkMRMLSegmentationNode) -> bool:
         """True when the user chose the ticks of this segmentation node (else: all are ticked)."""
         stored = self._stored()
         return bool(stored and segmentation_node is not None and stored.get("segmentation") == segmentation_node.GetID())
 
-    def checked(self, segmentation_node) -> List[str]:
+    def checked(self, segmentation_node: slicer.vtkMRMLSegmentationNode) -> List[str]:
         """Segment IDs to tick, in the segmentation's order (unknown stored IDs are dropped)."""
         if segmentation_node is None:
             return []
@@ -62,7 +65,7 @@ class SegmentSelection:
         wanted = set(self._stored().get("ids") or [])
         return [i for i in ids if i in wanted]
 
-    def store(self, segmentation_node, segment_ids: Sequence[str]) -> bool:
+    def store(self, segmentation_node: slicer.vtkMRMLSegmentationNode, segment_ids: Sequence[str]) -> bool:
         """Keep ``segment_ids`` as the selection of ``segmentation_node`` (one parameter write).
 
         Returns True when the stored value changed (then the node fired one ModifiedEvent).
@@ -75,7 +78,7 @@ class SegmentSelection:
         self.parameter_node.SetParameter(self.PARAMETER, text)
         return True
 
-    def set_all(self, segmentation_node, checked: bool) -> bool:
+    def set_all(self, segmentation_node: slicer.vtkMRMLSegmentationNode, checked: bool) -> bool:
         """Tick every segment (``checked``) or none."""
         if segmentation_node is None:
             return False

@@ -20,8 +20,10 @@ Written here::
     progress.jsonl  one {"fraction": 0-1, "message": "..."} per line, as the run advances
     result.json     {"report": the report (one follow-up) or the combined report (several),
                      "followups": [{"name", "report": PropagationResult.report_dict(),
-                                    "segments": [{"name", "color", "segment_id", "tags", "file"}...]}...]}
+                                    "segments": [{"name", "color", "segment_id", "tags", "file"}...],
+                                    "registered": [the registered prior, same form]}...]}
     result_<k>_<n>.nrrd  output masks (uint8 0/1, follow-up k's grid)
+    registered_<k>_<n>.nrrd  the registered prior (registration alone) on follow-up k's grid
     error.json      {"type": "InputError" | "CancelledError" | ..., "message": "..."} on failure
 
 The run stops with :class:`~P2SAMLogic.errors.CancelledError` as soon as a file named
@@ -36,9 +38,13 @@ import os
 import sys
 import time
 import traceback
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import SimpleITK as sitk
+
+if TYPE_CHECKING:  # annotations only: the engine is imported when a run starts
+    from P2SAMLogic.propagate import PropagationResult
+    from P2SAMLogic.series import SeriesResult
 
 EXIT_OK, EXIT_FAILED, EXIT_INPUT, EXIT_CANCELLED = 0, 1, 2, 3
 
@@ -85,7 +91,7 @@ def run_propagation(prior_image: sitk.Image, prior_segments: Sequence, followup:
                     model: Union[str, object] = "litemedsam", model_type: Optional[str] = None,
                     device: str = "auto", config: Optional[dict] = None,
                     progress: Optional[Callable[[float, str], None]] = None,
-                    cancel: Optional[Callable[[], bool]] = None):
+                    cancel: Optional[Callable[[], bool]] = None) -> "PropagationResult":
     """Load (or reuse) the model and call :func:`P2SAMLogic.propagate.propagate`.
 
     Args:
@@ -110,7 +116,7 @@ def run_series(prior_image: sitk.Image, prior_segments: Sequence, followups: Seq
                model: Union[str, object] = "litemedsam", model_type: Optional[str] = None,
                device: str = "auto", config: Optional[dict] = None,
                progress: Optional[Callable[[float, str], None]] = None,
-               cancel: Optional[Callable[[], bool]] = None):
+               cancel: Optional[Callable[[], bool]] = None) -> "SeriesResult":
     """:func:`P2SAMLogic.series.propagate_series` with the model loaded (or reused) by :func:`load_model_cached`.
 
     Returns:
@@ -199,7 +205,8 @@ def read_results(folder: str) -> dict:
     with open(os.path.join(folder, "result.json"), encoding="utf-8") as handle:
         result = json.load(handle)
     return {"report": result["report"],
-            "followups": [{"name": f["name"], "report": f["report"], "segments": _read_segments(folder, f["segments"])}
+            "followups": [{"name": f["name"], "report": f["report"], "segments": _read_segments(folder, f["segments"]),
+                           "registered": _read_segments(folder, f.get("registered", []))}
                           for f in result["followups"]]}
 
 
@@ -211,7 +218,7 @@ def read_error(folder: str) -> Optional[dict]:
         return json.load(handle)
 
 
-def _read_job(folder: str):
+def _read_job(folder: str) -> Tuple[dict, sitk.Image, List, List[sitk.Image]]:
     with open(os.path.join(folder, "job.json"), encoding="utf-8") as handle:
         job = json.load(handle)
     prior = sitk.ReadImage(os.path.join(folder, job["prior"]))
@@ -252,7 +259,13 @@ def run_job(folder: str) -> int:
                 sitk.WriteImage(sitk.Cast(s.mask, sitk.sitkUInt8), os.path.join(folder, file), True)
                 out.append({"name": s.name, "color": [float(c) for c in s.color], "segment_id": s.segment_id,
                             "tags": dict(s.tags), "file": file})
-            entries.append({"name": name, "report": result.report_dict(), "segments": out})
+            registered = []
+            for n, s in enumerate(result.registered_prior):
+                file = f"registered_{k}_{n}.nrrd"
+                sitk.WriteImage(sitk.Cast(s.mask, sitk.sitkUInt8), os.path.join(folder, file), True)
+                registered.append({"name": s.name, "color": [float(c) for c in s.color], "segment_id": s.segment_id,
+                                   "tags": dict(s.tags), "file": file})
+            entries.append({"name": name, "report": result.report_dict(), "segments": out, "registered": registered})
         report = entries[0]["report"] if len(entries) == 1 else series.report_dict()
         write_json_atomic(os.path.join(folder, "result.json"), {"report": report, "followups": entries})
         progress(1.0, "done")

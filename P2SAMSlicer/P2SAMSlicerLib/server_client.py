@@ -1,42 +1,52 @@
 """Run a propagation on a P2SAM MONAI Label server ("Run on server") instead of the local worker.
 
-The server is the MONAI Label app ``apps/p2sam`` of this repository. A job:
+The server is the MONAI Label app ``apps/p2sam`` of this repository, started with its
+``serve.py``. A job (:meth:`P2SAMServerClient.propagate_files`):
 
-1. **handshake** -- ``GET /info/``: the server reports its P2SAM engine version and its model's
-   SHA-256; when they differ from what this client expects (its own engine version, and the
-   known checksum of the model it asks for) the job is refused with :class:`VersionMismatchError`,
-   whose message names both sides, before anything is uploaded. The infer request carries the
-   same expectations and the server refuses it too (HTTP 409) if they differ.
-2. **upload** -- the prior image, the follow-up image and the prior segmentation (``.seg.nrrd``)
-   go into the server's datastore (``PUT /datastore/image``, ``PUT /datastore/label``) under ids
-   derived from their content, so an image already there is not sent again.
-3. **infer** -- ``POST /infer/p2sam?image=<follow-up id>&output=all``; the answer is the proposal
-   (a ``.seg.nrrd`` on the follow-up's grid) and the engine's QA report, the same report the
-   local worker gives.
+1. **sign-in**, when the server requires it, as MONAI Label's own Slicer client does:
+   ``POST /auth/token`` with the user name and password gives a bearer token, sent as
+   ``Authorization: <token_type> <access_token>`` with every request; a token that expired is
+   renewed once with the same credentials. Credentials stay in memory (the worker process gets
+   them through a pipe, never a file or its command line).
+2. **handshake** -- ``GET /info/``: the server's P2SAM engine version and model SHA-256 must be
+   what this client expects (its own engine version, the known checksum of the model it asks
+   for), else :class:`VersionMismatchError` naming both sides, before anything is uploaded. The
+   job request carries the same expectations; the server refuses a request without them.
+3. **job** -- ``POST /p2sam/jobs`` with the prior image, the follow-up image and the prior
+   segmentation (``.seg.nrrd``) as uploads; the server deletes them when the run ends. The client
+   polls ``GET /p2sam/jobs/<id>`` (per-slice progress), fetches ``/result`` (a ``.seg.nrrd`` on
+   the follow-up's grid) and deletes the job (``DELETE``), which also removes the result from the
+   server. **Cancel** sends that ``DELETE`` while the job runs: the server's engine stops at its
+   next step.
 
-:class:`ServerPropagation` runs a job in a thread with the interface of
-:class:`.background.BackgroundPropagation` (``start``, ``poll``, ``running``, ``cancel``, ``error``,
-``result``, ``cleanup``), so the module's widget can use either. Progress is per stage (the
-server answers one blocking request; its per-slice progress goes to the server's log).
+:class:`ServerPropagation` runs a job in a separate Python process (``python -m
+P2SAMSlicerLib.server_client <job folder>``) with :class:`.background.BackgroundPropagation`'s
+interface and files (``progress.jsonl``, ``error.json``, a ``cancel`` file), so the module's
+widget polls it from a timer like the local worker. A Python thread would not do inside Slicer:
+PythonQt keeps the GIL while Qt waits for events, so the thread would run only when the GUI
+calls into Python.
 
-Pure Python standard library plus SimpleITK and P2SAMLogic's file I/O (no Slicer, Qt, VTK or
-torch), so it runs in Slicer's main process and is tested without Slicer against a real server.
+The HTTP part is Python's standard library only (it also runs in a bare ``PythonSlicer``); reading
+and writing images uses SimpleITK and P2SAMLogic's file I/O, imported where needed.
 """
 from __future__ import annotations
 
-import email.parser
-import email.policy
 import hashlib
 import json
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
-import threading
+import time
+import traceback
 import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+from .background import BackgroundPropagation, default_python, import_paths
 
 #: SHA-256 of the model files a client may ask for by name (the server must hold the same weights)
 KNOWN_MODEL_SHA256 = {
@@ -45,6 +55,7 @@ KNOWN_MODEL_SHA256 = {
 }
 
 ProgressCallback = Callable[[float, str], None]
+EXIT_OK, EXIT_FAILED, EXIT_REFUSED, EXIT_CANCELLED = 0, 1, 2, 3
 
 
 class ServerError(Exception):
@@ -52,7 +63,15 @@ class ServerError(Exception):
 
 
 class VersionMismatchError(ServerError):
-    """The server runs another engine version or model than this client expects."""
+    """The server runs another engine version or model than this client expects (HTTP 409 / 428)."""
+
+
+class AuthenticationError(ServerError):
+    """The server requires signing in, or refused the credentials or the token (HTTP 401 / 403 / 429)."""
+
+
+class JobCancelled(ServerError):
+    """The job was cancelled (by this client, or on the server)."""
 
 
 def local_engine_version() -> str:
@@ -75,14 +94,6 @@ def expected_model_sha256(model: str = "litemedsam") -> Optional[str]:
     return None
 
 
-def _file_id(path: str, prefix: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return f"{prefix}-{digest.hexdigest()[:24]}"
-
-
 def _multipart(fields: Dict[str, str], files: Dict[str, Tuple[str, bytes]]) -> Tuple[bytes, str]:
     """``multipart/form-data`` body and content type for text ``fields`` and ``files`` (name -> (filename, bytes))."""
     boundary = "p2sam-" + uuid.uuid4().hex
@@ -101,23 +112,35 @@ class P2SAMServerClient:
     """Talks to one P2SAM MONAI Label server.
 
     Args:
-        url: the server's base URL, e.g. ``http://gpu-server:8000``.
-        timeout: seconds to wait for one HTTP answer (an inference can take minutes on a CPU server).
+        url: the server's base URL, e.g. ``https://gpu-server.example.org`` (behind a TLS proxy) or
+            ``http://127.0.0.1:8000``.
+        timeout: seconds to wait for one HTTP answer (uploads of large scans take a while).
+        username, password: credentials for a server that requires signing in (kept in memory).
+        token: a bearer token obtained elsewhere (``"Bearer <access token>"`` or the bare token).
     """
 
-    def __init__(self, url: str, timeout: float = 900.0) -> None:
+    def __init__(self, url: str, timeout: float = 120.0, username: Optional[str] = None,
+                 password: Optional[str] = None, token: Optional[str] = None) -> None:
         if not url.startswith(("http://", "https://")):
             raise ServerError(f"server URL '{url}' must start with http:// or https://")
         self.url = url.rstrip("/")
         self.timeout = timeout
+        self.username = username
+        self._password = password
+        self.token = (token if not token or " " in token else f"Bearer {token}") or None
+
+    def __repr__(self) -> str:
+        return f"P2SAMServerClient({self.url!r}, user={self.username!r})"
 
     # -- HTTP ---------------------------------------------------------------------------------
     def _request(self, method: str, path: str, query: Optional[dict] = None, body: Optional[bytes] = None,
-                 content_type: Optional[str] = None, timeout: Optional[float] = None):
+                 content_type: Optional[str] = None, timeout: Optional[float] = None, sign_in: bool = True):
         url = self.url + path + ("?" + urllib.parse.urlencode(query) if query else "")
         req = urllib.request.Request(url, data=body, method=method)
         if content_type:
             req.add_header("Content-Type", content_type)
+        if self.token:
+            req.add_header("Authorization", self.token)
         try:
             with urllib.request.urlopen(req, timeout=timeout or self.timeout) as resp:
                 return resp.status, resp.headers.get("Content-Type", ""), resp.read()
@@ -127,7 +150,14 @@ class P2SAMServerClient:
                 detail = json.loads(detail).get("detail", detail)
             except (ValueError, AttributeError):
                 pass
-            if exc.code == 409:
+            if exc.code == 401 and sign_in and self.username and self._password is not None:
+                self.sign_in()  # no token yet, or it expired: once, then the request again
+                return self._request(method, path, query, body, content_type, timeout, sign_in=False)
+            if exc.code in (401, 403, 429):
+                hint = " (enter a user name and password)" if exc.code == 401 and not self.username else ""
+                raise AuthenticationError(f"the P2SAM server at {self.url} refused {method} {path}: {detail}{hint}"
+                                          ) from None
+            if exc.code in (409, 428):
                 raise VersionMismatchError(f"the P2SAM server at {self.url} refused the job: {detail}") from None
             raise ServerError(f"the P2SAM server at {self.url} answered {exc.code} to {method} {path}: "
                               f"{detail}") from None
@@ -136,11 +166,36 @@ class P2SAMServerClient:
             raise ServerError(f"cannot reach the P2SAM server at {self.url} ({reason}); check the URL and that "
                               "the server is running") from None
 
+    def _json(self, method: str, path: str, **kwargs):
+        _, _, data = self._request(method, path, **kwargs)
+        return json.loads(data.decode("utf-8"))
+
+    # -- sign-in --------------------------------------------------------------------------------
+    def auth_enabled(self) -> bool:
+        """Whether the server requires signing in (``GET /auth/``)."""
+        try:
+            return bool(self._json("GET", "/auth/", timeout=min(self.timeout, 30.0)).get("enabled"))
+        except AuthenticationError:
+            return True
+
+    def sign_in(self) -> None:
+        """``POST /auth/token`` with the credentials; the token goes with every later request."""
+        if not self.username or self._password is None:
+            raise AuthenticationError(f"the P2SAM server at {self.url} requires signing in: enter a user name and "
+                                      "password")
+        body = urllib.parse.urlencode({"username": self.username, "password": self._password,
+                                       "grant_type": "password"}).encode()
+        self.token = None
+        answer = self._json("POST", "/auth/token", body=body, content_type="application/x-www-form-urlencoded",
+                            sign_in=False, timeout=min(self.timeout, 30.0))
+        if not answer.get("access_token"):
+            return  # sign-in is off on this server
+        self.token = f"{answer.get('token_type') or 'Bearer'} {answer['access_token']}"
+
     # -- handshake ----------------------------------------------------------------------------
     def info(self) -> dict:
         """``GET /info/``: the app's description, its models, and ``p2sam`` (the handshake)."""
-        _, _, data = self._request("GET", "/info/", timeout=min(self.timeout, 30.0))
-        return json.loads(data.decode("utf-8"))
+        return self._json("GET", "/info/", timeout=min(self.timeout, 30.0))
 
     def handshake(self, expected_engine_version: Optional[str] = None,
                   expected_sha256: Optional[str] = None) -> dict:
@@ -167,80 +222,92 @@ class P2SAMServerClient:
                                        + ". Update this extension or the server so that both match.")
         return server
 
-    # -- datastore ----------------------------------------------------------------------------
-    def has_image(self, image_id: str) -> bool:
-        try:
-            self._request("HEAD", "/datastore/image", {"image": image_id}, timeout=min(self.timeout, 30.0))
-            return True
-        except ServerError:
-            return False
-
-    def upload_image(self, path: str, image_id: str) -> str:
-        """Put an image file into the datastore under ``image_id`` (skipped when it is there already)."""
-        if self.has_image(image_id):
-            return image_id
-        with open(path, "rb") as handle:
-            body, ctype = _multipart({"params": "{}"}, {"file": (os.path.basename(path), handle.read())})
-        _, _, data = self._request("PUT", "/datastore/image", {"image": image_id}, body, ctype)
-        return json.loads(data.decode("utf-8")).get("image", image_id)
-
-    def upload_label(self, image_id: str, path: str, tag: str) -> None:
-        """Put a segmentation file into the datastore as ``image_id``'s label with ``tag``."""
-        with open(path, "rb") as handle:
-            body, ctype = _multipart({"params": "{}"}, {"label": (os.path.basename(path), handle.read())})
-        self._request("PUT", "/datastore/label", {"image": image_id, "tag": tag}, body, ctype)
-
-    # -- inference ----------------------------------------------------------------------------
-    def infer(self, followup_id: str, prior_id: str, prior_label_tag: str, *, segments: Optional[Sequence[str]] = None,
-              parameters: Optional[dict] = None, expected_engine_version: Optional[str] = None,
-              expected_sha256: Optional[str] = None) -> Tuple[bytes, dict]:
-        """``POST /infer/p2sam``: ``(proposal .seg.nrrd bytes, answer dict with "report", "p2sam"...)``."""
-        params = {"prior_image": prior_id, "prior_label_tag": prior_label_tag,
-                  "segments": ",".join(segments or []), "parameters": dict(parameters or {})}
+    # -- jobs -----------------------------------------------------------------------------------
+    def submit_job(self, prior_image: str, prior_segmentation: str, followup: str, *,
+                   segments: Optional[Sequence[str]] = None, parameters: Optional[dict] = None,
+                   expected_engine_version: Optional[str] = None, expected_sha256: Optional[str] = None) -> dict:
+        """``POST /p2sam/jobs`` with the three files; the job's status (``{"job": id, "status", ...}``)."""
+        params: Dict[str, object] = {"segments": list(segments or []), "parameters": dict(parameters or {})}
         if expected_engine_version:
             params["expected_engine_version"] = expected_engine_version
         if expected_sha256:
             params["expected_model_sha256"] = expected_sha256
-        body, ctype = _multipart({"params": json.dumps(params)}, {})
-        _, rtype, data = self._request("POST", "/infer/p2sam", {"image": followup_id, "output": "all"}, body, ctype)
-        return _split_answer(rtype, data)
+        files = {}
+        for field, path in (("prior_image", prior_image), ("followup", followup),
+                            ("prior_segmentation", prior_segmentation)):
+            with open(path, "rb") as handle:
+                files[field] = (os.path.basename(path), handle.read())
+        body, ctype = _multipart({"params": json.dumps(params)}, files)
+        return self._json("POST", "/p2sam/jobs", body=body, content_type=ctype)
+
+    def job_status(self, job_id: str) -> dict:
+        """``GET /p2sam/jobs/<id>``: ``status`` (queued, running, done, failed, cancelled), ``fraction``,
+        ``message``; ``answer`` when done (``report``, ``p2sam``, ``segments``, ``warnings``, ``seconds``)."""
+        return self._json("GET", f"/p2sam/jobs/{urllib.parse.quote(job_id)}", timeout=min(self.timeout, 30.0))
+
+    def job_result(self, job_id: str) -> bytes:
+        """``GET /p2sam/jobs/<id>/result``: the proposal's ``.seg.nrrd`` bytes."""
+        return self._request("GET", f"/p2sam/jobs/{urllib.parse.quote(job_id)}/result")[2]
+
+    def delete_job(self, job_id: str, timeout: Optional[float] = None) -> dict:
+        """``DELETE /p2sam/jobs/<id>``: cancels the job if it runs, and deletes its files on the server."""
+        return self._json("DELETE", f"/p2sam/jobs/{urllib.parse.quote(job_id)}", timeout=timeout)
 
     def propagate_files(self, prior_image: str, prior_segmentation: str, followup: str, output: str, *,
                         segments: Optional[Sequence[str]] = None, parameters: Optional[dict] = None,
                         model: str = "litemedsam", expected_engine_version: Optional[str] = None,
                         expected_sha256: Optional[str] = None, progress: Optional[ProgressCallback] = None,
-                        cancelled: Callable[[], bool] = lambda: False) -> dict:
-        """The whole job on files: handshake, uploads, inference; writes ``output`` (``.seg.nrrd``) atomically.
+                        cancelled: Callable[[], bool] = lambda: False, poll_seconds: float = 1.0) -> dict:
+        """The whole job on files: sign-in, handshake, job, result; writes ``output`` (``.seg.nrrd``) atomically.
 
         Args:
             expected_engine_version: default :func:`local_engine_version`.
             expected_sha256: default :func:`expected_model_sha256` of ``model``.
+            cancelled: polled between requests; True deletes the job on the server (which stops it)
+                and raises :class:`JobCancelled`.
         Returns:
             The server's answer (``report``, ``p2sam`` handshake, ``segments``, ``warnings``, ``seconds``).
         """
         report = progress or (lambda f, m: None)
         version = expected_engine_version or local_engine_version()
         sha = expected_sha256 or expected_model_sha256(model)
-        report(0.02, f"checking the server at {self.url}")
+        report(0.01, f"checking the server at {self.url}")
+        if self.username and not self.token and self.auth_enabled():
+            self.sign_in()
         self.handshake(version, sha)
-        steps = (("prior image", prior_image, "p2sam-prior"), ("follow-up image", followup, "p2sam-followup"))
-        ids = []
-        for n, (what, path, prefix) in enumerate(steps):
-            if cancelled():
-                raise ServerError("cancelled by the user; nothing was written")
-            report(0.05 + 0.05 * n, f"uploading the {what}")
-            ids.append(self.upload_image(path, _file_id(path, prefix)))
-        tag = "p2sam_" + _file_id(prior_segmentation, "seg")[4:20]
-        report(0.15, "uploading the prior segmentation")
-        self.upload_label(ids[0], prior_segmentation, tag)
         if cancelled():
-            raise ServerError("cancelled by the user; nothing was written")
-        report(0.2, "propagating on the server (per-slice progress is in the server's log)")
-        data, answer = self.infer(ids[1], ids[0], tag, segments=segments, parameters=parameters,
-                                  expected_engine_version=version, expected_sha256=sha)
-        if cancelled():
-            raise ServerError("cancelled by the user; the server's result was discarded")
-        report(0.95, "writing the proposal")
+            raise JobCancelled("cancelled by the user; nothing was sent")
+        report(0.03, "uploading the prior image, the follow-up image and the prior segmentation")
+        job_id = self.submit_job(prior_image, prior_segmentation, followup, segments=segments,
+                                 parameters=parameters, expected_engine_version=version, expected_sha256=sha)["job"]
+        deleted = False
+        try:
+            while True:
+                if cancelled():
+                    self.delete_job(job_id, timeout=5.0)
+                    deleted = True
+                    raise JobCancelled("cancelled by the user; the server stopped the job and deleted its files")
+                state = self.job_status(job_id)
+                if state["status"] in ("queued", "running"):
+                    where = "waiting for the server" if state["status"] == "queued" else "on the server"
+                    report(0.05 + 0.9 * float(state.get("fraction") or 0.0), f"{where}: {state.get('message', '')}")
+                    time.sleep(poll_seconds)
+                    continue
+                if state["status"] == "cancelled":
+                    raise JobCancelled(f"the job was cancelled on the server ({state.get('message', '')})")
+                if state["status"] != "done":
+                    raise ServerError(f"P2SAM failed on the server {self.url}: {state.get('error') or state}")
+                report(0.96, "downloading the proposal")
+                data = self.job_result(job_id)
+                self.delete_job(job_id)
+                deleted = True
+                break
+        finally:
+            if not deleted:
+                try:
+                    self.delete_job(job_id, timeout=5.0)
+                except ServerError:
+                    pass
         tmp = output + f".{uuid.uuid4().hex[:8]}.part"
         try:
             with open(tmp, "wb") as handle:
@@ -250,129 +317,152 @@ class P2SAMServerClient:
             if os.path.exists(tmp):
                 os.remove(tmp)
         report(1.0, "done")
-        return answer
+        return state["answer"]
 
 
-def _split_answer(content_type: str, data: bytes) -> Tuple[bytes, dict]:
-    """The proposal file and the JSON of MONAI Label's ``multipart/form-data`` infer answer."""
-    if "multipart" not in content_type:
-        raise ServerError("the server answered without a segmentation: " + data[:300].decode("utf-8", "replace"))
-    msg = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
-        f"Content-Type: {content_type}\r\n\r\n".encode() + data)
-    seg, answer = None, None
-    for part in msg.iter_parts():
-        name = part.get_param("name", header="content-disposition")
-        payload = part.get_payload(decode=True)
-        if name == "params":
-            answer = json.loads(payload.decode("utf-8"))
-        elif name == "image":
-            seg = payload
-    if seg is None or answer is None:
-        raise ServerError("the server's answer lacks the segmentation or the report")
-    return seg, answer
+# -- the worker process ------------------------------------------------------------------------------------------
+#
+# Job folder (written by ServerPropagation, read by run_job):
+#   job.json          {"url", "model", "segments", "config", "expected_engine_version", "expected_model_sha256",
+#                      "timeout"}
+#   prior.nrrd, followup.nrrd, prior.seg.nrrd    the inputs
+# Written by run_job: progress.jsonl, result.seg.nrrd + result.json ({"answer": ...}), or error.json
+# ({"type", "message"}); a file named "cancel" asks it to stop. Credentials come on standard input (one JSON line).
 
 
-class ServerPropagation:
-    """One propagation on a server, in a thread, with :class:`.background.BackgroundPropagation`'s interface.
+def run_job(folder: str, credentials: Optional[dict] = None) -> int:
+    """Run the server job described in ``folder``; returns the exit status (0 done, 1 failed, 2 refused,
+    3 cancelled)."""
+    progress_path = os.path.join(folder, "progress.jsonl")
+    cancel_path = os.path.join(folder, "cancel")
+    credentials = credentials or {}
+
+    def progress(fraction: float, message: str) -> None:
+        with open(progress_path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps({"fraction": round(float(fraction), 4), "message": str(message)}) + "\n")
+
+    def write_error(kind: str, message: str, **extra) -> None:
+        tmp = os.path.join(folder, "error.json.part")
+        with open(tmp, "w", encoding="utf-8") as handle:
+            json.dump(dict({"type": kind, "message": message}, **extra), handle)
+        os.replace(tmp, os.path.join(folder, "error.json"))
+
+    try:
+        with open(os.path.join(folder, "job.json"), encoding="utf-8") as handle:
+            job = json.load(handle)
+        client = P2SAMServerClient(job["url"], float(job.get("timeout") or 120.0), credentials.get("username"),
+                                   credentials.get("password"), credentials.get("token"))
+        answer = client.propagate_files(
+            os.path.join(folder, "prior.nrrd"), os.path.join(folder, "prior.seg.nrrd"),
+            os.path.join(folder, "followup.nrrd"), os.path.join(folder, "result.seg.nrrd"),
+            segments=job.get("segments"), parameters=job.get("config"), model=job.get("model") or "litemedsam",
+            expected_engine_version=job.get("expected_engine_version"),
+            expected_sha256=job.get("expected_model_sha256"), progress=progress,
+            cancelled=lambda: os.path.exists(cancel_path))
+        tmp = os.path.join(folder, "result.json.part")
+        with open(tmp, "w", encoding="utf-8") as handle:
+            json.dump({"answer": answer}, handle)
+        os.replace(tmp, os.path.join(folder, "result.json"))
+        return EXIT_OK
+    except JobCancelled as exc:
+        write_error("CancelledError", str(exc))
+        return EXIT_CANCELLED
+    except (VersionMismatchError, AuthenticationError) as exc:
+        write_error(type(exc).__name__, str(exc))
+        return EXIT_REFUSED
+    except ServerError as exc:
+        write_error("ServerError", str(exc))
+        return EXIT_FAILED
+    except Exception as exc:  # reported to the GUI with the traceback
+        write_error(type(exc).__name__, str(exc), traceback=traceback.format_exc())
+        return EXIT_FAILED
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1 or not os.path.isfile(os.path.join(argv[0], "job.json")):
+        print("usage: python -m P2SAMSlicerLib.server_client JOB_FOLDER (credentials as JSON on standard input)",
+              file=sys.stderr)
+        return EXIT_FAILED
+    line = sys.stdin.readline() if not sys.stdin.isatty() else ""
+    try:
+        credentials = json.loads(line) if line.strip() else {}
+    except ValueError:
+        credentials = {}
+    return run_job(argv[0], credentials)
+
+
+class ServerPropagation(BackgroundPropagation):
+    """One propagation on a server, run by a separate process, with :class:`.background.BackgroundPropagation`'s
+    interface (``start``, ``poll``, ``running``, ``returncode``, ``cancel``, ``wait``, ``error``, ``result``,
+    ``results``, ``cleanup``).
 
     Args:
         prior_image, prior_segments, followup: the engine's inputs (SimpleITK images, ``Segment`` list).
         url: the server's base URL.
         model: the model the job expects the server to run (its checksum is checked).
         config: :class:`PropagationConfig` fields as a dict (``segments`` becomes the request's segments).
+        username, password, token: sign-in for a server that requires it (passed to the worker through a pipe).
+        timeout: seconds to wait for one HTTP answer.
+        python: interpreter of the worker (default: Slicer's ``PythonSlicer``, see :func:`.background.default_python`).
         work_dir: parent of the job folder (default: the system temporary folder).
     """
 
     def __init__(self, prior_image, prior_segments: Sequence, followup, *, url: str, model: str = "litemedsam",
-                 config: Optional[dict] = None, timeout: float = 900.0, work_dir: Optional[str] = None) -> None:
+                 config: Optional[dict] = None, username: Optional[str] = None, password: Optional[str] = None,
+                 token: Optional[str] = None, timeout: float = 120.0, python: Optional[str] = None,
+                 work_dir: Optional[str] = None) -> None:
         import SimpleITK as sitk
 
         from P2SAMLogic.io3d import write_segmentation
 
-        self.client = P2SAMServerClient(url, timeout)
+        P2SAMServerClient(url)  # the URL's form is checked here, before any file is written
+        self.python = python or default_python()
+        self.url = url
         self.model = model
-        self.config = dict(config or {})
-        self.segments = self.config.pop("segments", None) or [s.name for s in prior_segments]
+        config = dict(config or {})
+        segments = config.pop("segments", None) or [s.name for s in prior_segments]
         self.folder = tempfile.mkdtemp(prefix="P2SAM-server-", dir=work_dir)
-        self.paths = {k: os.path.join(self.folder, n) for k, n in
-                      (("prior", "prior.nrrd"), ("followup", "followup.nrrd"), ("segmentation", "prior.seg.nrrd"),
-                       ("output", "result.seg.nrrd"))}
-        sitk.WriteImage(prior_image, self.paths["prior"], True)
-        sitk.WriteImage(followup, self.paths["followup"], True)
-        write_segmentation(self.paths["segmentation"], list(prior_segments), prior_image, {"note": "prior, sent to "
-                                                                                                   "a P2SAM server"})
+        try:
+            sitk.WriteImage(prior_image, os.path.join(self.folder, "prior.nrrd"), True)
+            sitk.WriteImage(followup, os.path.join(self.folder, "followup.nrrd"), True)
+            write_segmentation(os.path.join(self.folder, "prior.seg.nrrd"), list(prior_segments), prior_image,
+                               {"note": "prior, sent to a P2SAM server"})
+            job = {"url": url, "model": model, "segments": list(segments), "config": config, "timeout": timeout,
+                   "expected_engine_version": local_engine_version(),
+                   "expected_model_sha256": expected_model_sha256(model)}
+            with open(os.path.join(self.folder, "job.json"), "w", encoding="utf-8") as handle:
+                json.dump(job, handle)
+        except BaseException:
+            shutil.rmtree(self.folder, ignore_errors=True)
+            raise
+        self._credentials = {"username": username, "password": password, "token": token}
         self._followup = followup
-        self._lines: List[Tuple[float, str]] = []
-        self._lock = threading.Lock()
-        self._thread: Optional[threading.Thread] = None
-        self._answer: Optional[dict] = None
-        self._error: Optional[dict] = None
-        self._cancelled = False
+        self.process: Optional[subprocess.Popen] = None
+        self._offset = 0
+        self._cancel_time: Optional[float] = None
         self.fraction = 0.0
         self.message = ""
 
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="P2SAM-server", daemon=True)
-        self._thread.start()
-
-    def _progress(self, fraction: float, message: str) -> None:
-        with self._lock:
-            self._lines.append((float(fraction), str(message)))
-
-    def _run(self) -> None:
+    def _start(self) -> None:
+        env = dict(os.environ)
+        extra = os.pathsep.join(import_paths())
+        env["PYTHONPATH"] = extra + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        extra_args = {"creationflags": getattr(subprocess, "CREATE_NO_WINDOW", 0)} if os.name == "nt" else {}
+        log = open(os.path.join(self.folder, "log.txt"), "wb")
         try:
-            self._answer = self.client.propagate_files(
-                self.paths["prior"], self.paths["segmentation"], self.paths["followup"], self.paths["output"],
-                segments=self.segments, parameters=self.config, model=self.model, progress=self._progress,
-                cancelled=lambda: self._cancelled)
-        except VersionMismatchError as exc:
-            self._error = {"type": "VersionMismatchError", "message": str(exc)}
-        except ServerError as exc:
-            kind = "CancelledError" if self._cancelled else "ServerError"
-            self._error = {"type": kind, "message": str(exc)}
-        except Exception as exc:  # reported to the GUI like the local worker's errors
-            self._error = {"type": type(exc).__name__, "message": str(exc)}
-
-    @property
-    def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
-
-    @property
-    def returncode(self) -> Optional[int]:
-        """None while running; 0 done, 3 cancelled, 2 refused (version), 1 failed (as the local worker)."""
-        if self._thread is None or self.running:
-            return None
-        if self._error is None:
-            return 0
-        return {"CancelledError": 3, "VersionMismatchError": 2}.get(self._error["type"], 1)
-
-    def poll(self) -> List[Tuple[float, str]]:
-        """Progress lines ``(fraction, message)`` since the last call."""
-        with self._lock:
-            out, self._lines = self._lines, []
-        if out:
-            self.fraction, self.message = out[-1]
-        return out
-
-    def cancel(self) -> None:
-        """Stop at the next step; a running inference finishes on the server and its result is discarded."""
-        self._cancelled = True
-
-    @property
-    def cancelled(self) -> bool:
-        return self._cancelled
-
-    def wait(self, timeout: Optional[float] = None) -> Optional[int]:
-        if self._thread is None:
-            raise RuntimeError("the server propagation was not started")
-        self._thread.join(timeout)
-        return self.returncode
-
-    def error(self) -> Optional[dict]:
-        """``{"type", "message"}`` of a failed, refused or cancelled job, or None."""
-        if self._cancelled and self._error is None and self.returncode == 0:
-            return None
-        return self._error
+            self.process = subprocess.Popen([self.python, "-m", "P2SAMSlicerLib.server_client", self.folder],
+                                            stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                            cwd=self.folder, **extra_args)
+        finally:
+            log.close()
+        try:
+            self.process.stdin.write((json.dumps(self._credentials) + "\n").encode("utf-8"))
+            self.process.stdin.close()
+        except OSError:
+            pass  # the worker stopped at once: its log says why (error())
+        self._credentials = {}
 
     def result(self):
         """``(segments, report)``: the proposal's ``Segment`` list on the follow-up's grid, and the QA report."""
@@ -380,8 +470,9 @@ class ServerPropagation:
             raise RuntimeError("the server propagation has not finished successfully")
         from P2SAMLogic.io3d import read_segmentation
 
-        segments = read_segmentation(self.paths["output"], self._followup)
-        return segments, self._answer["report"]
+        with open(os.path.join(self.folder, "result.json"), encoding="utf-8") as handle:
+            answer = json.load(handle)["answer"]
+        return read_segmentation(os.path.join(self.folder, "result.seg.nrrd"), self._followup), answer["report"]
 
     def results(self) -> dict:
         """The same shape as :meth:`.background.BackgroundPropagation.results` (one follow-up):
@@ -389,7 +480,6 @@ class ServerPropagation:
         segments, report = self.result()
         return {"report": report, "followups": [{"name": "follow-up", "segments": segments, "report": report}]}
 
-    def cleanup(self) -> None:
-        """Forget the job and delete its folder (a running request is abandoned)."""
-        self._cancelled = True
-        shutil.rmtree(self.folder, ignore_errors=True)
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -130,6 +130,29 @@ class ListWidget:
         item.setCheckState(_Qt.Checked if checked else _Qt.Unchecked)
 
 
+class ComboBox:
+    """``QComboBox``: items, ``clear``, ``addItem``, ``currentIndex`` (-1 when empty), ``setCurrentIndex``."""
+
+    def __init__(self):
+        self.items = []
+        self.currentIndex = -1
+
+    @property
+    def count(self):
+        return len(self.items)
+
+    def clear(self):
+        self.items, self.currentIndex = [], -1
+
+    def addItem(self, text):
+        self.items.append(text)
+        if self.currentIndex < 0:
+            self.currentIndex = 0
+
+    def setCurrentIndex(self, index):
+        self.currentIndex = int(index) if 0 <= int(index) < len(self.items) else -1
+
+
 class ParameterNode:
     """The ``parameterNodeWrapper`` object of the module, on a real ``vtkMRMLScriptedModuleNode``.
 
@@ -186,7 +209,7 @@ def make_qt_module():
     qt.Qt = _Qt
     qt.QListWidgetItem = ListItem
     qt.QColor = Anything(fromRgbF=lambda *a: ("colour", a))
-    for name in ("QTimer", "QHeaderView", "QTableWidgetItem", "QPushButton", "QLabel", "QHBoxLayout", "QSpinBox",
+    for name in ("QTimer", "QHeaderView", "QTableWidgetItem", "QPushButton", "QLabel", "QHBoxLayout", "QSpinBox", "QCheckBox",
                  "QIcon", "QMessageBox", "QCursor", "QApplication"):
         setattr(qt, name, Anything)
     return qt
@@ -291,4 +314,5 @@ def widget_ui():
     """The widget's ``self.ui``: a real-behaving checklist, everything else :class:`Anything`."""
     ui = Anything()
     ui.segmentsListWidget = ListWidget()
+    ui.reviewResultComboBox = ComboBox()
     return ui

@@ -120,6 +120,73 @@ def test_overwrite_runs_finished_cases_again(tmp_path, small_cohort, shared_clus
     assert (tmp_path / "rigid.nii.gz").stat().st_mtime_ns != first
 
 
+def test_resume_skips_only_outputs_made_from_the_same_inputs_version_and_parameters(tmp_path, small_cohort,
+                                                                                    shared_cluster):
+    """Resuming compares what the case's report recorded, not only that its files exist."""
+    manifest = tmp_path / "rigid.csv"
+    row = f"{small_cohort / 'prior_ct.nrrd'},{small_cohort / 'prior.seg.nrrd'},{{}},rigid.seg.nrrd\n"
+    manifest.write_text(HEADER + "\n" + row.format(small_cohort / "followup_1.nrrd"))
+    run = ["propagate-many", str(manifest), "--scheduler", shared_cluster, "--quiet",
+           "--propagate-options=--method rigid"]
+    assert main(run) == 0
+    output, report = tmp_path / "rigid.seg.nrrd", tmp_path / "rigid.report.json"
+    recorded = json.loads(report.read_text())["provenance"]["inputs_sha256"]
+    assert set(recorded) == {"prior_image", "prior_segmentation", "followup"}
+    kept = output.read_bytes()
+
+    def rerun(options="--method rigid", overwrite=False):
+        code = main(run[:-1] + [f"--propagate-options={options}"] + (["--overwrite"] if overwrite else []))
+        (case,) = json.loads((tmp_path / "rigid.summary.json").read_text())["cases"]
+        return code, case
+
+    code, case = rerun()  # nothing changed
+    assert code == 0 and case["status"] == "skipped"
+    # the row now points at another follow-up: its old result must not be reported as the new case's
+    manifest.write_text(HEADER + "\n" + row.format(small_cohort / "followup_2.nrrd"))
+    code, case = rerun()
+    assert code == 1 and case["status"] == "failed" and case["segments"] == []
+    assert case["error"] == (f"{output}: exists, but it was made from other inputs: the followup "
+                             f"{small_cohort / 'followup_2.nrrd'} differ(s) from what its report records; pass "
+                             "--overwrite to compute it again")
+    assert output.read_bytes() == kept
+    manifest.write_text(HEADER + "\n" + row.format(small_cohort / "followup_1.nrrd"))
+    code, case = rerun("--method rigid --slice-margin 3")  # other parameters
+    assert code == 1 and "it was made with other parameters (slice_margin_mm)" in case["error"]
+    data = json.loads(report.read_text())  # a report of an older engine: no version match, no checksums
+    data["provenance"]["version"] = "0.0.1"
+    report.write_text(json.dumps(data))
+    code, case = rerun()
+    assert code == 1 and "it was made by P2SAM 0.0.1, not by this one" in case["error"]
+    code, case = rerun(overwrite=True)
+    assert code == 0 and case["status"] == "done"
+
+
+def test_a_case_whose_run_raised_is_never_done(tmp_path, small_cohort, monkeypatch):
+    from P2SAMLogic import cohort
+
+    case = cohort.Case(line=2, case_id="c", prior_image=str(small_cohort / "prior_ct.nrrd"),
+                       prior_segmentation=str(small_cohort / "prior.seg.nrrd"),
+                       followup=str(small_cohort / "followup_1.nrrd"), output=str(tmp_path / "c.seg.nrrd"),
+                       report=str(tmp_path / "c.report.json"))
+
+    def unreadable(*args, **kwargs):
+        raise OSError("report vanished")
+
+    monkeypatch.setattr(cohort, "_summarise", unreadable)
+    out = cohort.run_case(case, ["--method", "rigid"], device="cpu")
+    assert out["status"] == "failed" and out["error"] == "OSError: report vanished"
+
+
+def test_outputs_reached_through_a_symbolic_link_are_duplicates(tmp_path, capsys):
+    (tmp_path / "out").mkdir()
+    os.symlink(tmp_path / "out", tmp_path / "link")
+    manifest = tmp_path / "cohort.csv"
+    manifest.write_text(HEADER + "\na,b,c,out/o.seg.nrrd\nd,e,f,link/o.seg.nrrd\n")
+    assert main(["propagate-many", str(manifest), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "line 3, column 'output'" in err and "also written by line 2" in err, err
+
+
 HEADER = "prior_image,prior_segmentation,followup,output"
 
 
@@ -151,6 +218,12 @@ def test_bad_propagate_options_exit_2(tmp_path, capsys):
     assert "--propagate-options" in capsys.readouterr().err
     assert main(["propagate-many", str(manifest), "--propagate-options=--output x.seg.nrrd"]) == 2
     assert "set per case" in capsys.readouterr().err
+    # argparse would take a prefix for the full option: abbreviations are refused, naming the option
+    for options, full in (("--overw --rep x.json", "--overwrite"), ("--max-p 2", "--max-parts"),
+                          ("--method=rigid --rep=x.json", "--report")):
+        assert main(["propagate-many", str(manifest), f"--propagate-options={options}"]) == 2
+        err = capsys.readouterr().err
+        assert "--propagate-options: " in err and f"is an abbreviation (of {full}); write option names in full" in err
 
 
 def test_engine_never_imports_dask_or_the_server():

@@ -12,7 +12,7 @@ import pytest
 import SimpleITK as sitk
 
 from P2SAMLogic import io3d
-from P2SAMLogic.errors import InputError
+from P2SAMLogic.errors import InputError, OutputError
 from P2SAMLogic.volume import Segment, VolumeSource, mask_image_like, same_geometry
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "Tools"))
@@ -583,11 +583,11 @@ def test_failed_write_leaves_no_file(tmp_path, monkeypatch):
     old = tmp_path / "b.seg.nrrd"
     old.write_bytes(b"old result")
     monkeypatch.setattr(io3d.segmentations, "_write_seg_nrrd", boom)  # the writer the dispatcher calls
-    with pytest.raises(InputError, match="disk full"):
+    with pytest.raises(OutputError, match="disk full"):  # not an input problem: exit status 1, not 2
         io3d.write_segmentation(old, segs, ref, {}, overwrite=True)
     assert [p.name for p in tmp_path.iterdir()] == ["b.seg.nrrd"] and old.read_bytes() == b"old result"
     monkeypatch.setattr(io3d.segmentations, "_write_nifti", boom)
-    with pytest.raises(InputError, match="disk full"):
+    with pytest.raises(OutputError, match="disk full"):
         io3d.write_segmentation(tmp_path / "c.nii.gz", segs, ref, {})
     assert [p.name for p in tmp_path.iterdir()] == ["b.seg.nrrd"]
 

@@ -23,7 +23,17 @@ from P2SAMSlicerLib.followups import NodeSelection, followup_list, sequence_foll
 from P2SAMSlicerLib.logic import PropagationLogic, summary_rows  # noqa: E402
 from P2SAMSlicerLib.mrml_bridge import BridgeError  # noqa: E402
 
-RIGID = {"method": "rigid"}
+# The toy block phantom below is too small and too uniform for the rigid registration (it lands
+# several millimetres off, and the plausibility check of P2SAMLogic/regcheck.py refuses it):
+# these tests are about nodes, so they let a poor registration through.
+RIGID = {"method": "rigid", "allow_poor_registration": True}
+
+
+def proposals(scene):
+    """Segmentations other than the registered priors P²SAM adds for comparison."""
+    from P2SAMSlicerLib.review import count_segmentations
+
+    return count_segmentations(scene)
 
 
 def ct_image(shift=0):
@@ -78,9 +88,9 @@ def test_every_volume_of_a_sequence_is_a_followup(scene_case):
 def test_process_series_makes_one_node_per_followup(scene_case):
     scene, prior, segmentation, weeks = scene_case
     logic = PropagationLogic(scene)
-    before = scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode")
+    before = proposals(scene)
     outcome = logic.processSeries(prior, segmentation, followup_list(weeks[0], [weeks[1]]), parameters=RIGID)
-    assert scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == before + 2
+    assert proposals(scene) == before + 2
     for node, week in zip(outcome.output_nodes, weeks):
         assert node.GetName() == f"{week.GetName()} P2SAM"
         assert node.GetNodeReference(slicer.vtkMRMLSegmentationNode.GetReferenceImageGeometryReferenceRole()) is week
@@ -147,12 +157,12 @@ def test_panel_propagates_onto_the_ticked_followups(monkeypatch, scene_case):
     NodeSelection(settings.parameterNode).store(weeks)
     shown = []
     widget.showResults = lambda outputs, report=None: shown.append((outputs, report))
-    before = scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode")
+    before = proposals(scene)
     followups = widget.followups()
     assert [f.name for f in followups] == ["CBCT week 0", "CBCT week 1", "CBCT week 2"]
     widget._runBlocking(settings, widget.checkedSegmentIds(), {"model": "litemedsam", "modelType": None,
                                                                "device": "cpu"}, RIGID, followups)
-    assert scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == before + 3
+    assert proposals(scene) == before + 3
     (outputs, report), = shown
     assert [o[0].GetName() for o in outputs] == ["CBCT week 0 P2SAM", "CBCT week 1 P2SAM", "CBCT week 2 P2SAM"]
     assert [o[2] for o in outputs] == [third, *weeks] and len(report["followups"]) == 3

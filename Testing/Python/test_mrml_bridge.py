@@ -478,7 +478,11 @@ def test_correction_session_uses_the_report_and_a_click_keeps_the_slice(e2e, fol
     assert np.allclose(session.corrector("GTV", k).window, window)
     assert dice(new, truth_arr[k]) >= max(0.6, dice(mask3d[k], truth_arr[k]) - 0.05)
     assert session.clicks("GTV", k) == (1, 0)
-    assert np.array_equal(session.undo("GTV", k), session.corrector("GTV", k).predict())
+    session.commit("GTV", k, new)
+    assert session.sync("GTV", k, new) == "same"
+    elsewhere = np.zeros_like(new)
+    elsewhere[:3, :3] = True  # the slice as another effect left it: the clicks are not replayed over it
+    assert session.sync("GTV", k, elsewhere) == "edited" and session.clicks("GTV", k) == (0, 0)
 
 
 # ------------------------------------------------------------------------------------------

@@ -218,23 +218,31 @@ def test_effect_name_matches_the_module():
     assert 'EFFECT_NAME = "P2SAM"' in MODULE_FILE.read_text()
 
 
-def test_effect_saves_undo_state_before_writing_and_keeps_masking():
+def test_effect_writes_only_through_the_slice_writer_with_undo_and_masking():
+    """The effect file writes nothing itself; the Lib's slice writer saves one undo state before writing, never
+    bypasses the editor's masking, and never uses Set with an extent (it clears the whole segment)."""
     cls = next(n for n in effect_tree().body if isinstance(n, ast.ClassDef) and n.name == "SegmentEditorEffect")
     methods = {f.name: f for f in cls.body if isinstance(f, ast.FunctionDef)}
     for required in ("clone", "icon", "helpText", "setupOptionsFrame", "processInteractionEvents"):
         assert required in methods
+    calls = [n for n in ast.walk(cls) if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)]
+    assert not [c for c in calls if c.func.attr in ("modifySelectedSegmentByLabelmap", "modifySegmentByLabelmap")]
+    source = (LIB_DIR / "slice_edit.py").read_text()
+    functions = {f.name: f for f in ast.parse(source).body if isinstance(f, ast.FunctionDef)}
     writers = []
-    for name, fn in methods.items():
-        calls = [n for n in ast.walk(fn) if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)]
-        modify = [c for c in calls if c.func.attr in ("modifySelectedSegmentByLabelmap", "modifySegmentByLabelmap")]
-        if not modify:
-            continue
-        writers.append(name)
-        undo = [c for c in calls if c.func.attr == "saveStateForUndo"]
-        assert undo and min(c.lineno for c in undo) < min(c.lineno for c in modify), name
+    for name, fn in functions.items():
+        modify = [c for c in ast.walk(fn) if isinstance(c, ast.Call) and isinstance(c.func, ast.Attribute)
+                  and c.func.attr == "modifySelectedSegmentByLabelmap"]
+        if modify:
+            writers.append(name)
         for c in modify:
-            assert len(c.args) <= 3 and not c.keywords, "bypassMasking must stay False (editor masking applies)"
-    assert writers == ["_writeSlices"], "one place writes to the segment"
+            assert len(c.args) == 3 and not c.keywords, "bypassMasking must stay False (editor masking applies)"
+    assert writers == ["_modify"], "one place writes to the segment"
+    calls = [c for c in ast.walk(functions["write_slices"]) if isinstance(c, ast.Call)]
+    undo = [c.lineno for c in calls if isinstance(c.func, ast.Attribute) and c.func.attr == "saveStateForUndo"]
+    writes = [c.lineno for c in calls if isinstance(c.func, ast.Name) and c.func.id == "_modify"]
+    assert len(undo) == 1 and writes and undo[0] < min(writes), "one undo state, saved before the first write"
+    assert ".ModificationModeSet" not in source, "Set with an extent clears the whole segment"
 
 
 # ------------------------------------------------------------------------------------------
@@ -250,6 +258,43 @@ def test_pip_arguments_for_the_two_packages_installed_without_dependencies():
     assert d.pip_arguments(by_name["segment-anything"]) == ["--no-deps", "segment-anything==1.0"]
     names = {r.name.lower() for r in d.PIP_REQUIREMENTS}
     assert not names & {"numpy", "simpleitk", "torch", "torchvision", "timm"}
+
+
+def test_every_package_goes_in_without_dependencies_and_the_list_is_complete():
+    """As SlicerTotalSegmentator installs: ``--no-deps`` and an explicit list; nothing Slicer ships is installed.
+    Each package's declared dependencies are checked against this environment's metadata where the
+    installed version is one the installer would choose."""
+    from importlib import metadata
+
+    from packaging.requirements import Requirement as PipRequirement
+
+    from P2SAMSlicerLib import dependencies as d
+
+    installed = {r.name.lower() for r in d.PIP_REQUIREMENTS}
+    bundled = {r.name.lower() for r in d.BUNDLED_WITH_SLICER}
+    assert all("--no-deps" in d.pip_arguments(r) for r in d.PIP_REQUIREMENTS)
+    assert not installed & (bundled | {"torch"} | set(d.NOT_NEEDED)), "a package Slicer ships is pip-installed"
+    assert {"scipy", "pillow", "numpy", "simpleitk"} <= bundled
+    assert set(d.DECLARED_DEPENDENCIES) == {r.name for r in d.PIP_REQUIREMENTS}
+    provided = installed | bundled | {"torch"} | set(d.NOT_NEEDED)
+    for name, needs in d.DECLARED_DEPENDENCIES.items():
+        assert {n.lower() for n in needs} <= provided, (name, needs)
+    checked = []
+    for r in d.PIP_REQUIREMENTS:
+        try:
+            version = metadata.version(r.name)
+        except metadata.PackageNotFoundError:
+            continue
+        if not d.satisfies(version, r.install_requirement[len(r.name):]):
+            continue  # a newer release here than the installer picks: its metadata says nothing about ours
+        needs = set()
+        for text in metadata.requires(r.name) or []:
+            req = PipRequirement(text)
+            if req.marker is None or req.marker.evaluate({"extra": ""}):
+                needs.add(req.name.lower())
+        assert needs <= {n.lower() for n in d.DECLARED_DEPENDENCIES[r.name]}, (r.name, version, needs)
+        checked.append(r.name)
+    assert len(checked) >= 3, checked
 
 
 #: engine dependencies the Slicer module does not need: the command line's DICOM reader/writer
@@ -310,7 +355,7 @@ def test_installer_asks_first_and_installs_nothing_when_declined(fake_packages):
     outcome = d.install_missing(lambda text: asked.append(text) or False, state["pip"],
                                 lambda: torch.append(1) or True)
     assert outcome.declined and not state["pip_calls"] and not torch and outcome.installed == []
-    assert "torch" in asked[0] and "POT" in asked[0] and "numpy and SimpleITK are not touched" in asked[0]
+    assert "torch" in asked[0] and "POT" in asked[0] and "SciPy, Pillow and SimpleITK are not touched" in asked[0]
 
 
 def test_installer_installs_torch_first_then_pip_packages(fake_packages):
@@ -327,7 +372,7 @@ def test_installer_installs_torch_first_then_pip_packages(fake_packages):
         state["pip"](args)
 
     outcome = d.install_missing(lambda text: True, pip, install_torch)
-    assert order == ["torch", ["POT>=0.9"]]
+    assert order == ["torch", ["--no-deps", "POT>=0.9,<0.10"]]
     assert outcome.installed == ["torch", "POT"] and not outcome.declined
 
 

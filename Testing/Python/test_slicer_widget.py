@@ -20,6 +20,7 @@ import SimpleITK as sitk
 
 slicer = pytest.importorskip("slicer")
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 import slicer_standins as standins  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -131,7 +132,10 @@ def ready(panel):
 
 
 def segmentation_nodes(scene):
-    return scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode")
+    """Segmentations other than the registered priors P²SAM adds for comparison."""
+    from P2SAMSlicerLib.review import count_segmentations
+
+    return count_segmentations(scene)
 
 
 def test_closing_the_scene_during_a_blocking_run_cancels_it(ready):
@@ -216,29 +220,30 @@ def test_effect_self_test_reports_a_skip_as_skipped(monkeypatch):
 
 @pytest.fixture
 def effect_case(monkeypatch):
-    """The effect on a real segmentation + volume + Segment Editor node, and a real slice node (the view)."""
+    """The effect on a real segmentation + volume + Segment Editor node, and a real slice node (the view);
+    its ``scriptedEffect`` forwards to slicer-core's real Segment Editor logic (``segment_editor_on_logic``)."""
+    from segment_editor_on_logic import AbstractEffectEnums, ScriptedEffectOnLogic
+
+    mrml_bridge.ensure_conversion_rules()
     scene = slicer.vtkMRMLScene()
     standins.install(monkeypatch, scene)
+    monkeypatch.setattr(slicer, "qSlicerSegmentEditorAbstractEffect", AbstractEffectEnums, raising=False)
     module = standins.load(EFFECT_FILE, "SegmentEditorEffect_under_test")
     prior, seg, followup = small_case(scene)
     editor_node = scene.AddNode(slicer.vtkMRMLSegmentEditorNode())  # not registered in slicer-core's scene
+    scripted = ScriptedEffectOnLogic(scene, editor_node)
     editor_node.SetAndObserveSegmentationNode(seg)
     editor_node.SetAndObserveSourceVolumeNode(prior)
     editor_node.SetSelectedSegmentID("Block")
-    source = slicer.vtkSlicerSegmentationsModuleLogic.CreateOrientedImageDataFromVolumeNode(prior)
-    scripted = standins.Anything(parameterSetNode=lambda: editor_node, sourceVolumeImageData=lambda: source,
-                                 confirmCurrentSegmentVisible=lambda: 1, NotConfirmed=0, ConfirmedWithDialog=2)
     effect = module.SegmentEditorEffect(scripted)
     effect.statusLabel = standins.Anything()
-    clicks = []
-    effect.clickAt = lambda k, j, i, positive=True: clicks.append((k, j, i, positive))
     slicer.vtkMRMLSliceNode.AddDefaultSliceOrientationPresets(scene)
     view_node = scene.AddNewNodeByClass("vtkMRMLSliceNode")
     view_node.SetDimensions(200, 200, 1)
     view_node.SetFieldOfView(100.0, 100.0, 1.0)
     view = standins.Anything(className=lambda: "qMRMLSliceWidget",
                              sliceLogic=lambda: standins.Anything(GetSliceNode=lambda: view_node))
-    return effect, view_node, view, clicks, prior
+    return effect, view_node, view, prior, seg
 
 
 def left_click(effect, view, xy, control=False):
@@ -249,17 +254,24 @@ def left_click(effect, view, xy, control=False):
     return effect.processInteractionEvents(interactor, vtk.vtkCommand.LeftButtonPressEvent, view)
 
 
+def block_mask(seg, prior):
+    return mrml_bridge.masks_from_segmentation_node(seg, mrml_bridge.volume_node_to_image(prior))["Block"]
+
+
 def test_effect_leaves_clicks_in_other_views_to_slicer_without_a_dialog(effect_case):
-    effect, view_node, view, clicks, prior = effect_case
+    effect, view_node, view, prior, seg = effect_case
+    before = block_mask(seg, prior)
     view_node.SetOrientation("Sagittal")
     view_node.JumpSliceByCentering(-20.0, -20.0, 15.0)
     assert left_click(effect, view, (100, 100)) is False  # not consumed: Slicer handles it
-    assert clicks == [] and slicer.errors_shown == []
+    assert slicer.errors_shown == []
     assert "does not show slices of the source volume" in effect.statusLabel.text
+    assert effect.actions().session.last is None and np.array_equal(block_mask(seg, prior), before)
 
 
 def test_effect_corrects_the_voxel_under_a_click_in_an_aligned_view(effect_case):
-    effect, view_node, view, clicks, prior = effect_case
+    effect, view_node, view, prior, seg = effect_case
+    before = block_mask(seg, prior)
     view_node.SetOrientation("Axial")
     # centre the view on voxel (i, j, k) = (20, 18, 5): its RAS point
     import vtk
@@ -270,7 +282,13 @@ def test_effect_corrects_the_voxel_under_a_click_in_an_aligned_view(effect_case)
     view_node.JumpSliceByCentering(*ras)
     view_node.UpdateMatrices()
     assert left_click(effect, view, (100, 100), control=True) is True
-    assert clicks == [(5, 18, 20, False)]  # Ctrl+click: negative
+    assert slicer.errors_shown == []
+    session = effect.actions().session
+    assert session.last == ("Block", 5) and session.clicks("Block", 5) == (0, 1)  # Ctrl+click: negative
+    after = block_mask(seg, prior)
+    assert before[5, 18, 20] and not after[5, 18, 20], "the negative click did not remove the voxel under it"
+    keep = np.arange(after.shape[0]) != 5
+    assert np.array_equal(after[keep], before[keep])
     assert left_click(effect, view, (0, 0)) is False  # 50 mm off: outside the 40 x 40 mm volume
-    assert "outside the source volume" in effect.statusLabel.text and len(clicks) == 1
+    assert "outside the source volume" in effect.statusLabel.text and session.clicks("Block", 5) == (0, 1)
     assert slicer.errors_shown == []

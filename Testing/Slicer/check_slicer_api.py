@@ -5,26 +5,33 @@
                                               [--module-dir P2SAMSlicer] [--json]
 
 The names come from slicer_api_names.json (written by extract_slicer_api.py from Slicer's,
-CTK's and PythonQt's sources at the commits recorded in it; no network needed here). Every
-Python file under the module folder is parsed (never imported) and these uses are checked:
+CTK's and PythonQt's sources at the commits recorded in it, Qt 5.15's meta-objects and VTK
+9.2.6; no network needed here). Every Python file under the module folder is parsed (never
+imported) and these uses are checked:
 
 * module-level names: ``slicer.X``, ``slicer.util.X``, ``slicer.modules.<name>``,
   ``slicer.app`` / ``slicer.mrmlScene`` members, ``qt.X``, ``qt.Qt.X``, ``ctk.X``,
   ``vtk.X``, and what is imported from ``slicer``, ``slicer.util``, ``slicer.i18n``,
   ``slicer.parameterNodeWrapper``, ``slicer.ScriptedLoadableModule``, ``SegmentEditorEffects``;
-* members (methods, enum constants, properties) used on objects whose class is known:
-  classes named in the code (``slicer.vtkSegment()``, ``AddNewNodeByClass("vtkMRML...")``,
-  ``SafeDownCast``), return types of methods (``node.GetSegmentation()`` is a
-  ``vtkSegmentation``), the .ui file's widgets (``self.ui.applyButton``), the effect's
-  ``scriptedEffect``, methods a class inherits from Slicer's Python base classes, and the
-  parameter/variable names in NAMING below (e.g. ``segmentation_node``);
+* members (methods, slots, enum constants, properties) used on objects whose class is known.
+  Classes are known only from the code: constructors (``slicer.vtkSegment()``), class-name
+  arguments (``AddNewNodeByClass("vtkMRML...")``), ``SafeDownCast``, return types of Slicer's
+  methods, type annotations (parameters, returns, variables, dataclass fields; across the
+  module's own files), the .ui file's widgets (``self.ui.applyButton``), the effect's
+  ``scriptedEffect``, and methods a class inherits from Slicer's Python base classes. Never
+  from a variable's name;
+* signals: ``obj.connect("signal(args)", handler)`` needs that exact signature on the
+  object's class (Qt's meta-objects, Slicer's and CTK's headers) and a handler that needs no
+  more arguments than the signal gives;
+* known misuse: ``ModificationModeSet`` with a modification extent (it clears the whole segment
+  first, see :meth:`FileChecker.check_segment_write`);
 * the CMake macros the CMakeLists files call.
 
-Reported as "could not check" (with the reason): CamelCase calls whose receiver's class
-cannot be inferred, and members of Qt objects that PythonQt exposes through QMetaObject
-(slots, signals, properties) rather than through its generated wrappers.
+Calls on receivers whose class cannot be inferred are listed, each with its file and line
+(``unresolved``; the reason for each is in :data:`EXPLAINED`); calls of Python's own str,
+bytes, container and file methods on such receivers are counted and listed apart.
 
-Exit status: 0 when no name is unknown, 1 otherwise.
+Exit status: 0 when no name is unknown and every unresolved call is explained, 1 otherwise.
 """
 from __future__ import annotations
 
@@ -42,25 +49,15 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 DEFAULT_NAMES = HERE / "slicer_api_names.json"
 
-#: variable and parameter names whose class is fixed by this module's naming habits
-NAMING = {
-    "scene": "vtkMRMLScene",
-    "segmentation_node": "vtkMRMLSegmentationNode", "segmentationNode": "vtkMRMLSegmentationNode",
-    "priorSegmentation": "vtkMRMLSegmentationNode", "outputSegmentation": "vtkMRMLSegmentationNode",
-    "volume_node": "vtkMRMLScalarVolumeNode", "priorVolume": "vtkMRMLScalarVolumeNode",
-    "followupVolume": "vtkMRMLScalarVolumeNode", "reference_volume_node": "vtkMRMLScalarVolumeNode",
-    "prior_volume": "vtkMRMLScalarVolumeNode", "followup_volume": "vtkMRMLScalarVolumeNode",
-    "segmentation": "vtkSegmentation", "segment": "vtkSegment",
-    "oriented": "vtkOrientedImageData", "sourceImage": "vtkOrientedImageData", "source_image": "vtkOrientedImageData",
-    "modifier": "vtkOrientedImageData", "resampled": "vtkOrientedImageData", "target": "vtkOrientedImageData",
-    "parameterSetNode": "vtkMRMLSegmentEditorNode", "editor_node": "vtkMRMLSegmentEditorNode",
-    "slice_node": "vtkMRMLSliceNode", "parameter_node": "vtkMRMLScriptedModuleNode",
-    "parent_transform_node": "vtkMRMLTransformNode", "image_data": "vtkImageData", "matrix": "vtkMatrix4x4",
-    "sh": "vtkMRMLSubjectHierarchyNode", "factory": "vtkSegmentationConverterFactory",
-    "history": "vtkSegmentationHistory", "sequence_node": "vtkMRMLSequenceNode",
-    "display_node": "vtkMRMLSegmentationDisplayNode",
-    "callerInteractor": "vtkRenderWindowInteractor", "viewWidget": "qMRMLSliceWidget",
-    "outputNode": "vtkMRMLSegmentationNode", "transformable_node": "vtkMRMLTransformableNode",
+#: Segment Editor write calls and the position of their modification-extent argument (after the mode)
+SEGMENT_WRITERS = {"modifySelectedSegmentByLabelmap": 2, "ModifySegmentByLabelmap": 4}
+#: calls on receivers whose class the checker cannot infer, each with the reason it cannot, and what the
+#: call is: ``{(file, call): why}``
+EXPLAINED: Dict[Tuple[str, str], str] = {
+    ("P2SAMSlicer/P2SAMSlicer.py", "self.layout.addWidget"):
+        "self.layout is set by Slicer's ScriptedLoadableModuleWidget.setup() (self.parent.layout(), the module "
+        "panel's QVBoxLayout); the checker reads the names of that base class's methods, not the types of the "
+        "attributes it assigns. QLayout.addWidget is in PythonQt's wrappers.",
 }
 #: MRML scene methods whose first argument names the class of the node they return
 CLASS_NAME_ARGUMENT = {"AddNewNodeByClass", "GetFirstNodeByClass", "CreateNodeByClass", "GetSingletonNode"}
@@ -79,7 +76,7 @@ class Finding:
     file: str
     line: int
     name: str
-    status: str  # "ok", "unknown" or "unchecked"
+    status: str  # "ok", "unknown", "unchecked", "unresolved" or "python" (see the module docstring)
     reason: str = ""
 
 
@@ -113,20 +110,35 @@ class Api:
             todo.extend(self.classes[c].get("bases", []))
         return out
 
-    def member(self, cls: str, name: str) -> Optional[str]:
+    def member(self, cls: str, name: str, mark: bool = True) -> Optional[str]:
         """``"method"``, ``"constant"`` or ``"property"`` when ``cls`` (or a base) has ``name``."""
-        for c in self.lineage(cls):
+        for c in self.lineage(cls, mark):
             entry = self.classes[c]
             for kind in ("methods", "constants", "properties"):
                 if name in entry.get(kind, ()):
                     return kind[:-1] if kind != "properties" else "property"
         return None
 
+    def signals(self, cls: str) -> Set[str]:
+        """The signals of ``cls`` and its bases (full signatures, as Qt normalises them)."""
+        out: Set[str] = set()
+        for c in self.lineage(cls):
+            out.update(self.classes[c].get("signals", ()))
+        return out
+
     def returns(self, cls: str, method: str) -> Optional[str]:
+        """The class ``cls.method()`` returns; for a method only a subclass has (PythonQt and VTK hand out
+        objects as their most derived class), that subclass's."""
         for c in self.lineage(cls):
             ret = self.classes[c].get("returns", {}).get(method)
             if ret:
                 return ret if self.known(ret) else None
+        for c in sorted(self.classes):
+            if c != cls and cls in self.lineage(c, mark=False):
+                ret = self.classes[c].get("returns", {}).get(method)
+                if ret:
+                    self.lineage(c)
+                    return ret if self.known(ret) else None
         return None
 
     def python_names(self, module: str) -> Set[str]:
@@ -142,16 +154,87 @@ class Api:
         return set(self.doc.get("slicer_namespace", []))
 
 
+class Project:
+    """The module's own Python modules, functions and classes, with the types their annotations state.
+
+    ``modules[stem] = {"functions": {name: return annotation}, "classes": {name: {"fields": {attr:
+    annotation}, "methods": {name: return annotation}, "bases": [...]}}}``; annotations are kept as
+    AST nodes and resolved by the checker of the file that uses them.
+    """
+
+    def __init__(self, files: Iterable[Path] = ()) -> None:
+        self.modules: Dict[str, dict] = {}
+        for path in files:
+            self.add(path.stem, ast.parse(path.read_text(encoding="utf-8"), filename=str(path)))
+
+    def add(self, stem: str, tree: ast.Module) -> None:
+        functions, classes = {}, {}
+        for node in tree.body:
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                functions[node.name] = node.returns
+            elif isinstance(node, ast.ClassDef):
+                fields: Dict[str, ast.AST] = {}
+                methods: Dict[str, Optional[ast.AST]] = {}
+                for item in node.body:
+                    if isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name):
+                        fields[item.target.id] = item.annotation
+                    elif isinstance(item, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                        if any(ast.unparse(d) == "property" for d in item.decorator_list):
+                            fields[item.name] = item.returns
+                        else:
+                            methods[item.name] = item.returns
+                        for sub in ast.walk(item):  # self.x: T = ... in a method
+                            if isinstance(sub, ast.AnnAssign) and isinstance(sub.target, ast.Attribute) and \
+                                    isinstance(sub.target.value, ast.Name) and sub.target.value.id == "self":
+                                fields.setdefault(sub.target.attr, sub.annotation)
+                classes[node.name] = {"fields": fields, "methods": methods,
+                                      "bases": [ast.unparse(b).split(".")[-1] for b in node.bases]}
+        self.modules[stem] = {"functions": functions, "classes": classes}
+
+    def find_class(self, name: str) -> Optional[dict]:
+        for module in self.modules.values():
+            if name in module["classes"]:
+                return module["classes"][name]
+        return None
+
+    def lineage(self, name: str) -> List[dict]:
+        out, todo = [], [name]
+        while todo:
+            found = self.find_class(todo.pop(0))
+            if found is not None and found not in out:
+                out.append(found)
+                todo.extend(found["bases"])
+        return out
+
+
+import builtins as _builtins  # noqa: E402
+import io as _io  # noqa: E402
+
+#: Python's built-in functions and classes (their results are Python objects, not Slicer's)
+PYTHON_BUILTINS = {n for n in dir(_builtins) if not n.startswith("_")} - {"super"}
+#: methods of Python's own str, bytes, containers and files: a call of one of these on a receiver of unknown
+#: type is tallied as Python's, not listed as an unresolved Slicer call
+PYTHON_METHODS = {n for t in (str, bytes, list, dict, set, tuple, _io.TextIOWrapper, _io.BufferedReader)
+                  for n in dir(t) if not n.startswith("_")}
+
+#: typing constructs whose first argument is the element type of a sequence
+SEQUENCE_TYPES = {"List", "Sequence", "Iterable", "Iterator", "list", "tuple"}
+
 # ------------------------------------------------------------------------------------------
 # types: ("instance", cls) ("class", cls) ("module", name) ("ui", file) ("modules",)
 #        ("slicermodule", name) ("pyinstance", class) ("skip",)
+#        ("localmodule", stem) ("localclass", name) ("localfunc", stem, name) ("local", class)
+#        ("localmethod", class, name) ("tuple", [types]) ("list", type)
 
 SKIP = ("skip",)
 
 
 class FileChecker(ast.NodeVisitor):
-    def __init__(self, api: Api, path: Path, module_names: Set[str], ui_widgets: Dict[str, str]) -> None:
+    def __init__(self, api: Api, path: Path, module_names: Set[str], ui_widgets: Dict[str, str],
+                 project: Optional[Project] = None) -> None:
         self.api = api
+        self.project = project or Project()
+        self.stem = path.stem
         self.path = path
         self.rel = str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
         self.module_names = module_names
@@ -163,6 +246,8 @@ class FileChecker(ast.NodeVisitor):
         self.local_classes: Dict[str, Tuple[List[str], Set[str]]] = {}
         self.param_classes: Dict[str, Dict[str, ast.AST]] = {}
         self.functions: Dict[str, tuple] = {}
+        self.methods_by_class: Dict[str, Dict[str, ast.FunctionDef]] = {}
+        self.assigned: Dict[str, ast.AST] = {}  # name -> the expression assigned to it in the current function
 
     # -- reporting ---------------------------------------------------------------------------
     def report(self, node: ast.AST, name: str, status: str, reason: str = "") -> None:
@@ -226,10 +311,22 @@ class FileChecker(ast.NodeVisitor):
                     self.bind(bound, ("pyclass", alias.name))
                 else:
                     self.bind(bound, SKIP)
-            elif module == "vtk.util" and alias.name == "numpy_support":
-                self.bind(bound, SKIP)
             else:
-                self.bind(bound, SKIP)
+                self.bind(bound, self.project_import(module, alias.name))
+
+    def project_import(self, module: str, name: str) -> tuple:
+        """What ``from <module> import <name>`` binds when it names one of the module's own files or
+        their functions and classes (``from . import mrml_bridge``, ``from .logic import review_target``)."""
+        stem = module.split(".")[-1] if module.strip(".") else ""
+        if name in self.project.modules and (not stem or stem.endswith("Lib") or stem == "P2SAMSlicerLib"):
+            return ("localmodule", name)
+        part = self.project.modules.get(stem)
+        if part is not None:
+            if name in part["classes"]:
+                return ("localclass", name)
+            if name in part["functions"]:
+                return ("localfunc", stem, name)
+        return SKIP
 
     # -- classes and functions ----------------------------------------------------------------
     def visit_Module(self, node: ast.Module) -> None:
@@ -249,6 +346,8 @@ class FileChecker(ast.NodeVisitor):
         bases = [ast.unparse(b) for b in node.bases]
         methods = {f.name for f in node.body if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))}
         self.local_classes[node.name] = (bases, methods)
+        self.methods_by_class.setdefault(node.name, {}).update(
+            {f.name: f for f in node.body if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))})
         env: Dict[str, tuple] = {}
         self.classes.append((node.name, env, bases, methods))
         # self.X = <expr> anywhere in the class, typed once everything is bound
@@ -262,23 +361,28 @@ class FileChecker(ast.NodeVisitor):
                 continue
             if fn.returns is not None:  # self.method() -> the class its return annotation names
                 t = self.annotation_type(fn.returns)
-                if t is not None and t != SKIP:
+                if t is not None:
                     env["()" + fn.name] = t
             decorators = [ast.unparse(d) for d in fn.decorator_list]
             if "property" in decorators:
                 t = self.annotation_type(fn.returns) if fn.returns is not None else None
-                if (t is None or t == SKIP) and fn.name in NAMING and self.api.known(NAMING[fn.name]):
-                    t = ("instance", NAMING[fn.name])
                 if t is not None:
                     env[fn.name] = t
-            self.scopes.append(self.parameter_types(fn))
+            scope = self.parameter_types(fn)
+            self.bind_function_imports(fn, scope)
+            self.scopes.append(scope)
             for sub in ast.walk(fn):
                 if isinstance(sub, ast.Assign) and len(sub.targets) == 1:
                     t = sub.targets[0]
                     if isinstance(t, ast.Attribute) and isinstance(t.value, ast.Name) and t.value.id == "self":
                         value = self.typeof(sub.value, quiet=True)
-                        if value is not None and env.get(t.attr) is None:
+                        if value is not None and env.get(t.attr) in (None, SKIP):
                             env[t.attr] = value
+                elif isinstance(sub, ast.AnnAssign) and isinstance(sub.target, ast.Attribute) and \
+                        isinstance(sub.target.value, ast.Name) and sub.target.value.id == "self":
+                    value = self.annotation_type(sub.annotation)
+                    if value is not None:
+                        env[sub.target.attr] = value
             self.scopes.pop()
         self.generic_visit(node)
         self.classes.pop()
@@ -287,23 +391,35 @@ class FileChecker(ast.NodeVisitor):
         """The type an annotation names: a Slicer/VTK class, a local parameterNodeWrapper class, or SKIP."""
         if annotation is None:
             return None
-        text = ast.unparse(annotation).strip("'\"")
-        m = re.fullmatch(r"(?:typing\.)?Optional\[(.+)\]", text)
-        if m:
-            text = m.group(1).strip("'\"")
-        name = text.split(".")[-1]
+        if isinstance(annotation, ast.Constant) and isinstance(annotation.value, str):
+            try:
+                annotation = ast.parse(annotation.value, mode="eval").body
+            except SyntaxError:
+                return SKIP
+        if isinstance(annotation, ast.Subscript):
+            outer = ast.unparse(annotation.value).split(".")[-1]
+            inner = annotation.slice
+            items = list(inner.elts) if isinstance(inner, ast.Tuple) else [inner]
+            if outer == "Optional":
+                return self.annotation_type(items[0])
+            if outer in ("Tuple",) and not (len(items) == 2 and ast.unparse(items[1]) == "..."):
+                return ("tuple", [self.annotation_type(i) or SKIP for i in items])
+            if outer in SEQUENCE_TYPES or outer == "Tuple":
+                return ("list", self.annotation_type(items[0]) or SKIP)
+            return SKIP
+        name = ast.unparse(annotation).strip("'\"").split(".")[-1]
         if name in self.param_classes:
             return ("paramnode", name)
         if self.api.known(name):
             return ("instance", name)
+        if self.project.find_class(name) is not None:
+            return ("local", name)
         return SKIP
 
     def parameter_types(self, node: ast.FunctionDef) -> Dict[str, tuple]:
         scope: Dict[str, tuple] = {}
         for a in node.args.posonlyargs + node.args.args + node.args.kwonlyargs:
             t = self.annotation_type(a.annotation)
-            if t is None and a.arg in NAMING and self.api.known(NAMING[a.arg]):
-                t = ("instance", NAMING[a.arg])
             if t is not None:
                 scope[a.arg] = t
         if self.classes and node.name == "__init__" and "scriptedEffect" in scope:
@@ -313,11 +429,49 @@ class FileChecker(ast.NodeVisitor):
         return scope
 
     def visit_FunctionDef(self, node: ast.FunctionDef) -> None:
+        self.assigned = {sub.targets[0].id: sub.value for sub in ast.walk(node) if isinstance(sub, ast.Assign)
+                         and len(sub.targets) == 1 and isinstance(sub.targets[0], ast.Name)}
         scope = self.parameter_types(node)
         self.scopes.append(scope)
         self.defaults = {a.arg: d.value for a, d in zip(node.args.args[::-1], node.args.defaults[::-1])
                          if isinstance(d, ast.Constant) and isinstance(d.value, str)}
-        for sub in ast.walk(node):  # imports inside the function bind their names first
+        self.bind_function_imports(node, scope)
+        # flow-insensitive: bind every simple assignment of the function first (twice: chains)
+        for _ in range(3):
+            for sub in ast.walk(node):
+                if isinstance(sub, ast.Assign) and len(sub.targets) == 1:
+                    self.bind_target(scope, sub.targets[0], self.typeof(sub.value, quiet=True))
+                elif isinstance(sub, ast.AnnAssign) and isinstance(sub.target, ast.Name):
+                    value = self.annotation_type(sub.annotation)
+                    if value is not None:
+                        scope[sub.target.id] = value
+                elif isinstance(sub, ast.ExceptHandler) and sub.name:
+                    scope.setdefault(sub.name, SKIP)  # a Python exception
+                elif isinstance(sub, (ast.With, ast.AsyncWith)):
+                    for item in sub.items:
+                        if item.optional_vars is not None:
+                            self.bind_target(scope, item.optional_vars, self.typeof(item.context_expr, quiet=True))
+                elif isinstance(sub, (ast.For, ast.comprehension)):
+                    self.bind_target(scope, sub.target, self.element_type(sub.iter))
+        self.generic_visit(node)
+        self.scopes.pop()
+
+    visit_AsyncFunctionDef = visit_FunctionDef
+
+    def element_type(self, iterable: ast.AST) -> Optional[tuple]:
+        """The type of the items of ``iterable`` (a typed sequence, ``zip(...)``, ``enumerate(...)``)."""
+        if isinstance(iterable, ast.Call) and isinstance(iterable.func, ast.Name) and self.lookup(iterable.func.id) \
+                is None and iterable.func.id in ("zip", "enumerate") and iterable.args:
+            parts = [self.element_type(a) for a in iterable.args]
+            return ("tuple", [SKIP, parts[0]]) if iterable.func.id == "enumerate" else ("tuple", parts)
+        t = self.typeof(iterable, quiet=True)
+        if t is not None and t[0] == "list":
+            return t[1]
+        return SKIP if t == SKIP else None
+
+    def bind_function_imports(self, node: ast.AST, scope: Dict[str, tuple]) -> None:
+        """Imports inside a function bind their names before anything else is typed."""
+        for sub in ast.walk(node):
             if isinstance(sub, ast.Import):
                 for alias in sub.names:
                     name = alias.asname or alias.name.split(".")[0]
@@ -325,35 +479,20 @@ class FileChecker(ast.NodeVisitor):
                                      else SKIP)
             elif isinstance(sub, ast.ImportFrom):
                 for alias in sub.names:
-                    scope.setdefault(alias.asname or alias.name, SKIP)
-        # flow-insensitive: bind every simple assignment of the function first (twice: chains)
-        for _ in range(2):
-            for sub in ast.walk(node):
-                if isinstance(sub, ast.Assign) and len(sub.targets) == 1 and isinstance(sub.targets[0], ast.Name):
-                    value = self.typeof(sub.value, quiet=True)
-                    if value is not None and sub.targets[0].id not in scope:
-                        scope[sub.targets[0].id] = value
-                elif isinstance(sub, ast.AnnAssign) and isinstance(sub.target, ast.Name):
-                    value = self.annotation_type(sub.annotation)
-                    if value is not None:
-                        scope[sub.target.id] = value
-                elif isinstance(sub, (ast.For, ast.comprehension)) and isinstance(sub.target, ast.Name):
-                    if self.typeof(sub.iter, quiet=True) == SKIP:
-                        scope.setdefault(sub.target.id, SKIP)
-        # names assigned something of unknown class (tuple unpacking, own helpers) follow NAMING
-        for sub in ast.walk(node):
-            targets = (sub.targets if isinstance(sub, ast.Assign)
-                       else [sub.target] if isinstance(sub, (ast.For, ast.comprehension)) else [])
-            if targets:
-                for target in targets:
-                    for name in ast.walk(target):
-                        if isinstance(name, ast.Name) and name.id not in scope and name.id in NAMING \
-                                and self.api.known(NAMING[name.id]):
-                            scope[name.id] = ("instance", NAMING[name.id])
-        self.generic_visit(node)
-        self.scopes.pop()
+                    scope.setdefault(alias.asname or alias.name, self.project_import(sub.module or "", alias.name))
 
-    visit_AsyncFunctionDef = visit_FunctionDef
+    def bind_target(self, scope: Dict[str, tuple], target: ast.AST, value: Optional[tuple]) -> None:
+        """Bind an assignment target (a name, or a tuple of them unpacking a typed tuple) once."""
+        if value is None:
+            return
+        if isinstance(target, ast.Name):
+            if target.id not in scope:
+                scope[target.id] = value
+        elif isinstance(target, (ast.Tuple, ast.List)):
+            parts = value[1] if value[0] == "tuple" and len(value[1]) == len(target.elts) else \
+                [SKIP] * len(target.elts) if value == SKIP else [None] * len(target.elts)
+            for element, part in zip(target.elts, parts):
+                self.bind_target(scope, element, part)
 
     # -- expressions ------------------------------------------------------------------------
     def self_type(self) -> Optional[tuple]:
@@ -363,7 +502,12 @@ class FileChecker(ast.NodeVisitor):
         if isinstance(expr, ast.Name):
             if expr.id == "self" and self.classes:
                 return ("self",)
-            return self.lookup(expr.id)
+            if expr.id == "cls" and self.classes and self.lookup("cls") is None:
+                return ("localclass", self.classes[-1][0])
+            found = self.lookup(expr.id)
+            if found is None and expr.id in ("__file__", "__name__", "__doc__"):
+                return SKIP
+            return found
         if isinstance(expr, ast.Attribute):
             base = self.typeof(expr.value, quiet=True)
             return self.member_type(base, expr.attr)
@@ -371,15 +515,23 @@ class FileChecker(ast.NodeVisitor):
             return self.call_type(expr)
         if isinstance(expr, ast.Constant):
             return SKIP
+        if isinstance(expr, ast.Subscript):
+            base = self.typeof(expr.value, quiet=True)
+            if base is not None and base[0] == "tuple" and isinstance(expr.slice, ast.Constant) and \
+                    isinstance(expr.slice.value, int) and -len(base[1]) <= expr.slice.value < len(base[1]):
+                return base[1][expr.slice.value]
+            if base is not None and base[0] == "list":
+                return base[1] if not isinstance(expr.slice, ast.Slice) else base
+            return SKIP if base == SKIP else None
         if isinstance(expr, ast.IfExp):
             body = self.typeof(expr.body, quiet=True)
             return body if body not in (None, SKIP) else self.typeof(expr.orelse, quiet=True)
         if isinstance(expr, ast.BoolOp):
-            for value in expr.values:
-                t = self.typeof(value, quiet=True)
+            types = [self.typeof(value, quiet=True) for value in expr.values]
+            for t in types:
                 if t not in (None, SKIP):
                     return t
-            return None
+            return SKIP if SKIP in types else None
         if isinstance(expr, (ast.List, ast.Tuple, ast.Dict, ast.Set, ast.ListComp, ast.DictComp, ast.JoinedStr,
                              ast.BinOp, ast.Compare)):
             return SKIP
@@ -420,6 +572,20 @@ class FileChecker(ast.NodeVisitor):
             return None
         if kind == "modules":
             return ("slicermodule", attr)
+        if kind == "localmodule":
+            part = self.project.modules.get(base[1], {})
+            if attr in part.get("classes", {}):
+                return ("localclass", attr)
+            if attr in part.get("functions", {}):
+                return ("localfunc", base[1], attr)
+            return SKIP  # a module constant
+        if kind == "local":
+            for entry in self.project.lineage(base[1]):
+                if attr in entry["fields"]:
+                    return self.annotation_type(entry["fields"][attr]) or None
+                if attr in entry["methods"]:
+                    return ("localmethod", base[1], attr)
+            return None
         if kind == "self":
             env = self.classes[-1][1]
             if attr == "ui" and self.ui_widgets:
@@ -444,10 +610,29 @@ class FileChecker(ast.NodeVisitor):
     def call_type(self, call: ast.Call) -> Optional[tuple]:
         func = call.func
         callee = self.typeof(func, quiet=True)
+        if callee == SKIP:
+            return SKIP  # a Python function or method (str.format, a module of the engine...): Python's result
         if callee is not None and callee[0] == "class":
             return ("instance", callee[1])  # a constructor: slicer.vtkSegment(), vtk.vtkMatrix4x4()
         if isinstance(func, ast.Name) and func.id in self.functions:
             return self.functions[func.id]
+        if callee is not None and callee[0] == "localclass":
+            return ("local", callee[1])
+        if callee is not None and callee[0] == "localfunc":
+            returns = self.project.modules.get(callee[1], {}).get("functions", {}).get(callee[2])
+            return self.annotation_type(returns) if returns is not None else None
+        if callee is not None and callee[0] == "localmethod":
+            for entry in self.project.lineage(callee[1]):
+                if callee[2] in entry["methods"]:
+                    returns = entry["methods"][callee[2]]
+                    return self.annotation_type(returns) if returns is not None else None
+            return None
+        if isinstance(func, ast.Name) and self.stem in self.project.modules:
+            part = self.project.modules[self.stem]
+            if func.id in part["classes"] and self.lookup(func.id) is None:
+                return ("local", func.id)
+            if func.id in part["functions"] and part["functions"][func.id] is not None and self.lookup(func.id) is None:
+                return self.annotation_type(part["functions"][func.id])
         if isinstance(func, ast.Attribute):
             base = self.typeof(func.value, quiet=True)
             if base == SKIP:
@@ -486,6 +671,10 @@ class FileChecker(ast.NodeVisitor):
                 return ("instance", t[1])
             if t and t[0] == "pyclass":
                 return ("pyinstance", t[1])
+            if t is None and func.id in PYTHON_BUILTINS:
+                return SKIP  # open(), repr(), dict()...: Python's objects
+        if isinstance(func, ast.Name) and func.id == "super" and self.classes:
+            return ("super",)
         return None
 
     # -- checks -----------------------------------------------------------------------------
@@ -507,11 +696,24 @@ class FileChecker(ast.NodeVisitor):
             self.report(node, f"{base[1]}.{attr}", "ok" if ok else "unknown", "" if ok else "not a parameter node field")
             return
         if base is None:
-            if attr[:1].isupper() and isinstance(getattr(node, "parent_call", None), ast.Call) and \
-                    re.match(r"[A-Z][a-z]+[A-Z]?\w*$", attr) and not self.is_python_or_sitk(node.value):
-                self.report(node, text, "unchecked", "receiver class not inferred")
+            if isinstance(getattr(node, "parent_call", None), ast.Call) and not self.is_python_or_sitk(node.value):
+                if attr in PYTHON_METHODS:
+                    self.report(node, text, "python", "a method of Python's own types (str, bytes, list, dict, set, "
+                                                      "files) on a receiver of unknown type")
+                else:
+                    self.report(node, text, "unresolved", "receiver class not inferred")
             return
         kind = base[0]
+        if kind in ("localmodule", "localclass", "localfunc", "local", "localmethod", "tuple", "list"):
+            return  # the module's own code and containers: nothing of Slicer's to check
+        if kind == "super":  # super().method(): a method of one of the class's (Slicer Python) bases
+            for b in self.classes[-1][2]:
+                found = self.api.python_class(b.split(".")[-1])
+                if found and attr in found[1]:
+                    self.report(node, f"{b.split('.')[-1]}.{attr}", "ok")
+                    return
+            self.report(node, f"super().{attr}", "unknown", "not a method of the class's Slicer base classes")
+            return
         if kind == "module":
             name = base[1]
             if name == "slicer":
@@ -568,8 +770,9 @@ class FileChecker(ast.NodeVisitor):
                 self.report(node, f"{cls}.{attr}", "ok")
                 return
             subclass = next((c for c in sorted(self.api.classes) if c != cls and cls in self.api.lineage(c, mark=False)
-                             and self.api.member(c, attr) is not None), None)
+                             and self.api.member(c, attr, mark=False) is not None), None)
             if subclass is not None and not store:
+                self.api.lineage(subclass)
                 # VTK and PythonQt return objects as their own (most derived) class
                 self.report(node, f"{subclass}.{attr}", "ok", f"declared {cls}, used as {subclass}")
                 return
@@ -631,7 +834,71 @@ class FileChecker(ast.NodeVisitor):
     def visit_Call(self, node: ast.Call) -> None:
         if isinstance(node.func, ast.Attribute):
             node.func.parent_call = node  # type: ignore[attr-defined]
+            if node.func.attr == "connect" and node.args and isinstance(node.args[0], ast.Constant) \
+                    and isinstance(node.args[0].value, str):
+                self.check_connect(node)
+            elif node.func.attr in SEGMENT_WRITERS:
+                self.check_segment_write(node)
         self.generic_visit(node)
+
+    def check_connect(self, node: ast.Call) -> None:
+        """``widget.connect("signal(args)", handler)``: the signal must exist with exactly that signature on the
+        widget's class (Qt's meta-objects, Slicer's and CTK's headers), and the handler must not need more
+        arguments than the signal gives (PythonQt passes a Python slot at most as many as it accepts)."""
+        base = self.typeof(node.func.value, quiet=True)
+        signature = re.sub(r"\s+", "", node.args[0].value)
+        if base is None or base == SKIP or base[0] not in ("instance",):
+            self.report(node, f"connect {signature!r}", "unresolved" if base is None else "ok",
+                        "receiver class not inferred" if base is None else "")
+            return
+        cls = base[1]
+        signals = self.api.signals(cls)
+        if signature not in signals:
+            near = sorted(sig for sig in signals if sig.split("(")[0] == signature.split("(")[0])
+            self.report(node, f"{cls}.signal {signature}", "unknown",
+                         f"{cls} has no signal {signature}" + (f" (it has {', '.join(near)})" if near else ""))
+            return
+        self.report(node, f"{cls}.signal {signature}", "ok")
+        given = 0 if signature.endswith("()") else signature.count(",") + 1
+        needed = self.handler_arguments(node.args[1]) if len(node.args) > 1 else None
+        if needed is not None and needed > given:
+            self.report(node, f"{cls}.signal {signature} -> {ast.unparse(node.args[1])}", "unknown",
+                        f"the handler needs {needed} argument(s); the signal gives {given}")
+
+    def handler_arguments(self, handler: ast.AST) -> Optional[int]:
+        """Required positional arguments of a handler: a lambda, or a method of the class being checked."""
+        args = None
+        if isinstance(handler, ast.Lambda):
+            args = handler.args
+        elif isinstance(handler, ast.Attribute) and isinstance(handler.value, ast.Name) and handler.value.id == "self" \
+                and self.classes:
+            method = self.methods_by_class.get(self.classes[-1][0], {}).get(handler.attr)
+            if method is not None:
+                args = method.args
+        if args is None:
+            return None
+        positional = [a.arg for a in args.posonlyargs + args.args]
+        if positional and positional[0] in ("self", "cls") and not isinstance(handler, ast.Lambda):
+            positional = positional[1:]
+        return max(0, len(positional) - len(args.defaults))
+
+    def check_segment_write(self, node: ast.Call) -> None:
+        """``ModificationModeSet`` with a modification extent: Slicer first clears the whole segment, then
+        writes the modifier only inside the extent (qSlicerSegmentEditorAbstractEffect::modifySegmentByLabelmap,
+        Slicer 5.8.1), so every voxel of the segment outside the extent is lost."""
+        extent_at = SEGMENT_WRITERS[node.func.attr]
+        mode = node.args[extent_at - 1] if len(node.args) >= extent_at else None
+        extent = node.args[extent_at] if len(node.args) > extent_at else next(
+            (k.value for k in node.keywords if k.arg in ("modificationExtent", "extent")), None)
+        if mode is None or extent is None or (isinstance(extent, ast.Constant) and isinstance(extent.value, bool)):
+            return
+        if isinstance(mode, ast.Name) and mode.id in self.assigned:  # mode = ...ModificationModeSet; ...(mode)
+            mode = self.assigned[mode.id]
+        if ast.unparse(mode).split(".")[-1] == "ModificationModeSet":
+            self.report(node, f"{node.func.attr}(ModificationModeSet, extent)", "unknown",
+                        "Set with an extent clears the whole segment and writes only inside the extent (Slicer 5.8.1 "
+                        "modifySegmentByLabelmap): the segment keeps nothing outside it; pass a full-extent modifier, "
+                        "or Add/Remove within the extent")
 
 
 def library_folder(library: str) -> str:
@@ -665,9 +932,11 @@ def check(api: Api, module_dir: Path, extra_files: Iterable[Path] = ()) -> List[
     module_names = {m.lower() for m in api.doc.get("modules", [])} | {m.lower() for m in own_module_names(module_dir)}
     uis = ui_widget_classes(module_dir)
     findings: List[Finding] = []
-    for path in [*sorted(module_dir.rglob("*.py")), *extra_files]:
+    files = [*sorted(module_dir.rglob("*.py")), *extra_files]
+    project = Project(files)
+    for path in files:
         tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
-        checker = FileChecker(api, path, module_names, uis.get(path.stem, {}))
+        checker = FileChecker(api, path, module_names, uis.get(path.stem, {}), project)
         checker.visit(tree)
         findings += checker.findings
     cmake_known = set(api.doc.get("cmake", [])) | {"add_subdirectory", "set", "if", "endif", "foreach", "endforeach",
@@ -699,10 +968,16 @@ def summarise(findings: Iterable[Finding]) -> dict:
     if qt_members:
         unchecked[(", ".join(sorted(qt_members)), QT_METAOBJECT + QT_REASON)] = sorted(
             {w for ws in qt_members.values() for w in ws})
+    unresolved = sorted(({"call": f.name, "where": f"{f.file}:{f.line}",
+                          "why": EXPLAINED.get((f.file, f.name), "")} for f in findings if f.status == "unresolved"),
+                        key=lambda u: (u["where"].split(":")[0], int(u["where"].split(":")[1]), u["call"]))
     return {
         "checked": sum(1 for f in findings if f.status == "ok"),
         "distinct_checked": len({f.name for f in findings if f.status == "ok"}),
         "unknown": [asdict(f) for f in findings if f.status == "unknown"],
+        "unresolved": unresolved,
+        "python_calls": sum(1 for f in findings if f.status == "python"),
+        "python_where": [f"{f.file}:{f.line}: {f.name}" for f in findings if f.status == "python"],
         "unchecked": [{"name": k[0], "reason": k[1], "where": v} for k, v in sorted(unchecked.items())],
     }
 
@@ -721,14 +996,24 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(json.dumps(summary, indent=2))
     else:
         src = doc.get("source", {}).get("Slicer", {})
-        print(f"Slicer {src.get('tag')} ({src.get('commit', '')[:12]}): {summary['checked']} uses of "
+        versions = {k: doc.get("source", {}).get(k, {}).get("version") for k in ("Qt", "VTK")}
+        print(f"Slicer {src.get('tag')} ({src.get('commit', '')[:12]}), Qt {versions['Qt']}, "
+              f"VTK {versions['VTK']}: {summary['checked']} uses of "
               f"{summary['distinct_checked']} names checked, {len(summary['unknown'])} unknown")
         for u in summary["unknown"]:
             print(f"  UNKNOWN {u['file']}:{u['line']}: {u['name']} ({u['reason']})")
+        print(f"{len(summary['unresolved'])} unresolved call(s) (receiver class not inferred):")
+        for u in summary["unresolved"]:
+            print(f"  {u['where']}: {u['call']} -- {u['why'] or 'NOT EXPLAINED'}")
+        print(f"{summary['python_calls']} call(s) of Python's own str/bytes/container/file methods on receivers of "
+              "unknown type (not Slicer's; not checked):")
+        for where in summary["python_where"]:
+            print(f"  {where}")
         print(f"could not check ({len(summary['unchecked'])}):")
         for u in summary["unchecked"]:
             print(f"  {u['name']}: {u['reason']} [{', '.join(u['where'][:3])}{' ...' if len(u['where']) > 3 else ''}]")
-    return 1 if summary["unknown"] else 0
+    unexplained = [u for u in summary["unresolved"] if not u["why"]]
+    return 1 if summary["unknown"] or unexplained else 0
 
 
 if __name__ == "__main__":

@@ -20,11 +20,18 @@ What is read (nothing is copied but names):
 * PythonQt at the commit that CTK builds (CMakeExternals/PythonQt.cmake): the generated Qt
   wrappers (``generated_cpp_511``), i.e. the Qt classes, methods, static methods and enums
   that Python sees as ``qt.*``.
+* Qt 5.15's own meta-objects (``--qt-python``: an interpreter with PyQt5 5.15 on the Qt 5.15
+  libraries): per QObject class its base class, signals (full signatures), public slots,
+  properties and enum keys -- what PythonQt resolves at run time through ``QMetaObject``.
+* VTK (``--vtk-python``: an interpreter with ``vtk`` 9.2.6, the release nearest the VTK 9.2
+  fork Slicer 5.8.1 builds): the VTK classes the module meets, introspected.
+* Signals of Slicer's and CTK's classes from their headers' ``signals:`` sections (the
+  signatures normalised as Qt's moc does, one per count of defaulted arguments).
 
 Header parsing is by regular expressions on comment-stripped text: it may list a few names
 that are not methods (identifiers followed by "(" inside inline bodies); it does not miss
-declared methods. The Qt class hierarchy is not in these sources (Qt's own headers are):
-the few base classes needed are listed in QT_BASES below, from Qt 5.15's documentation.
+declared methods. Without ``--qt-python`` the Qt class hierarchy falls back to QT_BASES below
+(from Qt 5.15's documentation).
 """
 from __future__ import annotations
 
@@ -48,6 +55,7 @@ QT_BASES = {
     "QTableView": ["QAbstractItemView"], "QTableWidget": ["QTableView"], "QHeaderView": ["QAbstractItemView"],
     "QTimer": ["QObject"], "QLayout": ["QObject"], "QBoxLayout": ["QLayout"], "QHBoxLayout": ["QBoxLayout"],
     "QVBoxLayout": ["QBoxLayout"], "QFormLayout": ["QLayout"], "QLineEdit": ["QWidget"],
+    "QDialog": ["QWidget"], "QInputDialog": ["QDialog"],
     "QCoreApplication": ["QObject"], "QGuiApplication": ["QCoreApplication"], "QApplication": ["QGuiApplication"],
     "QListWidgetItem": [], "QTableWidgetItem": [], "QColor": [], "QIcon": [],
 }
@@ -126,8 +134,42 @@ def parse_header(text: str) -> Dict[str, dict]:
                     out.setdefault(name, {}).setdefault("constants", set()).add(ident)
         properties = set(re.findall(r"Q_PROPERTY\s*\(\s*[\w:<>\s\*&]+?\s+(\w+)\s+READ", body))
         entry = out.setdefault(name, {})
-        entry.update({"bases": bases, "methods": methods, "returns": returns, "properties": properties})
+        entry.update({"bases": bases, "methods": methods, "returns": returns, "properties": properties,
+                      "signals": header_signals(body)})
         entry.setdefault("constants", set())
+    return out
+
+
+def normalized_type(text: str) -> str:
+    """A C++ parameter type as Qt's ``QMetaObject::normalizedSignature`` writes it (``const QString &`` ->
+    ``QString``, ``vtkMRMLNode *`` -> ``vtkMRMLNode*``)."""
+    text = re.sub(r"\s+", " ", text.strip())
+    if text.startswith("const ") and text.endswith("&"):
+        text = text[len("const "):-1].strip()
+    return re.sub(r"\s*([*&<>,])\s*", r"\1", text)
+
+
+def header_signals(body: str) -> Set[str]:
+    """Signatures of the signals a class body declares (``signals:`` / ``Q_SIGNALS:`` sections), one per
+    number of arguments when some have defaults, as moc generates them: ``{"currentNodeChanged(vtkMRMLNode*)"}``."""
+    out: Set[str] = set()
+    for section in re.finditer(r"\b(?:signals|Q_SIGNALS)\s*:(.*?)(?=\b(?:public|protected|private)\b\s*"
+                               r"(?:slots|Q_SLOTS)?\s*:|\Z)", body, re.S):
+        for m in re.finditer(r"\bvoid\s+(\w+)\s*\(([^)]*)\)\s*;", section.group(1)):
+            params = [p.strip() for p in m.group(2).split(",") if p.strip() and p.strip() != "void"]
+            types = []
+            required = len(params)
+            for n, p in enumerate(params):
+                declaration, _, default = p.partition("=")
+                if default and required == len(params):
+                    required = n
+                words = declaration.strip()
+                # drop the parameter name (the last identifier, unless the declaration is a bare type)
+                typ = re.sub(r"(?<=[\w*&>])\s*\b[A-Za-z_]\w*\s*$", "", words) if re.search(r"[\s*&]\w+$", words) \
+                    else words
+                types.append(normalized_type(typ))
+            for count in range(required, len(params) + 1):
+                out.add(f"{m.group(1)}({','.join(types[:count])})")
     return out
 
 
@@ -242,7 +284,10 @@ def ctk_part(repo: Path, commit: str) -> dict:
     return {"classes": classes, "cmake": sorted(cmake)}
 
 
-def pythonqt_part(repo: Path, commit: str) -> dict:
+def pythonqt_part(repo: Path, commit: str, metaobjects: Optional[dict] = None) -> dict:
+    """The Qt classes Python sees as ``qt.*``: PythonQt's generated wrappers (methods, static methods,
+    enums), plus, from ``metaobjects`` (:func:`qt_metaobjects`), what PythonQt finds through each class's
+    QMetaObject: its base class, signals, slots, properties and Q_ENUM keys."""
     classes: Dict[str, dict] = {}
     for path in git(repo, "ls-tree", "-r", "--name-only", commit).splitlines():
         if not (path.startswith("generated_cpp_511/") and path.endswith(".h")):
@@ -266,13 +311,72 @@ def pythonqt_part(repo: Path, commit: str) -> dict:
                     ident = item.split("=")[0].strip()
                     if ident:
                         entry["constants"].add(ident)
+    for name, meta in (metaobjects or {}).get("classes", {}).items():
+        entry = classes.setdefault(name, {"bases": [], "methods": set(), "returns": {}, "constants": set(),
+                                          "properties": set()})
+        entry["bases"] = meta["bases"]
+        entry["methods"] = set(entry["methods"]) | set(meta["slots"])
+        entry["properties"] = set(entry["properties"]) | set(meta["properties"])
+        entry["constants"] = set(entry["constants"]) | set(meta["constants"])
+        entry["signals"] = set(meta["signals"])
     builtins = set(re.findall(r'\{"(\w+)",', show(repo, commit, "src/PythonQtInstanceWrapper.cpp")))
     decorators = strip_comments(show(repo, commit, "src/PythonQtStdDecorators.h"))
     builtins |= set(re.findall(r"\b([a-z]\w*)\s*\(\s*(?:const\s+)?QObject\s*\*", decorators))
     return {"classes": classes, "builtins": builtins}
 
 
-def vtk_part(start: Iterable[str], depth: int = 3) -> dict:
+#: run by an interpreter with PyQt5 (Qt 5.15): every QObject class of QtCore, QtGui and QtWidgets, from its
+#: QMetaObject -- base class, signals, slots, properties, enum keys -- as JSON on stdout
+QT_METAOBJECT_DUMP = r"""
+import json, sys
+from PyQt5 import QtCore, QtGui, QtWidgets
+out = {}
+for module in (QtCore, QtGui, QtWidgets):
+    for name in dir(module):
+        cls = getattr(module, name)
+        mo = getattr(cls, "staticMetaObject", None)
+        if not isinstance(mo, QtCore.QMetaObject) or mo.className() != name:
+            continue
+        entry = {"bases": [mo.superClass().className()] if mo.superClass() else [], "signals": [], "slots": [],
+                 "properties": [], "constants": []}
+        for i in range(mo.methodOffset(), mo.methodCount()):
+            m = mo.method(i)
+            signature = bytes(m.methodSignature()).decode()
+            if m.methodType() == QtCore.QMetaMethod.Signal:
+                entry["signals"].append(signature)
+            elif m.methodType() == QtCore.QMetaMethod.Slot and m.access() == QtCore.QMetaMethod.Public:
+                entry["slots"].append(signature.split("(")[0])
+        for i in range(mo.propertyOffset(), mo.propertyCount()):
+            entry["properties"].append(mo.property(i).name())
+        for i in range(mo.enumeratorOffset(), mo.enumeratorCount()):
+            e = mo.enumerator(i)
+            entry["constants"] += [e.key(k) for k in range(e.keyCount())]
+        out[name] = entry
+json.dump({"qt_version": QtCore.qVersion(), "classes": out}, sys.stdout)
+"""
+
+
+def qt_metaobjects(python: str) -> dict:
+    """``{"qt_version", "classes": {class: {"bases", "signals", "slots", "properties", "constants"}}}`` from the
+    meta-objects of Qt 5.15 itself, read by ``python`` (an interpreter with PyQt5 and its Qt 5.15 libraries)."""
+    done = subprocess.run([python, "-c", QT_METAOBJECT_DUMP], capture_output=True, text=True, check=True,
+                          env={"QT_QPA_PLATFORM": "offscreen", "PATH": "/usr/bin:/bin"})
+    return json.loads(done.stdout)
+
+
+def vtk_part(start: Iterable[str], depth: int = 3, python: Optional[str] = None) -> dict:
+    """:func:`vtk_names` run by ``python`` (an interpreter with the VTK to describe), or by this one."""
+    if python is None:
+        return vtk_names(start, depth)
+    script = ("import json, sys; sys.path.insert(0, %r); from extract_slicer_api import vtk_names, jsonable; "
+              "json.dump(jsonable(vtk_names(json.load(sys.stdin), %d)), sys.stdout)"
+              % (str(Path(__file__).parent), depth))
+    done = subprocess.run([python, "-c", script], input=json.dumps(sorted(start)), capture_output=True, text=True,
+                          check=True)
+    return json.loads(done.stdout)
+
+
+def vtk_names(start: Iterable[str], depth: int = 3) -> dict:
     """VTK's own classes reachable from ``start`` (bases; return types up to ``depth`` steps), from the
     installed ``vtk`` wheel (Slicer builds its own VTK; its source is not read here)."""
     import vtk
@@ -349,6 +453,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--module-dir", type=Path, default=Path(__file__).resolve().parents[2] / "P2SAMSlicer",
                         help="the module whose names are kept in the output")
     parser.add_argument("--full", default=None, help="also write the unreduced list here")
+    parser.add_argument("--qt-python", default=None,
+                        help="a Python with PyQt5 on Qt 5.15 (e.g. pip install PyQt5==5.15.11 PyQt5-Qt5==5.15.2): the "
+                             "Qt classes' signals, slots, properties, enums and bases are read from Qt's meta-objects")
+    parser.add_argument("--vtk-python", default=None,
+                        help="a Python with the VTK to describe (e.g. pip install vtk==9.2.6, the release nearest "
+                             "Slicer 5.8.1's VTK 9.2 fork); default: this interpreter's vtk")
     args = parser.parse_args(argv)
     slicer_commit = git(args.slicer, "rev-parse", SLICER_TAG + "^{commit}").strip()
     ctk_cmake = show(args.slicer, slicer_commit, "SuperBuild/External_CTK.cmake")
@@ -357,13 +467,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     pythonqt_commit = re.search(r"set\(revision_tag ([0-9a-f]{40})\)", pythonqt_cmake).group(1)
     slicer = slicer_part(args.slicer, slicer_commit)
     ctk = ctk_part(args.ctk, ctk_commit)
-    qt = pythonqt_part(args.pythonqt, pythonqt_commit)
+    metaobjects = qt_metaobjects(args.qt_python) if args.qt_python else None
+    qt = pythonqt_part(args.pythonqt, pythonqt_commit, metaobjects)
     starts = set()
     for part in (slicer["classes"], ctk["classes"]):
         for entry in part.values():
             starts.update(entry["bases"])
             starts.update(entry["returns"].values())
-    vtk_info = vtk_part(starts)
+    vtk_info = vtk_part(starts, python=args.vtk_python)
+    vtk_fork = re.search(r'set\(_git_tag "([0-9a-f]{40})"\)\s*#\s*(\S+)',
+                         show(args.slicer, slicer_commit, "SuperBuild/External_VTK.cmake"))
     doc = {
         "source": {
             "Slicer": {"repository": "https://github.com/Slicer/Slicer", "tag": SLICER_TAG, "commit": slicer_commit,
@@ -373,8 +486,15 @@ def main(argv: Optional[List[str]] = None) -> int:
             "PythonQt": {"repository": "https://github.com/commontk/PythonQt", "commit": pythonqt_commit,
                          "pinned_by": "CTK CMakeExternals/PythonQt.cmake", "licence": "LGPL-2.1 (names only)",
                          "wrappers": "generated_cpp_511 (used for Qt >= 5.11)"},
-            "VTK": {"version": vtk_info["version"], "from": "the installed vtk wheel (VTK's own base classes "
-                    "only; Slicer 5.8.1 builds its own VTK 9.2 branch, whose source was not read)"},
+            "VTK": {"version": vtk_info["version"],
+                    "from": "the vtk wheel of that version (VTK's own classes the module meets), introspected",
+                    "slicer_builds": (f"Slicer/VTK {vtk_fork.group(2)} ({vtk_fork.group(1)}), a VTK 9.2 fork "
+                                      "(SuperBuild/External_VTK.cmake); its source was not available")
+                    if vtk_fork else "see SuperBuild/External_VTK.cmake"},
+            "Qt": {"version": (metaobjects or {}).get("qt_version"),
+                   "from": "the meta-objects of Qt's own classes (PyQt5 on the Qt 5.15 libraries of PyQt5-Qt5): "
+                           "signals, slots, properties, enums, base classes; Slicer 5.8 requires Qt 5.15"}
+            if metaobjects else {"from": "not read: Qt base classes from QT_BASES only"},
         },
         "slicer_classes": slicer["classes"],
         "ctk_classes": ctk["classes"],

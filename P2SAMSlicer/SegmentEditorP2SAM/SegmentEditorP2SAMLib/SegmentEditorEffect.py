@@ -1,34 +1,41 @@
 """Segment Editor effect "P²SAM": correct a propagated segment slice by slice with clicks.
 
 On a slice view showing slices of the source volume (the follow-up), a click adds a
-positive point and Ctrl+click a negative one; the model re-decodes that slice from
-P²SAM's own prompts (the ROI window and box it used, kept with the propagation report on
-the segmentation node) plus the user's clicks, on the slice's cached embedding, and the
-slice of the selected segment is replaced. Every write goes through
-``modifySelectedSegmentByLabelmap`` (so the editable area, intensity masking and overlap
-settings apply) after ``saveStateForUndo()`` (Ctrl+Z undoes it).
+positive point and Ctrl+click (Cmd+click on macOS, or any click after N) a negative one;
+the model re-decodes that slice from P²SAM's own prompts (the ROI window and box it used,
+kept with the propagation report on the segmentation node) plus the user's clicks, and that
+slice of the selected segment is rewritten: only the voxels that change, with
+``modifySelectedSegmentByLabelmap`` Add/Remove in that slice's extent (so the editable area,
+intensity masking and overlap settings apply) after one ``saveStateForUndo()`` (one Ctrl+Z).
 
 "Use this slice as reference and re-propagate" re-segments the neighbouring slices with
-the corrected slice as P²SAM's reference.
+the corrected slice as P²SAM's reference. J / K go to the next / previous flagged slice, M
+marks a slice reviewed; markers show the clicks.
 
-The logic (no Qt) is ``P2SAMSlicerLib.correction``, tested on slicer-core; this file only
-turns events into calls and results into Segment Editor edits.
+The logic (no Qt) is ``P2SAMSlicerLib.effect_actions`` (with ``correction``, ``slice_edit``
+and ``review``), tested on slicer-core's Segment Editor logic; this file only turns events
+into calls and results into the status line.
 """
 import logging
 import os
+from typing import TYPE_CHECKING, List
 
-import numpy as np
 import qt
 import vtk
-from vtk.util import numpy_support
 
 import slicer
 from slicer.i18n import tr as _
 
 from SegmentEditorEffects import AbstractScriptedSegmentEditorEffect
 
+if TYPE_CHECKING:  # annotations only: the Lib is imported when the effect is first used
+    import types
 
-def _importLib():
+    from P2SAMSlicerLib.effect_actions import EffectActions
+    from P2SAMSlicerLib.panel_state import BusyState
+
+
+def _importLib() -> "types.ModuleType":
     """Import ``P2SAMSlicerLib`` (beside the P2SAMSlicer module) only when the effect is used.
 
     Installed extension: this file is ``<qt-scripted-modules>/SegmentEditorP2SAMLib/``, the Lib and
@@ -62,11 +69,10 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         scriptedEffect.perSegment = True
         scriptedEffect.requireSegments = True
         AbstractScriptedSegmentEditorEffect.__init__(self, scriptedEffect)
-        self._session = None
-        self._sessionKey = None
+        self._actions = None  # P2SAMSlicerLib.effect_actions.EffectActions, created on first use
         self._busy = None  # P2SAMSlicerLib.panel_state.BusyState, created on first use
 
-    def busyState(self):
+    def busyState(self) -> "BusyState":
         """The effect's :class:`BusyState`: a model call in progress (re-propagation processes GUI events)."""
         if self._busy is None:
             _importLib()
@@ -89,18 +95,52 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         return qt.QIcon()
 
     def helpText(self):
+        _importLib()
+        from P2SAMSlicerLib.review import negative_modifier_label
+
         return _("""<html>Correct a P²SAM proposal slice by slice.<p>
-<b>Click</b> on a slice view: this belongs to the structure (positive). <b>Ctrl+click</b>: this does not
-(negative). The selected segment is re-computed on that slice from P²SAM's own prompts plus your clicks.
-The slice view must show the source volume's own slices (e.g. axial for an axial CT).<p>
+<b>Click</b> on a slice view: this belongs to the structure (positive, green marker). <b>{key}+click</b>, or
+<b>N</b> to switch to negative clicks: this does not (negative, red marker). The selected segment is
+re-computed on that slice only, from P²SAM's own prompts plus your clicks; the slice view must show the
+source volume's own slices (e.g. axial for an axial CT).<p>
+<b>J</b> / <b>K</b>: next / previous flagged slice not yet reviewed; <b>M</b>: mark the slice reviewed.<p>
 <b>Re-propagate</b> uses the slice you corrected last as the reference for its neighbours.<p>
-Edits respect the editable area and overlap settings; undo with Ctrl+Z.</html>""")
+Edits respect the editable area and overlap settings; each click is one undo step (Ctrl+Z); edits made with
+other effects are kept.</html>""").format(key=negative_modifier_label())
 
     # -- options --------------------------------------------------------------------------------
     def setupOptionsFrame(self):
         self.statusLabel = qt.QLabel(_("Click on a slice of the source volume."))
         self.statusLabel.wordWrap = True
         self.scriptedEffect.addOptionsWidget(self.statusLabel)
+
+        self.negativeButton = qt.QPushButton(_("Negative clicks (N)"))
+        self.negativeButton.objectName = self.__class__.__name__ + "Negative"
+        self.negativeButton.checkable = True
+        self.negativeButton.toolTip = _("Checked: a click marks what does NOT belong to the structure. The modifier "
+                                        "key (Ctrl, Cmd on macOS) flips one click.")
+        self.negativeButton.connect("toggled(bool)", self.onNegativeToggled)
+        self.scriptedEffect.addOptionsWidget(self.negativeButton)
+
+        self.previousFlaggedButton = qt.QPushButton(_("Previous flagged (K)"))
+        self.previousFlaggedButton.toolTip = _("Show the previous flagged slice not yet marked reviewed.")
+        self.previousFlaggedButton.connect("clicked()", lambda: self.onFlagged(-1))
+        self.nextFlaggedButton = qt.QPushButton(_("Next flagged (J)"))
+        self.nextFlaggedButton.toolTip = _("Show the next flagged slice not yet marked reviewed.")
+        self.nextFlaggedButton.connect("clicked()", lambda: self.onFlagged(1))
+        self.reviewedButton = qt.QPushButton(_("Mark reviewed (M)"))
+        self.reviewedButton.toolTip = _("Mark the slice shown as reviewed (again: not reviewed); kept with the scene.")
+        self.reviewedButton.connect("clicked()", self.onMarkReviewed)
+        review = qt.QHBoxLayout()
+        review.addWidget(self.previousFlaggedButton)
+        review.addWidget(self.nextFlaggedButton)
+        review.addWidget(self.reviewedButton)
+        self.scriptedEffect.addOptionsWidget(review)
+
+        self.priorCheckBox = qt.QCheckBox(_("Show the registered prior (outline)"))
+        self.priorCheckBox.toolTip = _("The prior contour carried by registration alone, to compare with the proposal.")
+        self.priorCheckBox.connect("toggled(bool)", self.onShowPrior)
+        self.scriptedEffect.addOptionsWidget(self.priorCheckBox)
 
         self.undoClickButton = qt.QPushButton(_("Undo last click"))
         self.undoClickButton.objectName = self.__class__.__name__ + "UndoClick"
@@ -132,11 +172,15 @@ Edits respect the editable area and overlap settings; undo with Ctrl+Z.</html>""
 
     def setMRMLDefaults(self):
         self.scriptedEffect.setParameterDefault("Neighbours", 2)
+        self.scriptedEffect.setParameterDefault("NegativeClicks", 0)
 
     def updateGUIFromMRML(self):
         wasBlocked = self.neighboursSpinBox.blockSignals(True)
         self.neighboursSpinBox.value = self.scriptedEffect.integerParameter("Neighbours")
         self.neighboursSpinBox.blockSignals(wasBlocked)
+        wasBlocked = self.negativeButton.blockSignals(True)
+        self.negativeButton.checked = bool(self.scriptedEffect.integerParameter("NegativeClicks"))
+        self.negativeButton.blockSignals(wasBlocked)
 
     def updateMRMLFromGUI(self):
         self.scriptedEffect.setParameter("Neighbours", self.neighboursSpinBox.value)
@@ -145,13 +189,22 @@ Edits respect the editable area and overlap settings; undo with Ctrl+Z.</html>""
         return slicer.util.mainWindow().cursor
 
     # -- session --------------------------------------------------------------------------------
+    def actions(self) -> "EffectActions":
+        """The effect's actions without Qt (:class:`P2SAMSlicerLib.effect_actions.EffectActions`)."""
+        if self._actions is None:
+            _importLib()
+            from P2SAMSlicerLib.effect_actions import EffectActions
+
+            self._actions = EffectActions(self.scriptedEffect)
+        return self._actions
+
     def _forgetSession(self):
         """The segmentation, source volume or geometry changed (or the effect was left): a running
         re-propagation stops at its next step, and the next click starts a new session."""
         if self._busy is not None:
             self._busy.request_cancel()
-        self._session = None
-        self._sessionKey = None
+        if self._actions is not None:
+            self._actions.forget()
 
     def deactivate(self):
         self._forgetSession()
@@ -162,27 +215,9 @@ Edits respect the editable area and overlap settings; undo with Ctrl+Z.</html>""
     def referenceGeometryChanged(self):
         self._forgetSession()
 
-    def _currentSession(self):
-        """The correction session for the current segmentation and source volume (rebuilt when they change)."""
-        correction = _importLib()
-        parameterSetNode = self.scriptedEffect.parameterSetNode()
-        segmentationNode = parameterSetNode.GetSegmentationNode()
-        sourceImage = self.scriptedEffect.sourceVolumeImageData()
-        if segmentationNode is None or sourceImage is None:
-            raise ValueError(_("Select a segmentation and a source volume first."))
-        sourceNode = parameterSetNode.GetSourceVolumeNode()
-        geometry = segmentationNode.GetSegmentation().GetConversionParameter(
-            slicer.vtkSegmentationConverter.GetReferenceImageGeometryParameterName())
-        key = (segmentationNode.GetID(), sourceNode.GetID() if sourceNode else None,
-               sourceNode.GetImageData().GetMTime() if sourceNode and sourceNode.GetImageData() else None,
-               geometry, segmentationNode.GetAttribute("P2SAM.Report") is not None)
-        if self._session is None or self._sessionKey != key:
-            self._session = correction.session_for(segmentationNode, sourceImage)
-            self._sessionKey = key
-        return correction, self._session, segmentationNode, sourceImage
-
     # -- interaction ----------------------------------------------------------------------------
-    def processInteractionEvents(self, callerInteractor, eventId, viewWidget):
+    def processInteractionEvents(self, callerInteractor: "vtk.vtkRenderWindowInteractor", eventId: int,
+                                 viewWidget: "slicer.qMRMLSliceWidget") -> bool:
         """A left click on a slice view showing the source volume's slices corrects that slice.
 
         Other clicks (another view orientation, outside the volume, Shift/Alt held, other
@@ -190,13 +225,18 @@ Edits respect the editable area and overlap settings; undo with Ctrl+Z.</html>""
         """
         if viewWidget.className() != "qMRMLSliceWidget":
             return False
+        self._sliceNode = viewWidget.sliceLogic().GetSliceNode()
+        if eventId == vtk.vtkCommand.KeyPressEvent and not callerInteractor.GetControlKey():
+            return self.onKey(callerInteractor.GetKeySym())
         if eventId != vtk.vtkCommand.LeftButtonPressEvent or callerInteractor.GetShiftKey() or callerInteractor.GetAltKey():
             return False
         if self.busyState().busy:
             self.statusLabel.text = _("Still working; the click was ignored.")
             return True
+        correction = _importLib()
         try:
-            correction, session, segmentationNode, sourceImage = self._currentSession()
+            session = self.actions().current_session()
+            segmentationNode = self.scriptedEffect.parameterSetNode().GetSegmentationNode()
         except ValueError as exc:
             self.statusLabel.text = str(exc)
             return False
@@ -209,105 +249,128 @@ Edits respect the editable area and overlap settings; undo with Ctrl+Z.</html>""
         confirmed = self.scriptedEffect.confirmCurrentSegmentVisible()
         if confirmed == self.scriptedEffect.NotConfirmed or confirmed == self.scriptedEffect.ConfirmedWithDialog:
             return True
-        positive = not callerInteractor.GetControlKey()
+        from P2SAMSlicerLib.review import click_is_positive
+
+        positive = click_is_positive(bool(self.scriptedEffect.integerParameter("NegativeClicks")),
+                                     bool(callerInteractor.GetControlKey()))
         with slicer.util.tryWithErrorDisplay(_("P²SAM could not update the slice."), waitCursor=True):
             self.clickAt(click.k, click.j, click.i, positive)
         return True
 
     def clickAt(self, k, j, i, positive=True):
         """A click on voxel ``(i, j)`` of slice ``k`` (array indices of the source volume); updates the
-        selected segment's slice. Also the entry point of the self-test."""
-        correction, session, segmentationNode, sourceImage = self._currentSession()
-        shape = session.volume.shape
-        if not (0 <= k < shape[0] and 0 <= j < shape[1] and 0 <= i < shape[2]):
-            return
+        selected segment's slice (that slice only, one undo step). Also the entry point of the self-test."""
         with self.busyState().running(_("a click correction")):
-            self._correct(correction, session, segmentationNode, sourceImage, k, j, i, positive)
-
-    def _correct(self, correction, session, segmentationNode, sourceImage, k, j, i, positive):
-        segmentId = self.scriptedEffect.parameterSetNode().GetSelectedSegmentID()
-        segmentName = segmentationNode.GetSegmentation().GetSegment(segmentId).GetName()
-        current = None
-        if not session.has_corrector(segmentName, k):
-            current = correction.segment_mask_on(segmentationNode, segmentId, sourceImage)[k]
-        mask = session.click(segmentName, k, float(i), float(j), positive, current)
-        self._writeSlices({k: mask})
-        pos, neg = session.clicks(segmentName, k)
-        self.statusLabel.text = _("Slice {k} of '{name}': {pos} positive, {neg} negative click(s){prompt}.").format(
-            k=k, name=segmentName, pos=pos, neg=neg,
-            prompt="" if session.uses_report else _(" (no P²SAM report for this volume: box from the segment)"))
-
-    def _writeSlices(self, masks):
-        """Replace slices ``{k: bool [j, i]}`` of the selected segment (one undo step, editor masking applies)."""
-        modifier = self.scriptedEffect.defaultModifierLabelmap()
-        sourceImage = self.scriptedEffect.sourceVolumeImageData()
-        if not slicer.vtkOrientedImageDataResample.DoGeometriesMatch(modifier, sourceImage):
-            raise ValueError(_("The segmentation's geometry differs from the source volume's; set the segmentation "
-                               "geometry to the source volume (Segment Editor: Specify geometry)."))
-        ext = modifier.GetExtent()
-        dims = (ext[5] - ext[4] + 1, ext[3] - ext[2] + 1, ext[1] - ext[0] + 1)
-        array = numpy_support.vtk_to_numpy(modifier.GetPointData().GetScalars()).reshape(dims)
-        array[:] = 0
-        for k, mask in masks.items():
-            array[k] = np.asarray(mask, dtype=array.dtype)
-        modifier.Modified()
-        self.scriptedEffect.saveStateForUndo()
-        for k in sorted(masks):
-            extent = [ext[0], ext[1], ext[2], ext[3], ext[4] + k, ext[4] + k]
-            self.scriptedEffect.modifySelectedSegmentByLabelmap(
-                modifier, slicer.qSlicerSegmentEditorAbstractEffect.ModificationModeSet, extent)
+            result = self.actions().click(k, j, i, positive)
+        self.statusLabel.text = result.message
+        return result
 
     # -- buttons --------------------------------------------------------------------------------
+    def _segmentEditorUndo(self):
+        """One step of the Segment Editor's undo (Ctrl+Z) in the editor this effect is active in, or None."""
+        widgets: "List[qt.QWidget]" = qt.QApplication.allWidgets()
+        for widget in widgets:
+            if widget.className() != "qMRMLSegmentEditorWidget":
+                continue
+            active = widget.activeEffect()
+            if active is not None and active.name == self.scriptedEffect.name and active.self() is self:
+                return widget.undo
+        return None
+
     def onUndoClick(self):
         if self.busyState().busy:
             return
         with slicer.util.tryWithErrorDisplay(_("P²SAM could not undo the click."), waitCursor=True):
-            correction, session, segmentationNode, sourceImage = self._currentSession()
-            if session.last is None:
-                return
-            name, k = session.last
-            mask = session.undo(name, k)
-            if mask is not None:
-                self._writeSlices({k: mask})
+            self.statusLabel.text = self.actions().undo_last_click(self._segmentEditorUndo())
 
     def onReset(self):
         if self.busyState().busy:
             return
-        if self._session is not None:
-            self._session.reset()
+        if self._actions is not None:
+            self._actions.forget()
         self.statusLabel.text = _("Clicks forgotten. Click on a slice of the source volume.")
 
     def onRepropagate(self):
         if self.busyState().busy:
             return
+        from P2SAMLogic.errors import CancelledError
+
         with slicer.util.tryWithErrorDisplay(_("P²SAM could not re-propagate."), waitCursor=True), \
                 self.busyState().running(_("a re-propagation")):
-            correction, session, segmentationNode, sourceImage = self._currentSession()
-            segmentId = self.scriptedEffect.parameterSetNode().GetSelectedSegmentID()
-            segmentName = segmentationNode.GetSegmentation().GetSegment(segmentId).GetName()
-            if session.last is None or session.last[0] != segmentName:
-                raise ValueError(_("Correct a slice of '{name}' with a click first: that slice becomes the "
-                                   "reference.").format(name=segmentName))
-            k = session.last[1]
-            reference = correction.segment_mask_on(segmentationNode, segmentId, sourceImage)[k]
-            n = self.scriptedEffect.integerParameter("Neighbours")
 
             def status(fraction, message):
                 self.statusLabel.text = _("Re-propagating: {message}").format(message=message)
 
             # clicks and buttons delivered by processEvents are refused while busy (processInteractionEvents)
-            from P2SAMLogic.errors import CancelledError
-
             try:
-                masks = session.repropagate(k, reference, neighbours=n,
-                                            spacing_xy=correction.pixel_spacing(session.ijk_to_ras),
-                                            progress=self.busyState().progress_callback(status,
-                                                                                        slicer.app.processEvents),
-                                            cancel=self.busyState().should_cancel)
+                written = self.actions().repropagate(
+                    self.scriptedEffect.integerParameter("Neighbours"),
+                    progress=self.busyState().progress_callback(status, slicer.app.processEvents),
+                    cancel=self.busyState().should_cancel)
             except CancelledError:
                 self.statusLabel.text = _("Re-propagation stopped; the segment was not changed.")
                 return
-            self._writeSlices(masks)
-            self.statusLabel.text = _("Re-computed slices {slices} of '{name}' from slice {k}.").format(
-                slices=", ".join(str(s) for s in sorted(masks)) or _("none"), name=segmentName, k=k)
-            logging.info(f"P2SAM: re-propagated {sorted(masks)} from slice {k} of {segmentName}")
+            self.statusLabel.text = _("Re-computed slices {slices}.").format(
+                slices=", ".join(str(s) for s in sorted(written)) or _("none"))
+            logging.info(f"P2SAM: re-propagated slices {sorted(written)}")
+
+    # -- review ---------------------------------------------------------------------------------
+    def onKey(self, key):
+        """N: positive/negative clicks; J / K: next / previous flagged slice; M: mark the slice reviewed."""
+        if key == "n":
+            self.negativeButton.checked = not self.negativeButton.checked  # onNegativeToggled follows
+        elif key in ("j", "k"):
+            self.onFlagged(1 if key == "j" else -1)
+        elif key == "m":
+            self.onMarkReviewed()
+        else:
+            return False
+        return True
+
+    def onNegativeToggled(self, checked):
+        self.scriptedEffect.setParameter("NegativeClicks", 1 if checked else 0)
+        self.statusLabel.text = _("Clicks are negative (this does not belong).") if checked else \
+            _("Clicks are positive (this belongs).")
+
+    def _viewSliceIndex(self):
+        """The slice of the source volume shown in the last view used (else the Red view), or None."""
+        correction = _importLib()
+        sliceNode = getattr(self, "_sliceNode", None)
+        if sliceNode is None:
+            sliceWidget = slicer.app.layoutManager().sliceWidget("Red")
+            sliceNode = sliceWidget.mrmlSliceNode() if sliceWidget is not None else None
+        session = self.actions().current_session()
+        if sliceNode is None:
+            return None
+        return correction.view_slice_index(sliceNode, session.ijk_to_ras, session.volume.shape[0])
+
+    def onFlagged(self, step):
+        with slicer.util.tryWithErrorDisplay(_("P²SAM could not go to a flagged slice."), waitCursor=False):
+            try:
+                k, ras, message = self.actions().next_flagged(self._viewSliceIndex(), step)
+            except ValueError as exc:
+                self.statusLabel.text = str(exc)
+                return
+            slicer.modules.markups.logic().JumpSlicesToLocation(ras[0], ras[1], ras[2], True)
+            self.statusLabel.text = message
+
+    def onMarkReviewed(self):
+        with slicer.util.tryWithErrorDisplay(_("P²SAM could not mark the slice."), waitCursor=False):
+            k = self._viewSliceIndex()
+            if k is None:
+                self.statusLabel.text = _("Show a slice of the source volume first.")
+                return
+            try:
+                self.statusLabel.text = self.actions().toggle_reviewed(k)
+            except ValueError as exc:
+                self.statusLabel.text = str(exc)
+
+    def onShowPrior(self, checked):
+        _importLib()
+        from P2SAMSlicerLib.review import show_registered_prior
+
+        segmentationNode = self.scriptedEffect.parameterSetNode().GetSegmentationNode()
+        if not show_registered_prior(segmentationNode, checked) and checked:
+            self.statusLabel.text = _("This segmentation has no registered prior to compare with (P²SAM adds one "
+                                      "to the segmentations it creates).")
+
