@@ -204,6 +204,10 @@ class PropagationConfig:
         if self.proposals not in PROPOSAL_MODES:
             raise InputError("proposals", f"unknown proposal mode '{self.proposals}'; expected one of "
                                           f"{', '.join(PROPOSAL_MODES)}")
+        unknown = [v for v in self.registered_prompts if v not in ("box", "box refined", "box+mask")]
+        if unknown:
+            raise InputError("registered_prompts", f"unknown prompt kind(s) {unknown}; expected any of box, "
+                                                   "'box refined', box+mask")
         if self.registration not in ("per-structure", "joint"):
             raise InputError("registration", f"unknown mode '{self.registration}'; expected per-structure or joint")
         if self.batch_size < 1:

@@ -89,6 +89,10 @@ def test_every_propagation_parameter_has_a_bound():
     ({"intensity_window": [0]}, "expected [low, high]"),
     ({"method": "x" * 100}, "is not one of the engine's choices"),
     ({"max_partz": 2}, "unknown propagation parameter 'max_partz'"),
+    ({"gate_score_ratio": [0.95]}, "expected [low, high]"),
+    ({"gate_score_ratio": [0.95, 1e9]}, "parameters.gate_score_ratio"),
+    ({"registered_prompts": ["tight"] * 9}, "expected a list of at most 8"),
+    ({"registered_prompts": "tight"}, "expected a list"),
 ])
 def test_parameters_are_bounded(parameters, fragment):
     with pytest.raises(Refused) as err:

@@ -34,6 +34,12 @@ PARAMETER_RULES: Dict[str, Tuple[str, Any]] = {
     "trust_iou": ("float", (0.0, 1.0)),
     "trust_agreement": ("float", (0.0, 1.0)),
     "trust_score_ratio": ("float", (0.0, 100.0)),
+    "gate_score_ratio": ("pair", (0.0, 100.0)),
+    "end_absent_iou": ("float", (0.0, 1.0)),
+    "ring_outer": ("choice", 32),
+    "proposals": ("choice", 32),
+    "registered_prompts": ("choices", 8),
+    "scale": ("choice", 32),
     "ring_area_ratio": ("float", (0.0, 1.0)),
     "followup_references": ("bool", None),
     "decompose": ("bool", None),
@@ -180,6 +186,16 @@ def bounded_parameters(values: Any) -> Dict[str, Any]:
             if not isinstance(value, bool):
                 raise Refused(422, f"parameters.{name}: {_shown(value)} is not true or false")
             out[name] = value
+        elif kind == "choices":
+            if (not isinstance(value, (list, tuple)) or len(value) > bounds
+                    or not all(isinstance(v, str) and len(v) <= 32 for v in value)):
+                raise Refused(422, f"parameters.{name}: expected a list of at most {bounds} of the engine's "
+                                   f"choices, got {_shown(value)}")
+            out[name] = tuple(value)
+        elif kind == "pair":
+            if not isinstance(value, (list, tuple)) or len(value) != 2:
+                raise Refused(422, f"parameters.{name}: expected [low, high], got {_shown(value)}")
+            out[name] = tuple(_number(name, v, "float", bounds) for v in value)
         elif kind == "window":
             if value is None:
                 out[name] = None
