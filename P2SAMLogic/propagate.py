@@ -66,6 +66,11 @@ def needs_model(method: str) -> bool:
     return method not in REGISTRATION_ONLY
 
 
+#: the default per-slice ``trust_score_ratio`` by encoding: the whole slice (MR) / a window around the
+#: structure (CT), chosen on the development sets (docs/accuracy.md, "Choosing the decision thresholds")
+TRUST_SCORE_RATIO = {"whole": 1.2, "window": 1.05}
+
+
 @dataclass
 class PropagationConfig:
     """Parameters of :func:`propagate` (all recorded in the output's provenance).
@@ -77,7 +82,8 @@ class PropagationConfig:
             B-spline across modalities), ``demons``, ``bspline`` or ``none`` (rigid only).
         decision: ``evidence`` (default: per slice, the model where the evidence trusts it, else
             the registered prior) or ``model`` (every non-empty proposal is kept: no fallback).
-        trust_iou, trust_agreement, trust_score_ratio: the per-slice evidence thresholds;
+        trust_iou, trust_agreement, trust_score_ratio: the per-slice evidence thresholds
+            (``trust_score_ratio`` None: :data:`TRUST_SCORE_RATIO` by the resolved encoding scale);
             gate_score_ratio: the part-level gate (does the model see this structure at all?);
             end_absent_iou: at the ends of the registered extent, slices whose proposal has a lower
             predicted IoU are empty (the structure ends earlier); see :mod:`P2SAMLogic.decide`.
@@ -140,7 +146,7 @@ class PropagationConfig:
     decision: str = "evidence"
     trust_iou: float = 0.5
     trust_agreement: float = 0.3
-    trust_score_ratio: float = 1.2
+    trust_score_ratio: Optional[float] = None
     gate_score_ratio: Tuple[float, float] = (0.95, 1.05)
     end_absent_iou: float = 0.75
     ring_outer: str = "registered"
@@ -191,7 +197,7 @@ class PropagationConfig:
                 raise InputError(name, "must be between 0 and 1")
         if not 0.0 <= self.ring_area_ratio <= 1.0:
             raise InputError("ring_area_ratio", "must be between 0 and 1")
-        if not self.trust_score_ratio > 0:
+        if self.trust_score_ratio is not None and not self.trust_score_ratio > 0:
             raise InputError("trust_score_ratio", "must be positive")
         if len(self.gate_score_ratio) != 2 or not 0 < self.gate_score_ratio[0] < self.gate_score_ratio[1]:
             raise InputError("gate_score_ratio", f"{self.gate_score_ratio}: expected (low, high) with 0 < low < high")
@@ -223,13 +229,18 @@ class PropagationConfig:
         d = asdict(self)
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
 
-    def rule(self, role: str = "whole") -> DecisionRule:
-        """The decision thresholds for one part; ``role`` as in :class:`P2SAMLogic.structures.Part`."""
+    def rule(self, role: str = "whole", scale: Optional[EncodingScale] = None) -> DecisionRule:
+        """The decision thresholds for one part; ``role`` as in :class:`P2SAMLogic.structures.Part`;
+        ``scale``: the resolved encoding scale of the slices (sets the default ``trust_score_ratio``)."""
+        ratio = self.trust_score_ratio
+        if ratio is None:
+            whole = scale is not None and scale.kind == "whole"
+            ratio = TRUST_SCORE_RATIO["whole" if whole else "window"]
         bounds = (0.0, math.inf)
         if role == "outer" and self.ring_area_ratio > 0:
             bounds = (self.ring_area_ratio, 1.0 / self.ring_area_ratio)
         return DecisionRule(mode=self.decision, trust_iou=self.trust_iou, trust_agreement=self.trust_agreement,
-                            trust_score_ratio=self.trust_score_ratio,
+                            trust_score_ratio=float(ratio),
                             gate_score_ratio=tuple(float(v) for v in self.gate_score_ratio),
                             end_absent_iou=self.end_absent_iou, prior_weight=self.prior_weight,
                             presence_threshold=self.presence_threshold, area_ratio_bounds=bounds)
@@ -619,7 +630,7 @@ def propagate_part(study: Study, part_mask: sitk.Image, part_name: str, registra
                                centre_on=centre_on, scale=cfg.encoding_scale().resolve(study.followup_modality),
                                spacing_xy=spacing[:2])
     t = time.perf_counter()
-    rule = cfg.rule(role)
+    rule = cfg.rule(role, cfg.encoding_scale().resolve(study.followup_modality))
     decided, decisions, model = decide_part(proposals, registered, rule, kji_spacing)
     stage["decide"] += time.perf_counter() - t
     if cfg.followup_references and cfg.method == "p2sam" and rule.mode == "evidence":

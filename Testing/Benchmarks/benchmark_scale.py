@@ -4,8 +4,8 @@
 For every development set, LiteMedSAM is prompted with one box per slice (per image in 2D) and the
 image it sees is one *encoding window* of the slice:
 
-  auto         the pipeline's default (P2SAMLogic/scale.py): the whole slice when the structure spans at
-               least 40 model pixels there, else ctx 4
+  auto         the pipeline's default (P2SAMLogic/scale.py): the whole slice for MR and other non-CT
+               images, ctx 4 on CT
   whole        the whole slice, resized to the model's input (as LiteMedSAM was trained)
   ctx C        a square of C x the prompt box's larger side, centred on the box, kept inside the slice
   ... zoom Z   the same with the zoom capped: the window is at least input_size / Z pixels, so the

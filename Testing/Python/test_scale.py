@@ -48,6 +48,19 @@ def test_auto_is_the_whole_slice_for_mr_and_a_context_window_for_ct():
         auto.window(np.array([0.0, 0.0, 10.0, 10.0]), (50, 50))
 
 
+def test_the_default_trust_ratio_follows_the_encoding():
+    """The per-slice distance-ratio threshold is 1.2 on whole-slice encodings (MR) and 1.05 on windows
+    around the structure (CT), unless set."""
+    from P2SAMLogic.propagate import PropagationConfig
+
+    cfg = PropagationConfig()
+    assert cfg.rule("whole", EncodingScale.parse("auto").resolve("MR")).trust_score_ratio == 1.2
+    assert cfg.rule("whole", EncodingScale.parse("auto").resolve("CT")).trust_score_ratio == 1.05
+    assert PropagationConfig(trust_score_ratio=0.9).rule("whole", EncodingScale("whole")).trust_score_ratio == 0.9
+    with pytest.raises(InputError, match="trust_score_ratio"):
+        PropagationConfig(trust_score_ratio=0.0).validate()
+
+
 @pytest.mark.parametrize("text", ["ctx0.5", "zoom", "ctx4:zoom0", "ctx4:zoomx"])
 def test_a_bad_scale_names_the_option(text):
     with pytest.raises(InputError, match="--scale"):

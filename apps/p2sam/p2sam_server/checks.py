@@ -33,7 +33,7 @@ PARAMETER_RULES: Dict[str, Tuple[str, Any]] = {
     "registration": ("choice", 32),
     "trust_iou": ("float", (0.0, 1.0)),
     "trust_agreement": ("float", (0.0, 1.0)),
-    "trust_score_ratio": ("float", (0.0, 100.0)),
+    "trust_score_ratio": ("float or none", (0.0, 100.0)),
     "gate_score_ratio": ("pair", (0.0, 100.0)),
     "end_absent_iou": ("float", (0.0, 1.0)),
     "ring_outer": ("choice", 32),
@@ -203,6 +203,8 @@ def bounded_parameters(values: Any) -> Dict[str, Any]:
             if not isinstance(value, (list, tuple)) or len(value) != 2:
                 raise Refused(422, f"parameters.{name}: expected [low, high], got {_shown(value)}")
             out[name] = tuple(_number(name, v, "float", bounds) for v in value)
+        elif kind == "float or none":
+            out[name] = None if value is None else _number(name, value, "float", bounds)
         else:
             out[name] = _number(name, value, kind, bounds)
     return out
