@@ -84,17 +84,28 @@ def method_config(method: str) -> Optional[PropagationConfig]:
                 raise SystemExit(f"unknown PropagationConfig field {key!r} in {method!r}")
             default = getattr(PropagationConfig(), key)
             if isinstance(default, tuple):
-                kw[key] = tuple(v.strip() for v in value.split("|") if v.strip())
+                kw[key] = tuple(_number_or_text(v) for v in value.split("|") if v.strip())
             elif isinstance(default, bool):
                 kw[key] = value.strip().lower() in ("1", "true", "yes")
             elif isinstance(default, (int, float)) and not isinstance(default, bool):
                 kw[key] = type(default)(float(value)) if isinstance(default, int) else float(value)
-            else:
-                kw[key] = value.strip()
+            else:  # a string, or an optional number (None by default)
+                kw[key] = _number_or_text(value)
         return PropagationConfig(**kw)
     if method.startswith("oracle box"):
         return None
     raise SystemExit(f"unknown method {method!r}")
+
+
+def _number_or_text(text: str):
+    """``"1.05"`` -> 1.05, ``"none"`` -> None, anything else stripped text (override values)."""
+    text = text.strip()
+    if text.lower() == "none":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        return text
 
 
 def oracle_box(net, case: Case, name: str, scale: Optional[str] = None) -> np.ndarray:
