@@ -69,6 +69,8 @@ def needs_model(method: str) -> bool:
 #: the default per-slice ``trust_score_ratio`` by encoding: the whole slice (MR) / a window around the
 #: structure (CT), chosen on the development sets (docs/accuracy.md, "Choosing the decision thresholds")
 TRUST_SCORE_RATIO = {"whole": 1.2, "window": 1.05}
+#: the default part gate ``gate_score_ratio`` (low, high) by encoding, chosen the same way
+GATE_SCORE_RATIO = {"whole": (1.15, 1.4), "window": (0.95, 1.05)}
 
 
 @dataclass
@@ -84,7 +86,8 @@ class PropagationConfig:
             the registered prior) or ``model`` (every non-empty proposal is kept: no fallback).
         trust_iou, trust_agreement, trust_score_ratio: the per-slice evidence thresholds
             (``trust_score_ratio`` None: :data:`TRUST_SCORE_RATIO` by the resolved encoding scale);
-            gate_score_ratio: the part-level gate (does the model see this structure at all?);
+            gate_score_ratio: the part-level gate (does the model see this structure at all?; None:
+            :data:`GATE_SCORE_RATIO` by the resolved encoding scale);
             end_absent_iou: at the ends of the registered extent, slices whose proposal has a lower
             predicted IoU are empty (the structure ends earlier); see :mod:`P2SAMLogic.decide`.
         ring_outer: a ring's filled outer region from ``registered`` (default: LiteMedSAM, prompted with a
@@ -147,7 +150,7 @@ class PropagationConfig:
     trust_iou: float = 0.5
     trust_agreement: float = 0.3
     trust_score_ratio: Optional[float] = None
-    gate_score_ratio: Tuple[float, float] = (0.95, 1.05)
+    gate_score_ratio: Optional[Tuple[float, float]] = None
     end_absent_iou: float = 0.75
     ring_outer: str = "registered"
     ring_area_ratio: float = 0.75
@@ -199,7 +202,8 @@ class PropagationConfig:
             raise InputError("ring_area_ratio", "must be between 0 and 1")
         if self.trust_score_ratio is not None and not self.trust_score_ratio > 0:
             raise InputError("trust_score_ratio", "must be positive")
-        if len(self.gate_score_ratio) != 2 or not 0 < self.gate_score_ratio[0] < self.gate_score_ratio[1]:
+        if self.gate_score_ratio is not None and (
+                len(self.gate_score_ratio) != 2 or not 0 < self.gate_score_ratio[0] < self.gate_score_ratio[1]):
             raise InputError("gate_score_ratio", f"{self.gate_score_ratio}: expected (low, high) with 0 < low < high")
         if not 0.0 <= self.end_absent_iou <= 1.0:
             raise InputError("end_absent_iou", "must be between 0 and 1")
@@ -232,16 +236,15 @@ class PropagationConfig:
     def rule(self, role: str = "whole", scale: Optional[EncodingScale] = None) -> DecisionRule:
         """The decision thresholds for one part; ``role`` as in :class:`P2SAMLogic.structures.Part`;
         ``scale``: the resolved encoding scale of the slices (sets the default ``trust_score_ratio``)."""
-        ratio = self.trust_score_ratio
-        if ratio is None:
-            whole = scale is not None and scale.kind == "whole"
-            ratio = TRUST_SCORE_RATIO["whole" if whole else "window"]
+        encoding = "whole" if scale is not None and scale.kind == "whole" else "window"
+        ratio = TRUST_SCORE_RATIO[encoding] if self.trust_score_ratio is None else self.trust_score_ratio
+        gate = GATE_SCORE_RATIO[encoding] if self.gate_score_ratio is None else self.gate_score_ratio
         bounds = (0.0, math.inf)
         if role == "outer" and self.ring_area_ratio > 0:
             bounds = (self.ring_area_ratio, 1.0 / self.ring_area_ratio)
         return DecisionRule(mode=self.decision, trust_iou=self.trust_iou, trust_agreement=self.trust_agreement,
                             trust_score_ratio=float(ratio),
-                            gate_score_ratio=tuple(float(v) for v in self.gate_score_ratio),
+                            gate_score_ratio=(float(gate[0]), float(gate[1])),
                             end_absent_iou=self.end_absent_iou, prior_weight=self.prior_weight,
                             presence_threshold=self.presence_threshold, area_ratio_bounds=bounds)
 

@@ -50,12 +50,17 @@ def test_auto_is_the_whole_slice_for_mr_and_a_context_window_for_ct():
 
 def test_the_default_trust_ratio_follows_the_encoding():
     """The per-slice distance-ratio threshold is 1.2 on whole-slice encodings (MR) and 1.05 on windows
-    around the structure (CT), unless set."""
+    around the structure (CT), unless set; the part gate is more lenient on the whole slice too."""
     from P2SAMLogic.propagate import PropagationConfig
 
+    from P2SAMLogic.propagate import GATE_SCORE_RATIO
+
     cfg = PropagationConfig()
-    assert cfg.rule("whole", EncodingScale.parse("auto").resolve("MR")).trust_score_ratio == 1.2
-    assert cfg.rule("whole", EncodingScale.parse("auto").resolve("CT")).trust_score_ratio == 1.05
+    mr = cfg.rule("whole", EncodingScale.parse("auto").resolve("MR"))
+    ct = cfg.rule("whole", EncodingScale.parse("auto").resolve("CT"))
+    assert mr.trust_score_ratio == 1.2 and ct.trust_score_ratio == 1.05
+    assert mr.gate_score_ratio == GATE_SCORE_RATIO["whole"] and ct.gate_score_ratio == (0.95, 1.05)
+    assert mr.gate_score_ratio[0] > ct.gate_score_ratio[1]
     assert PropagationConfig(trust_score_ratio=0.9).rule("whole", EncodingScale("whole")).trust_score_ratio == 0.9
     with pytest.raises(InputError, match="trust_score_ratio"):
         PropagationConfig(trust_score_ratio=0.0).validate()

@@ -34,7 +34,7 @@ PARAMETER_RULES: Dict[str, Tuple[str, Any]] = {
     "trust_iou": ("float", (0.0, 1.0)),
     "trust_agreement": ("float", (0.0, 1.0)),
     "trust_score_ratio": ("float or none", (0.0, 100.0)),
-    "gate_score_ratio": ("pair", (0.0, 100.0)),
+    "gate_score_ratio": ("pair or none", (0.0, 100.0)),
     "end_absent_iou": ("float", (0.0, 1.0)),
     "ring_outer": ("choice", 32),
     "proposals": ("choice", 32),
@@ -192,7 +192,10 @@ def bounded_parameters(values: Any) -> Dict[str, Any]:
                 raise Refused(422, f"parameters.{name}: expected a list of at most {bounds} of the engine's "
                                    f"choices, got {_shown(value)}")
             out[name] = tuple(value)
-        elif kind == "pair":
+        elif kind in ("pair", "pair or none"):
+            if value is None and kind == "pair or none":
+                out[name] = None
+                continue
             if not isinstance(value, (list, tuple)) or len(value) != 2:
                 raise Refused(422, f"parameters.{name}: expected [low, high], got {_shown(value)}")
             out[name] = tuple(_number(name, v, "float", bounds) for v in value)
