@@ -16,7 +16,7 @@ slicer = pytest.importorskip("slicer")
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "P2SAMSlicer"))
 
-from P2SAMLogic.volume import PROPOSAL_STATUS, Segment  # noqa: E402
+from P2SAMLogic.io.volume import PROPOSAL_STATUS, Segment  # noqa: E402
 from P2SAMSlicerLib import editing, mrml_bridge  # noqa: E402
 from P2SAMSlicerLib.logic import PropagationLogic  # noqa: E402
 

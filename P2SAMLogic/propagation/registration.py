@@ -50,7 +50,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import CancelledError, InputError
+from ..errors import CancelledError, InputError
 
 #: seed of every random metric sampling (deterministic results)
 SEED = 2024

@@ -10,8 +10,8 @@ from typing import List, Optional, Sequence
 import SimpleITK as sitk
 
 from ..errors import InputError, OutputError
-from ..outputs import atomic_path
-from ..volume import Segment, VolumeSource, same_geometry
+from .outputs import atomic_path
+from .volume import Segment, VolumeSource, same_geometry
 from .dicom_objects import _read_dicom_seg, _read_rtstruct, _write_dicom_seg, _write_rtstruct
 from .files import (
     OUTPUT_EXTENSIONS, OUTPUT_KINDS, VOLUME_EXTENSIONS, PathLike, _dicom_candidate, _looks_like_dicom, _lower_name)

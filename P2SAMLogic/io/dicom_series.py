@@ -11,7 +11,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..errors import InputError
-from ..volume import VolumeSource, guess_modality
+from .volume import VolumeSource, guess_modality
 from .files import PathLike, _check_3d, _dicom_candidate, _float_list, _looks_like_dicom, _sitk_reason
 
 

@@ -3,18 +3,18 @@
 :func:`propagate` reads as its stages, each a named function testable alone:
 
 1. **check** (:func:`check_inputs`) — geometry, segments, modality, intensity windows.
-2. **register** (:func:`P2SAMLogic.registration.register_structures`) — per structure, rigid
+2. **register** (:func:`P2SAMLogic.propagation.registration.register_structures`) — per structure, rigid
    registration around it, then a deformable stage (demons for same-modality pairs, a
    mutual-information B-spline across modalities) on a box around it. The *registered prior* is
    the prior structure carried by that transform: the localiser, the shape prior and the floor.
-3. **plan** (:func:`P2SAMLogic.structures.plan_structure`) — a structure of several pieces is
+3. **plan** (:func:`P2SAMLogic.propagation.structures.plan_structure`) — a structure of several pieces is
    propagated piece by piece; a ring (myocardium, a wall, a PTV ring) as its filled outer region
    and its cavity, two blobs a box prompt can segment.
-4. **references** (:func:`P2SAMLogic.slices.make_references`) — every native prior slice of a
+4. **references** (:func:`P2SAMLogic.propagation.slices.make_references`) — every native prior slice of a
    part, resampled on the follow-up's slice grid, cropped to a square ROI, encoded and clustered once.
-5. **slices** (:func:`P2SAMLogic.slices.propose_slices`) — P²SAM on each follow-up slice from
+5. **slices** (:func:`P2SAMLogic.propagation.slices.propose_slices`) — P²SAM on each follow-up slice from
    the registered prior's first to last slice plus ``slice_margin_mm`` either side.
-6. **decide** (:func:`P2SAMLogic.decide.decide_part`) — per slice, the model's proposal (fused
+6. **decide** (:func:`P2SAMLogic.propagation.decide.decide_part`) — per slice, the model's proposal (fused
    with the registered prior) where the evidence trusts it, else the registered prior, flagged;
    beyond the registered extent only what looks like the structure.
 7. **clean up** (:func:`clean_up`) — per part, 3D components consistent with the registered
@@ -37,17 +37,17 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import SimpleITK as sitk
 
-from . import __version__
+from .. import __version__
 from .cleanup3d import fill_holes_per_slice, keep_consistent
 from .decide import DecisionRule, SliceDecision, decide_part, fuse_contours, signed_distance  # noqa: F401 (API)
-from .errors import CancelledError, InputError
-from .intensity import IntensityWindow, choose_window
+from ..errors import CancelledError, InputError
+from ..io.intensity import IntensityWindow, choose_window
 from .regcheck import StructureFindings, apply_findings, change_cell
 from .registration import DEFORMABLE_METHODS, StructureRegistration
 from .scale import EncodingScale
-from .segmenter import mask_box
+from ..method.segmenter import mask_box
 from .structures import StructurePlan, plan_structure, recompose
-from .volume import PROPOSAL_STATUS, Segment, VolumeSource, guess_modality, mask_image_like, same_geometry
+from ..io.volume import PROPOSAL_STATUS, Segment, VolumeSource, guess_modality, mask_image_like, same_geometry
 
 ProgressCallback = Callable[[float, str], None]
 CancelCallback = Callable[[], bool]
@@ -80,27 +80,27 @@ class PropagationConfig:
         trust_iou, trust_agreement, trust_score_ratio: the per-slice evidence thresholds;
             gate_score_ratio: the part-level gate (does the model see this structure at all?);
             end_absent_iou: at the ends of the registered extent, slices whose proposal has a lower
-            predicted IoU are empty (the structure ends earlier); see :mod:`P2SAMLogic.decide`.
+            predicted IoU are empty (the structure ends earlier); see :mod:`P2SAMLogic.propagation.decide`.
         ring_outer: a ring's filled outer region from ``registered`` (default: LiteMedSAM, prompted with a
             box around a ring, segments the bright cavity inside it; on the cardiac development set the
             registered outer contour minus the model's cavity is the best ring) or ``model``.
         followup_references: slices where the model was not trusted get a second proposal with a
             confidently segmented neighbouring follow-up slice as the reference
-            (:func:`P2SAMLogic.slices.followup_pass`), kept where the decision rule trusts it.
+            (:func:`P2SAMLogic.propagation.slices.followup_pass`), kept where the decision rule trusts it.
         ring_area_ratio: a ring's outer region takes the model's proposal only where its area is
             within ``[r, 1/r]`` times the registered outer area (0 turns the check off).
         decompose: rings and several-piece structures are propagated part by part (see
-            :mod:`P2SAMLogic.structures`); False: every structure as one blob.
+            :mod:`P2SAMLogic.propagation.structures`); False: every structure as one blob.
         rank_prior_agreement: candidates' agreement with the registered prior joins P²SAM's
             retrieval rank sum.
         max_parts: largest foreground part count tried by P²SAM's retrieval.
         proposals: how slices inside the registered extent are proposed: ``registered-first`` (the
             registered contour's box at the chosen scale, scored against the reference) or ``search``
-            (P²SAM's part-prompt candidates and retrieval); see :func:`P2SAMLogic.slices.propose_slices`.
+            (P²SAM's part-prompt candidates and retrieval); see :func:`P2SAMLogic.propagation.slices.propose_slices`.
         registered_prompts: with ``search``, candidates prompted by the registered contour itself join
-            P²SAM's part prompts (see :class:`P2SAMLogic.segmenter.P2SAMConfig`).
+            P²SAM's part prompts (see :class:`P2SAMLogic.method.segmenter.P2SAMConfig`).
         negative_parts: background parts (negative prompts / contrast of the retrieval).
-        scale: what the model sees of each slice (:class:`P2SAMLogic.scale.EncodingScale`): ``auto`` (the
+        scale: what the model sees of each slice (:class:`P2SAMLogic.propagation.scale.EncodingScale`): ``auto`` (the
             whole slice for MR, a square of 4 x the structure's box for CT: measured on the development
             sets, docs/ablation.md), ``whole`` (the whole slice, as LiteMedSAM was trained; one encoding
             per slice shared by every structure), ``ctxC[:zoomZ]`` (a square of C x the structure's
@@ -125,7 +125,7 @@ class PropagationConfig:
         min_overlap: the fraction of a prior segment that must land inside the follow-up's
             field of view after registration.
         allow_poor_registration: a structure whose rigid registration fails the plausibility check
-            (:mod:`P2SAMLogic.regcheck`) is propagated anyway, every slice flagged and its change
+            (:mod:`P2SAMLogic.propagation.regcheck`) is propagated anyway, every slice flagged and its change
             reported as not measurable; False (default): the run stops with an error naming the
             follow-up.
         registration: ``per-structure`` (default: one rigid registration around each
@@ -224,7 +224,7 @@ class PropagationConfig:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
 
     def rule(self, role: str = "whole") -> DecisionRule:
-        """The decision thresholds for one part; ``role`` as in :class:`P2SAMLogic.structures.Part`."""
+        """The decision thresholds for one part; ``role`` as in :class:`P2SAMLogic.propagation.structures.Part`."""
         bounds = (0.0, math.inf)
         if role == "outer" and self.ring_area_ratio > 0:
             bounds = (self.ring_area_ratio, 1.0 / self.ring_area_ratio)
@@ -246,7 +246,7 @@ class SliceReport:
         source: where the contour comes from: ``model`` (the model's proposal, fused with the
             registered prior), ``registered`` (the registered prior: the model was not trusted
             here, or did not run), ``mixed`` (a ring or pieces whose parts differ) or ``absent``.
-        qa: 0-1 confidence (see :class:`P2SAMLogic.decide.SliceDecision`; the lowest over a
+        qa: 0-1 confidence (see :class:`P2SAMLogic.propagation.decide.SliceDecision`; the lowest over a
             structure's parts).
         flagged: needs a human look; ``reason`` says why.
         area_mm2 / registered_area_mm2: output / registered prior area on this slice.
@@ -291,7 +291,7 @@ class SegmentReport:
     model (source ``model``; ``mixed`` counts half): "the model earned its place" on this segment.
     ``change_not_measurable`` says why ``change_percent`` is NaN (None in JSON) when the volumes
     cannot be compared: the structure is cut by a field of view, or its registration failed the
-    plausibility check (:mod:`P2SAMLogic.regcheck`); empty otherwise.
+    plausibility check (:mod:`P2SAMLogic.propagation.regcheck`); empty otherwise.
     """
 
     name: str
@@ -422,7 +422,7 @@ def select_segments(segments: Sequence[Segment], names: Optional[Sequence[str]],
 def check_inputs(prior_image: sitk.Image, prior_segments: Sequence[Segment], followup: sitk.Image,
                  cfg: PropagationConfig, prior_source: Optional[VolumeSource] = None,
                  followup_source: Optional[VolumeSource] = None) -> Study:
-    """Stage "check": 3D images (rectangular grids, finite voxels: :mod:`P2SAMLogic.sanity`), segments on the
+    """Stage "check": 3D images (rectangular grids, finite voxels: :mod:`P2SAMLogic.io.sanity`), segments on the
     prior's grid, empty or one-voxel segments, modality, windows.
 
     An empty segment is an error when it is the only one; with others, it is skipped with a warning
@@ -431,7 +431,7 @@ def check_inputs(prior_image: sitk.Image, prior_segments: Sequence[Segment], fol
     notes: List[str] = []
     prior_name = prior_source.path if prior_source else "prior image"
     follow_name = followup_source.path if followup_source else "follow-up image"
-    from .sanity import check_volume
+    from ..io.sanity import check_volume
 
     for img, name in ((prior_image, prior_name), (followup, follow_name)):
         if img.GetDimension() != 3 or min(img.GetSize()) < 2:
@@ -476,7 +476,7 @@ def register(study: Study, cfg: PropagationConfig, tick: _Progress, cancel: Opti
     """Stage "register": per structure, rigid then deformable (``cfg.deformable``; none for ``rigid``).
 
     After the rigid stage, before the deformable one, each structure is checked
-    (:mod:`P2SAMLogic.regcheck`; the findings go to ``study.findings``): it must fall mostly inside
+    (:mod:`P2SAMLogic.propagation.regcheck`; the findings go to ``study.findings``): it must fall mostly inside
     the follow-up's field of view, and its registration must pass the plausibility check unless
     ``cfg.allow_poor_registration``. Both failures raise :class:`InputError` naming the follow-up.
     """
@@ -536,7 +536,7 @@ def clean_up(mask: np.ndarray, registered: np.ndarray, cfg: PropagationConfig, s
 def _make_segmenter(net, cfg: PropagationConfig):
     if net is None:
         return None
-    from .segmenter import P2SAMConfig, P2SAMSegmenter
+    from ..method.segmenter import P2SAMConfig, P2SAMSegmenter
     # In 3D the registered prior already gives the structure's place, size and aspect on each slice:
     # no transposed-aspect boxes; the second stage (box scales) at the best centre only (two centres
     # cost two more decodes per slice for no Dice: GTV 0.860 vs 0.862, vertebral body 0.611 vs 0.626
@@ -810,7 +810,7 @@ def propagate(prior_image: sitk.Image, prior_segments: Sequence[Segment], follow
     t = time.perf_counter()
     if needs_model(cfg.method):
         if model is None or isinstance(model, str):
-            from .models import load_model
+            from ..models import load_model
             tick(0.15, "loading model")
             net = load_model(model or "litemedsam", device=device)
         else:

@@ -8,8 +8,8 @@ from typing import Optional, Tuple
 import SimpleITK as sitk
 
 from ..errors import InputError
-from ..sanity import check_file, check_volume
-from ..volume import VolumeSource, guess_modality
+from .sanity import check_file, check_volume
+from .volume import VolumeSource, guess_modality
 from .dicom_series import _NON_IMAGE_MODALITIES, _read_dicom_header, _read_dicom_series, _read_multiframe
 from .files import PathLike, _check_3d, _looks_like_dicom, _lower_name, _sitk_reason
 
@@ -34,7 +34,7 @@ def read_volume(path: PathLike, series_uid: Optional[str] = None,
     Raises:
         InputError: missing path, unreadable, truncated or corrupt file, 2D image, no or ambiguous
             DICOM series, unknown ``series_uid``, incomplete or inconsistent series, sheared voxel
-            axes, NaN or infinite voxels (see :mod:`P2SAMLogic.sanity`).
+            axes, NaN or infinite voxels (see :mod:`P2SAMLogic.io.sanity`).
     """
     p = Path(path)
     if not p.exists():

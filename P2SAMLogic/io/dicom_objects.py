@@ -12,8 +12,8 @@ import SimpleITK as sitk
 
 from .. import __version__
 from ..errors import InputError
-from ..sanity import check_direction
-from ..volume import DEFAULT_COLORS, PROPOSAL_STATUS, Segment, VolumeSource
+from .sanity import check_direction
+from .volume import DEFAULT_COLORS, PROPOSAL_STATUS, Segment, VolumeSource
 from .files import _float_list, _index_to_lps, _mask_like, _select, _to_reference, require_overlap
 
 

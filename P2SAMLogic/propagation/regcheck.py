@@ -40,7 +40,7 @@ Fields of view (:func:`followup_cut`, :func:`prior_cut`)
   acquired twice with one geometry) is not reported: both visits cover the same part of it.
 
 Frames: images are ``SimpleITK.Image`` (LPS mm); masks ``sitkUInt8`` on the prior's grid;
-transforms map FOLLOW-UP points to PRIOR points (as everywhere in :mod:`P2SAMLogic.registration`).
+transforms map FOLLOW-UP points to PRIOR points (as everywhere in :mod:`P2SAMLogic.propagation.registration`).
 """
 from __future__ import annotations
 
@@ -345,7 +345,7 @@ def registration_failure_text(findings: StructureFindings) -> str:
 
 
 def apply_findings(report, findings: Optional[StructureFindings]) -> List[str]:
-    """Put ``findings`` into a :class:`~P2SAMLogic.propagate.SegmentReport` (in place); returns warnings.
+    """Put ``findings`` into a :class:`~P2SAMLogic.propagation.pipeline.SegmentReport` (in place); returns warnings.
 
     A failed registration (the run was asked to go on) flags every slice; a field-of-view cut flags
     the slices at the cut; either makes the change not measurable (``change_percent`` NaN, the reason

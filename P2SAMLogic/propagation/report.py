@@ -14,9 +14,9 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from .outputs import dumps_json, write_text_atomic
-from .intensity import choose_window
-from .volume import guess_modality
+from ..io.outputs import dumps_json, write_text_atomic
+from ..io.intensity import choose_window
+from ..io.volume import guess_modality
 
 PathLike = Union[str, Path]
 

@@ -1,4 +1,4 @@
-"""Stages "references" and "slices" of :func:`P2SAMLogic.propagate.propagate`.
+"""Stages "references" and "slices" of :func:`P2SAMLogic.propagation.pipeline.propagate`.
 
 *References*: every native prior slice that holds a part becomes one reference: the prior image
 and the part's mask resampled on the follow-up's slice orientation and pixel grid, through that
@@ -24,10 +24,10 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import InputError
-from .intensity import IntensityWindow
+from ..errors import InputError
+from ..io.intensity import IntensityWindow
 from .scale import EncodingScale
-from .segmenter import mask_box
+from ..method.segmenter import mask_box
 
 
 @dataclass
@@ -201,7 +201,7 @@ def propose_slices(segmenter, refs: Sequence[Reference], targets: Sequence[int],
     """Run P²SAM on every follow-up slice in ``targets`` (stage "slices").
 
     Args:
-        segmenter: a :class:`~P2SAMLogic.segmenter.P2SAMSegmenter` whose references (``ref.state``)
+        segmenter: a :class:`~P2SAMLogic.method.segmenter.P2SAMSegmenter` whose references (``ref.state``)
             are prepared (unless ``proposals == "registered-box"``).
         registered: ``bool [k, j, i]`` registered prior of this part on the follow-up grid.
         followup_arr: ``[k, j, i]`` follow-up scanner values.
@@ -211,7 +211,7 @@ def propose_slices(segmenter, refs: Sequence[Reference], targets: Sequence[int],
 
             * ``registered-first``: the registered contour's tight box, decoded once and scored against
               the reference (its Wasserstein distances, and the registered contour's own) -- the
-              evidence :mod:`P2SAMLogic.decide` weighs;
+              evidence :mod:`P2SAMLogic.propagation.decide` weighs;
             * ``search``: P²SAM's part-prompt candidates and retrieval, the registered box among them;
             * ``registered-box``: the plain baseline: the registered box decoded, nothing scored, and
               nothing proposed beyond the registered extent.
@@ -283,7 +283,7 @@ def followup_pass(segmenter, proposals: Dict[int, SliceProposal], decisions: dic
     (``(proposal, full mask, registered slice) -> bool``, the decision rule) trusts it.
 
     Args:
-        decisions: :class:`P2SAMLogic.decide.SliceDecision` per slice (the first pass's).
+        decisions: :class:`P2SAMLogic.propagation.decide.SliceDecision` per slice (the first pass's).
         decided: ``bool [k, j, i]`` the first pass's decided part (the anchors' masks).
     Returns:
         slice -> the accepted new proposal (``followup_reference`` = the anchor slice).

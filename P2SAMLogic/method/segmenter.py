@@ -23,10 +23,10 @@ import numpy as np
 import torch
 from scipy.stats import rankdata
 
-from .errors import InputError
+from ..errors import InputError
 from .matching import peak_points, similarity_maps
-from .models.base import DecodeOutput, Embedding, PromptableModel
-from .models.frames import coverage_on_grid
+from ..models.base import DecodeOutput, Embedding, PromptableModel
+from ..models.frames import coverage_on_grid
 from .parts import (PooledFeatures, background_features, foreground_cells, foreground_features,
                     part_prototype_sets)
 from .retrieval import PreparedSet, gather_sets, prepare_set, resolve_solver, wasserstein_scores
@@ -888,7 +888,7 @@ class P2SAMSegmenter:
         """Set each candidate's Wasserstein scores (lower is better; empty masks get ``inf``).
 
         All candidates' feature sets are gathered at once on the features' device and scored
-        together (:func:`~P2SAMLogic.retrieval.wasserstein_scores`): exact transport on the CPU,
+        together (:func:`~P2SAMLogic.method.retrieval.wasserstein_scores`): exact transport on the CPU,
         batched Sinkhorn on a GPU (``config.transport`` when set, else ``auto``). Two host
         transfers per call: the IoUs, areas and set sizes, then the scores.
         """

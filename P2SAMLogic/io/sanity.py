@@ -33,7 +33,7 @@ from typing import Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from .errors import InputError
+from ..errors import InputError
 
 PathLike = Union[str, Path]
 

@@ -2,12 +2,12 @@
 
 The engine side of the Slicer Segment Editor effect "P²SAM" (it never imports Slicer).
 For one follow-up slice, :class:`SliceCorrector` encodes the slice's region of interest
-(ROI) once -- the same crop :func:`P2SAMLogic.propagate.propagate` encoded, so a model that
+(ROI) once -- the same crop :func:`P2SAMLogic.propagation.pipeline.propagate` encoded, so a model that
 already propagated hits its embedding cache -- and re-decodes every time the user adds a
 positive or negative click. :func:`repropagate_neighbours` then uses a corrected slice as
 the reference for the slices next to it.
 
-Frames (as in :mod:`P2SAMLogic.propagate`): a slice is an ``H x W`` array indexed
+Frames (as in :mod:`P2SAMLogic.propagation.pipeline`): a slice is an ``H x W`` array indexed
 ``[row, column]`` = ``[j, i]`` of the volume's slice ``k``; points are ``(x, y)`` =
 ``(column, row)`` in that slice's pixels; boxes and ROI windows are ``(x0, y0, x1, y1)``
 in the same pixels (``x1``, ``y1`` exclusive).
@@ -41,9 +41,9 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 from scipy import ndimage
 
-from .errors import CancelledError, InputError
-from .intensity import IntensityWindow
-from .models.base import Embedding, PromptableModel
+from ..errors import CancelledError, InputError
+from ..io.intensity import IntensityWindow
+from ..models.base import Embedding, PromptableModel
 from .roi import roi_context, roi_mm
 from .segmenter import box_region, mask_box, union_region
 
@@ -335,7 +335,7 @@ def repropagate_neighbours(model: PromptableModel, volume: np.ndarray, intensity
         neighbours: slices re-run on each side (``k - n .. k + n``).
         spacing_xy: pixel size ``(column, row)`` in mm (sizes the ROI in mm, as propagation does).
         roi_margin_mm, min_roi_mm, max_parts, negative_parts, seed: as in
-            :class:`P2SAMLogic.propagate.PropagationConfig`.
+            :class:`P2SAMLogic.propagation.pipeline.PropagationConfig`.
         progress / cancel: ``(fraction, message)`` callback / polled stop request
             (:class:`CancelledError`).
 

@@ -2,8 +2,8 @@
 
 Called by :mod:`P2SAMLogic.cli` when several follow-ups or ``--output-dir`` are given. Every
 input is read and every output path checked before the model loads; the model is loaded once
-(:func:`P2SAMLogic.series.propagate_series`); the outputs are written only after every
-follow-up succeeded, all or none (:func:`P2SAMLogic.outputs.write_all`).
+(:func:`P2SAMLogic.propagation.series.propagate_series`); the outputs are written only after every
+follow-up succeeded, all or none (:func:`P2SAMLogic.io.outputs.write_all`).
 
 In ``D``: ``<name><ext>`` (the segmentation, ``ext`` by ``--output-format``) and
 ``<name>.overlay.png`` per follow-up, and ``report.json`` (or ``--report``) for all of them.
@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Dict
 
-from .errors import InputError
+from ..errors import InputError
 
 #: the file each output kind is written to, in the output folder
 EXTENSIONS: Dict[str, str] = {"seg.nrrd": ".seg.nrrd", "nifti": ".nii.gz", "dicom-seg": ".seg.dcm",
@@ -26,7 +26,7 @@ EXTENSIONS: Dict[str, str] = {"seg.nrrd": ".seg.nrrd", "nifti": ".nii.gz", "dico
 
 def followup_name(path: str) -> str:
     """The name a follow-up's outputs are given: file name without image extensions, or folder name."""
-    from .io3d.files import _strip_volume_extension
+    from ..io.files import _strip_volume_extension
 
     p = Path(path)
     if p.is_dir():
@@ -38,13 +38,13 @@ def propagate_many_followups(args: argparse.Namespace) -> int:
     """Run ``p2sam propagate`` with ``args.followup`` a list (see the module docstring)."""
     from tqdm import tqdm
 
-    from .checksums import input_checksums
-    from .cli import _pick_series, _propagation_config
-    from .io2d import write_png_atomic
-    from .io3d import check_output_path, check_writable_file, read_segmentation, read_volume, write_segmentation
-    from .outputs import dumps_json, write_all, write_text_atomic
-    from .report import overlay_montage
-    from .series import propagate_series
+    from ..io.checksums import input_checksums
+    from .app import _pick_series, _propagation_config
+    from ..io.images2d import write_png_atomic
+    from ..io import check_output_path, check_writable_file, read_segmentation, read_volume, write_segmentation
+    from ..io.outputs import dumps_json, write_all, write_text_atomic
+    from ..propagation.report import overlay_montage
+    from ..propagation.series import propagate_series
 
     if args.output:
         raise InputError("--output", "with several follow-ups give --output-dir D (one output per follow-up)")

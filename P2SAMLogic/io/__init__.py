@@ -19,13 +19,13 @@ Frames and conventions
   (oblique and flipped axes allowed). Arrays from them are indexed ``[k, j, i]``.
 * Volumes are returned as ``sitkFloat32`` with their stored values kept (CT: Hounsfield
   units with RescaleSlope/RescaleIntercept applied).
-* Segments (:class:`~P2SAMLogic.volume.Segment`) hold ``sitkUInt8`` 0/1 masks. Every
+* Segments (:class:`~P2SAMLogic.io.volume.Segment`) hold ``sitkUInt8`` 0/1 masks. Every
   segment returned by :func:`read_segmentation` lies on the ``reference`` image's grid;
   sources on another grid are resampled in physical space (identity transform, nearest
   neighbour).
 
 Readers raise :class:`~P2SAMLogic.errors.InputError` whose message starts with the path.
-Writers are atomic (:func:`P2SAMLogic.outputs.atomic_path`): on failure nothing is left
+Writers are atomic (:func:`P2SAMLogic.io.outputs.atomic_path`): on failure nothing is left
 behind and an existing file is untouched.
 
 pydicom and highdicom are imported lazily, only by the functions that need them.

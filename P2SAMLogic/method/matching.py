@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .models.frames import ImageFrame
+from ..models.frames import ImageFrame
 
 
 def similarity_maps(prototypes: torch.Tensor, features: torch.Tensor) -> torch.Tensor:

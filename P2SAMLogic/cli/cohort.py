@@ -44,8 +44,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from . import __version__
-from .errors import InputError, P2SAMError
+from .. import __version__
+from ..errors import InputError, P2SAMError
 
 REQUIRED_COLUMNS = ("prior_image", "prior_segmentation", "followup", "output")
 OPTIONAL_COLUMNS = ("case", "segments", "series_uid", "truth")
@@ -169,7 +169,7 @@ def read_manifest(path: str) -> List[Case]:
             unknown or repeated column, a row with too many fields, an empty required cell, an
             unsupported output type, two cases writing the same file, an output that is also an input.
     """
-    from .io3d import output_kind
+    from ..io import output_kind
 
     p = Path(path)
     if not p.is_file():
@@ -266,7 +266,7 @@ def _check_paths(path: str, cases: List[Case]) -> None:
 
 def propagate_option_names() -> List[str]:
     """Every option string ``p2sam propagate`` accepts (``--max-parts``, ``-h``...)."""
-    from .cli import build_parser
+    from .app import build_parser
 
     parser = build_parser()
     for action in parser._actions:  # the sub-command table
@@ -302,7 +302,7 @@ def check_propagate_options(options: Sequence[str], example: Case) -> List[str]:
 
 def parse_propagate_argv(argv: List[str], source: str) -> argparse.Namespace:
     """``p2sam propagate``'s parser on ``argv``; its complaint becomes an :class:`InputError` of ``source``."""
-    from .cli import build_parser
+    from .app import build_parser
 
     err = io.StringIO()
     try:
@@ -324,7 +324,7 @@ _PROCESS_READY: Dict[str, object] = {}
 def _prepare_process(threads: Optional[int]) -> None:
     """Once per worker process: allocator tuning, torch threads, this worker's GPU."""
     if not _PROCESS_READY:
-        from .runtime import tune_process
+        from ..runtime import tune_process
 
         tune_process()
         _PROCESS_READY["tuned"] = True
@@ -353,7 +353,7 @@ def _model(name: str, model_type: Optional[str], device: str):
     """The model for this worker process, loaded on first use and reused for every later case."""
     key = (name, model_type, device)
     if key not in _MODELS:
-        from .models import load_model
+        from ..models import load_model
 
         _MODELS[key] = load_model(name, model_type, device)
     return _MODELS[key]
@@ -368,8 +368,8 @@ def run_case(case: Case, options: Sequence[str], overwrite: bool = False, thread
         "warnings", "worker", "segments": [{"name", "prior_volume_ml", "followup_volume_ml",
         "change_percent", "slices_flagged", "flagged_slices", "dice"}]}``
     """
-    from .cli import _propagate
-    from .propagate import needs_model
+    from .app import _propagate
+    from ..propagation.pipeline import needs_model
 
     start = time.perf_counter()
     out = {"line": case.line, "case": case.case_id, "status": "failed", "seconds": None, "output": case.output,
@@ -405,10 +405,10 @@ def stale_reason(case: Case, args: argparse.Namespace) -> Optional[str]:
     """Why the existing output of ``case`` does not belong to this run (None: it does, resume may skip it).
 
     Compared with what the case's report recorded in its provenance: the engine version, the
-    SHA-256 of each input (:mod:`P2SAMLogic.checksums`) and the parameters the options give.
+    SHA-256 of each input (:mod:`P2SAMLogic.io.checksums`) and the parameters the options give.
     """
-    from .checksums import input_checksums
-    from .cli import _propagation_config
+    from ..io.checksums import input_checksums
+    from .app import _propagation_config
 
     try:
         with open(case.report, encoding="utf-8") as handle:
@@ -439,8 +439,8 @@ def stale_reason(case: Case, args: argparse.Namespace) -> Optional[str]:
 
 
 def _read_truth(case: Case):
-    from .cli import _pick_series
-    from .io3d import read_segmentation, read_volume
+    from .app import _pick_series
+    from ..io import read_segmentation, read_volume
 
     follow, follow_src = read_volume(case.followup, _pick_series(case.followup, case.series_uids or None))
     try:
@@ -457,7 +457,7 @@ def _summarise(case: Case, truth) -> Tuple[List[dict], List[str]]:
     if truth is not None:
         import numpy as np
 
-        from .io3d import read_segmentation
+        from ..io import read_segmentation
 
         follow, follow_src, truth_segments = truth
         proposals = read_segmentation(case.output, follow, follow_src)
@@ -535,8 +535,8 @@ def run_cohort(manifest: str, *, workers: Optional[int] = None, scheduler: Optio
     """
     from tqdm import tqdm
 
-    from .io2d import write_text_atomic
-    from .io3d import check_writable_file
+    from ..io.images2d import write_text_atomic
+    from ..io import check_writable_file
 
     cases = read_manifest(manifest)
     options = check_propagate_options(propagate_options, cases[0])
@@ -670,7 +670,7 @@ def summary_table(report: dict) -> str:
 
 def add_parser(sub) -> argparse.ArgumentParser:
     """Add ``propagate-many`` to the ``p2sam`` sub-commands (argparse only: Dask loads when it runs)."""
-    from .cli import _add_model_options
+    from .app import _add_model_options
 
     p = sub.add_parser("propagate-many", help="run `propagate` on every case of a CSV manifest, in parallel on Dask",
                        description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)

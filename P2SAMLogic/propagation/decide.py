@@ -1,8 +1,8 @@
-"""Stage "decide" of :func:`P2SAMLogic.propagate.propagate`: per slice, the model's proposal or the registration.
+"""Stage "decide" of :func:`P2SAMLogic.propagation.pipeline.propagate`: per slice, the model's proposal or the registration.
 
 The registered prior (rigid + deformable registration) is the floor. On each follow-up slice of one
 part (a blob: see :mod:`.structures`) the model's proposal is, by default, the registered contour's
-own box decoded at the chosen encoding scale (:mod:`P2SAMLogic.scale`), and its evidence is P²SAM's
+own box decoded at the chosen encoding scale (:mod:`P2SAMLogic.propagation.scale`), and its evidence is P²SAM's
 retrieval measure: the Wasserstein distance of the target features under the proposal to the
 reference structure's features (``score``), against the same distance for the registered contour
 (``prior_score``). The output on a slice is

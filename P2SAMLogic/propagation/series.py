@@ -1,10 +1,10 @@
 """One prior onto several follow-ups in one run (e.g. the weekly CBCTs of a treatment course).
 
-:func:`propagate_series` loads the model once and calls :func:`P2SAMLogic.propagate.propagate`
+:func:`propagate_series` loads the model once and calls :func:`P2SAMLogic.propagation.pipeline.propagate`
 once per follow-up with that loaded model (its embedding cache is shared by the runs). Each
 follow-up is taken from the prior (default), or, with ``chain=True``, from the result of the
 visit before it: visit ``n`` is then propagated from visit ``n - 1``'s image and proposal.
-The outcome is one :class:`~P2SAMLogic.propagate.PropagationResult` per follow-up and one
+The outcome is one :class:`~P2SAMLogic.propagation.pipeline.PropagationResult` per follow-up and one
 combined report.
 
 Frames: every image is a ``SimpleITK.Image`` in LPS mm; each result's segments lie on its own
@@ -20,11 +20,11 @@ from typing import Callable, List, Optional, Sequence, Union
 
 import SimpleITK as sitk
 
-from . import __version__
-from .errors import InputError
-from .propagate import PropagationConfig, PropagationResult, needs_model, propagate
+from .. import __version__
+from ..errors import InputError
+from .pipeline import PropagationConfig, PropagationResult, needs_model, propagate
 from .regcheck import change_cell
-from .volume import PROPOSAL_STATUS, Segment, VolumeSource
+from ..io.volume import PROPOSAL_STATUS, Segment, VolumeSource
 
 ProgressCallback = Callable[[float, str], None]
 CancelCallback = Callable[[], bool]
@@ -144,7 +144,7 @@ def propagate_series(prior_image: sitk.Image, prior_segments: Sequence[Segment],
     loads = 0
     net = model
     if needs_model(cfg.method) and isinstance(model, str):
-        from . import models
+        from .. import models
 
         if progress is not None:
             progress(0.0, "loading the model")

@@ -18,9 +18,9 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..errors import InputError
-from ..outputs import dumps_json
-from ..sanity import check_direction, check_file
-from ..volume import DEFAULT_COLORS, Segment
+from .outputs import dumps_json
+from .sanity import check_direction, check_file
+from .volume import DEFAULT_COLORS, Segment
 from .files import (
     PathLike, _LPS_FROM_RAS, _index_to_lps, _select, _sitk_reason, _strip_volume_extension, _to_reference,
     check_segmentation_grid, require_overlap, touches_grid_edge)

@@ -197,7 +197,7 @@ def write_all(writers: "List[Tuple[PathLike, Any]]") -> List[str]:
             intact and no temporary file is left. Other errors of a writer propagate unchanged (with
             the same guarantee).
     """
-    from .errors import OutputError
+    from ..errors import OutputError
 
     done: List[str] = []
     current = str(writers[0][0]) if writers else ""

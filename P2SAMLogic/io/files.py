@@ -11,7 +11,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..errors import InputError
-from ..volume import same_geometry
+from .volume import same_geometry
 
 
 PathLike = Union[str, Path]

@@ -31,8 +31,8 @@ from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
-from .errors import InputError
-from .roi import place_square, roi_mm
+from ..errors import InputError
+from ..method.roi import place_square, roi_mm
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,8 @@ import warnings
 from pathlib import Path
 from typing import List, Optional
 
-from . import __version__
-from .errors import P2SAMError
+from .. import __version__
+from ..errors import P2SAMError
 
 _SEGMENT_IMAGE_HELP = """\
 Segment, in each TARGET image, the structure outlined by REFERENCE_MASK on
@@ -298,10 +298,10 @@ def _segment_image(args: argparse.Namespace) -> int:
     import numpy as np
     from tqdm import tqdm
 
-    from .errors import InputError
-    from .io2d import check_mask, read_image, read_mask, write_png_atomic, write_text_atomic
-    from .models import load_model
-    from .segmenter import P2SAMConfig, P2SAMSegmenter
+    from ..errors import InputError
+    from ..io.images2d import check_mask, read_image, read_mask, write_png_atomic, write_text_atomic
+    from ..models import load_model
+    from ..method.segmenter import P2SAMConfig, P2SAMSegmenter
 
     config = P2SAMConfig(method=args.method, max_parts=args.max_parts, negative_parts=args.negative_parts,
                          crop_pass=args.crop_pass,
@@ -347,7 +347,7 @@ def _segment_image(args: argparse.Namespace) -> int:
         "targets": results,
     }
     # every mask and results.json: all replaced, or none (outputs.write_all)
-    from .outputs import write_all
+    from ..io.outputs import write_all
 
     writers = [(out_dir / entry["mask"], lambda entry=entry, mask=mask: write_png_atomic(
         out_dir / entry["mask"], (mask.astype(np.uint8) * 255))) for entry, mask in zip(results, masks)]
@@ -377,7 +377,7 @@ def _pick_series(path: str, uids: Optional[List[str]]) -> Optional[str]:
     """The --series-uid that belongs to the DICOM folder ``path`` (None: let the reader decide)."""
     if not uids or not os.path.isdir(path):
         return None
-    from .io3d import list_dicom_series
+    from ..io import list_dicom_series
 
     present = {s["series_uid"] for s in list_dicom_series(path)}
     for uid in uids:
@@ -388,8 +388,8 @@ def _pick_series(path: str, uids: Optional[List[str]]) -> Optional[str]:
 
 def _propagation_config(args: argparse.Namespace):
     """``(PropagationConfig, segment names, window)`` from the ``propagate`` options."""
-    from .errors import InputError
-    from .propagate import PropagationConfig
+    from ..errors import InputError
+    from ..propagation.pipeline import PropagationConfig
 
     window = None
     if args.window:
@@ -414,16 +414,16 @@ def _propagate(args: argparse.Namespace, model=None) -> int:
     (``propagate-many`` workers load theirs once)."""
     from tqdm import tqdm
 
-    from .errors import InputError
-    from .io3d import check_output_path, check_writable_file, read_segmentation, read_volume, write_segmentation
-    from .propagate import needs_model, propagate
-    from .checksums import input_checksums
-    from .io2d import write_png_atomic
-    from .outputs import write_all
-    from .report import overlay_montage, write_report
+    from ..errors import InputError
+    from ..io import check_output_path, check_writable_file, read_segmentation, read_volume, write_segmentation
+    from ..propagation.pipeline import needs_model, propagate
+    from ..io.checksums import input_checksums
+    from ..io.images2d import write_png_atomic
+    from ..io.outputs import write_all
+    from ..propagation.report import overlay_montage, write_report
 
     if args.output_dir or len(args.followup) > 1:
-        from .series_cli import propagate_many_followups
+        from .series import propagate_many_followups
 
         return propagate_many_followups(args)
     if not args.output:
@@ -465,7 +465,7 @@ def _propagate(args: argparse.Namespace, model=None) -> int:
 
     net = model
     if net is None and needs_model(config.method):
-        from .models import load_model
+        from ..models import load_model
         net = load_model(args.model, args.model_type, args.device)
     try:
         result = propagate(prior, segments, follow, model=net, device=args.device, config=config, prior_source=prior_src,
@@ -505,8 +505,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
-    from .errors import OutputError
-    from .runtime import tune_process
+    from ..errors import OutputError
+    from ..runtime import tune_process
 
     debug = bool(getattr(args, "debug", False))
     tune_process()  # glibc allocator settings for fast CPU inference (see runtime.py)

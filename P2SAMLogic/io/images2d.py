@@ -1,4 +1,4 @@
-"""Reading 2D images and masks from disk, and writing masks atomically (P2SAMLogic.outputs).
+"""Reading 2D images and masks from disk, and writing masks atomically (P2SAMLogic.io.outputs).
 
 Every array returned here is in the *original* frame of its file:
 images ``H x W x 3`` uint8 RGB, masks ``H x W`` bool.
@@ -10,7 +10,7 @@ from typing import Tuple, Union
 
 import numpy as np
 
-from .errors import InputError
+from ..errors import InputError
 from .outputs import atomic_path, write_text_atomic  # noqa: F401 (write_text_atomic: re-exported for callers)
 
 PathLike = Union[str, Path]
@@ -113,7 +113,7 @@ def check_mask(mask: np.ndarray, image_shape: Tuple[int, ...], source: str, imag
 
 
 def write_png_atomic(path: PathLike, array: np.ndarray) -> None:
-    """Write ``array`` (uint8 ``H x W`` or ``H x W x 3``) as PNG, atomically (:func:`P2SAMLogic.outputs.atomic_path`)."""
+    """Write ``array`` (uint8 ``H x W`` or ``H x W x 3``) as PNG, atomically (:func:`P2SAMLogic.io.outputs.atomic_path`)."""
     from PIL import Image
 
     with atomic_path(path, ".png") as tmp:
