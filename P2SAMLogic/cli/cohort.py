@@ -1,6 +1,6 @@
 """Cohort runs: ``p2sam propagate-many MANIFEST`` runs one ``p2sam propagate`` per manifest row on Dask.
 
-Every case goes through exactly the code of ``p2sam propagate`` (:func:`P2SAMLogic.cli._propagate`:
+Every case goes through exactly the code of ``p2sam propagate`` (:func:`P2SAMLogic.cli.propagate_cmd.run_propagate`:
 the same input checks, atomic writes, provenance and clean-up on failure); this module adds the
 manifest, the distribution over Dask workers, resuming, and the summary.
 
@@ -40,19 +40,18 @@ import shlex
 import sys
 import time
 import traceback
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from .. import __version__
 from ..errors import InputError, P2SAMError
+from .manifest import Case, path_key, read_manifest
+from .options import add_model_options, pick_series, propagation_config
+from .propagate_cmd import propagate_parser, run_propagate
 
-REQUIRED_COLUMNS = ("prior_image", "prior_segmentation", "followup", "output")
-OPTIONAL_COLUMNS = ("case", "segments", "series_uid", "truth")
 #: ``p2sam propagate`` options that the manifest or ``propagate-many`` itself sets
 MANAGED_OPTIONS = ("--prior-image", "--prior-segmentation", "--followup", "--output", "--report", "--overlay",
                    "--segments", "--series-uid", "--overwrite", "--quiet", "--model", "--model-type", "--device")
-_OUTPUT_SUFFIXES = (".seg.nrrd", ".nii.gz", ".nii", ".dcm")
 
 HELP = """\
 Run `p2sam propagate` on every case of a cohort, in parallel on Dask.
@@ -113,162 +112,9 @@ Examples
 """
 
 
-# ------------------------------------------------------------------------------------------------
-# manifest
-
-
-@dataclass
-class Case:
-    """One manifest row, paths made absolute.
-
-    Attributes:
-        line: line number in the manifest (the header is line 1).
-        case_id: the ``case`` column, or ``line N``.
-        report: where the case's QA report goes (derived from ``output``).
-        series_uids: zero, one or two DICOM series UIDs.
-    """
-
-    line: int
-    case_id: str
-    prior_image: str
-    prior_segmentation: str
-    followup: str
-    output: str
-    report: str
-    segments: Optional[str] = None
-    series_uids: List[str] = field(default_factory=list)
-    truth: Optional[str] = None
-
-    def propagate_argv(self, options: Sequence[str], overwrite: bool) -> List[str]:
-        """The ``p2sam propagate`` command line of this case (without the program name)."""
-        argv = ["propagate", "--prior-image", self.prior_image, "--prior-segmentation", self.prior_segmentation,
-                "--followup", self.followup, "--output", self.output, "--report", self.report, "--quiet"]
-        if self.segments:
-            argv += ["--segments", self.segments]
-        for uid in self.series_uids:
-            argv += ["--series-uid", uid]
-        if overwrite:
-            argv.append("--overwrite")
-        return argv + list(options)
-
-
-def report_path(output: str) -> str:
-    """``<output without its extension>.report.json`` (``a/b.seg.nrrd`` -> ``a/b.report.json``)."""
-    low = output.lower()
-    for suffix in _OUTPUT_SUFFIXES:
-        if low.endswith(suffix):
-            return output[: -len(suffix)] + ".report.json"
-    return output + ".report.json"
-
-
-def read_manifest(path: str) -> List[Case]:
-    """Read and check a cohort manifest (see the module docstring).
-
-    Raises:
-        InputError: naming the manifest, the line and the column: missing file, no header, a missing,
-            unknown or repeated column, a row with too many fields, an empty required cell, an
-            unsupported output type, two cases writing the same file, an output that is also an input.
-    """
-    from ..io import output_kind
-
-    p = Path(path)
-    if not p.is_file():
-        raise InputError(path, "manifest does not exist (or is not a file)")
-    try:
-        text = p.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(path, f"manifest is not a readable UTF-8 text file ({exc})") from None
-    reader = csv.reader(io.StringIO(text))
-    header = next(reader, None)
-    expected = ",".join(REQUIRED_COLUMNS) + " (+ optional " + ",".join(OPTIONAL_COLUMNS) + ")"
-    if not header or not any(h.strip() for h in header):
-        raise InputError(path, f"manifest is empty; its first line must be the header {expected}")
-    columns = [h.strip() for h in header]
-    for n, name in enumerate(columns):
-        if name not in REQUIRED_COLUMNS + OPTIONAL_COLUMNS:
-            raise InputError(f"{path} line 1, column {n + 1}", f"unknown column '{name}'; expected {expected}")
-        if columns.index(name) != n:
-            raise InputError(f"{path} line 1, column {n + 1}", f"column '{name}' appears twice")
-    missing = [c for c in REQUIRED_COLUMNS if c not in columns]
-    if missing:
-        raise InputError(f"{path} line 1", f"the header lacks column(s) {', '.join(missing)}; expected {expected}")
-    base = p.resolve().parent
-    cases: List[Case] = []
-    for row in reader:
-        line = reader.line_num
-        if not any(cell.strip() for cell in row):
-            continue  # blank line
-        if len(row) > len(columns):
-            raise InputError(f"{path} line {line}", f"has {len(row)} fields but the header has {len(columns)}")
-        cells = {c: (row[i].strip() if i < len(row) else "") for i, c in enumerate(columns)}
-        for c in REQUIRED_COLUMNS:
-            if not cells[c]:
-                raise InputError(f"{path} line {line}, column '{c}'", "is empty")
-
-        def resolve(value: str) -> str:
-            return str(base / os.path.expanduser(value)) if value else ""
-
-        output = resolve(cells["output"])
-        try:
-            output_kind(output)
-        except InputError as exc:
-            raise InputError(f"{path} line {line}, column 'output'", exc.problem) from None
-        uids = [u for u in cells.get("series_uid", "").replace(";", " ").split() if u]
-        if len(uids) > 2:
-            raise InputError(f"{path} line {line}, column 'series_uid'", "holds more than two UIDs (one for the "
-                                                                        "prior, one for the follow-up)")
-        segments = ",".join(s.strip() for s in cells.get("segments", "").replace(";", ",").split(",") if s.strip())
-        cases.append(Case(line=line, case_id=cells.get("case") or f"line {line}",
-                          prior_image=resolve(cells["prior_image"]),
-                          prior_segmentation=resolve(cells["prior_segmentation"]),
-                          followup=resolve(cells["followup"]), output=output, report=report_path(output),
-                          segments=segments or None, series_uids=uids, truth=resolve(cells.get("truth", "")) or None))
-    if not cases:
-        raise InputError(path, "manifest has a header but no case rows")
-    _check_paths(path, cases)
-    return cases
-
-
-def _path_key(path: str) -> str:
-    """A path as compared with others: symbolic links resolved (one folder reached two ways is one folder)."""
-    return os.path.normcase(os.path.realpath(path))
-
-
-def _check_paths(path: str, cases: List[Case]) -> None:
-    """Two cases writing one file, or an output that is some case's input: errors naming both places
-    (paths compared after resolving symbolic links)."""
-    written: Dict[str, Tuple[int, str]] = {}
-    ids: Dict[str, int] = {}
-    for c in cases:
-        if c.case_id in ids:
-            raise InputError(f"{path} line {c.line}, column 'case'", f"'{c.case_id}' is also the case of line "
-                                                                     f"{ids[c.case_id]}")
-        ids[c.case_id] = c.line
-        for column, target in (("output", c.output), ("output", c.report)):
-            key = _path_key(target)
-            if key in written:
-                other_line, other_col = written[key]
-                what = "its report" if target == c.report else "the same file"
-                raise InputError(f"{path} line {c.line}, column '{column}'",
-                                 f"{what} ({target}) is also written by line {other_line}")
-            written[key] = (c.line, column)
-    for c in cases:
-        for column in ("prior_image", "prior_segmentation", "followup", "truth"):
-            value = getattr(c, column)
-            if not value:
-                continue
-            key = _path_key(value)
-            if key in written:
-                other_line, _ = written[key]
-                raise InputError(f"{path} line {other_line}, column 'output'",
-                                 f"is the input of line {c.line}, column '{column}'; outputs never overwrite inputs")
-
-
 def propagate_option_names() -> List[str]:
     """Every option string ``p2sam propagate`` accepts (``--max-parts``, ``-h``...)."""
-    from .app import build_parser
-
-    parser = build_parser()
+    parser = propagate_parser()
     for action in parser._actions:  # the sub-command table
         if isinstance(action, argparse._SubParsersAction):
             return sorted(o for a in action.choices["propagate"]._actions for o in a.option_strings)
@@ -302,12 +148,10 @@ def check_propagate_options(options: Sequence[str], example: Case) -> List[str]:
 
 def parse_propagate_argv(argv: List[str], source: str) -> argparse.Namespace:
     """``p2sam propagate``'s parser on ``argv``; its complaint becomes an :class:`InputError` of ``source``."""
-    from .app import build_parser
-
     err = io.StringIO()
     try:
         with contextlib.redirect_stderr(err):
-            return build_parser().parse_args(argv)
+            return propagate_parser().parse_args(argv)
     except SystemExit:
         lines = [ln for ln in err.getvalue().strip().splitlines() if ln.strip()]
         reason = lines[-1].split("error:", 1)[-1].strip() if lines else "not accepted by p2sam propagate"
@@ -368,7 +212,6 @@ def run_case(case: Case, options: Sequence[str], overwrite: bool = False, thread
         "warnings", "worker", "segments": [{"name", "prior_volume_ml", "followup_volume_ml",
         "change_percent", "slices_flagged", "flagged_slices", "dice"}]}``
     """
-    from .app import _propagate
     from ..propagation.pipeline import needs_model
 
     start = time.perf_counter()
@@ -388,7 +231,7 @@ def run_case(case: Case, options: Sequence[str], overwrite: bool = False, thread
             status = "skipped"
         else:
             net = None if not needs_model(args.method) else _model(args.model, args.model_type, args.device)
-            _propagate(args, model=net)
+            run_propagate(args, model=net)
             status = "done"
         out["segments"], out["warnings"] = _summarise(case, truth)
         out["status"] = status  # only now: a case whose run or summary raised stays "failed"
@@ -408,7 +251,6 @@ def stale_reason(case: Case, args: argparse.Namespace) -> Optional[str]:
     SHA-256 of each input (:mod:`P2SAMLogic.io.checksums`) and the parameters the options give.
     """
     from ..io.checksums import input_checksums
-    from .app import _propagation_config
 
     try:
         with open(case.report, encoding="utf-8") as handle:
@@ -430,7 +272,7 @@ def stale_reason(case: Case, args: argparse.Namespace) -> Optional[str]:
     changed = [f"{role.replace('_', ' ')} {path}" for role, path in roles if recorded.get(role) != now[role]]
     if changed:
         return f"it was made from other inputs: the {', the '.join(changed)} differ(s) from what its report records"
-    config = json.loads(json.dumps(_propagation_config(args)[0].as_dict()))
+    config = json.loads(json.dumps(propagation_config(args)[0].as_dict()))
     then = provenance.get("parameters") or {}
     differ = sorted(k for k in config if k in then and then[k] != config[k])
     if differ:
@@ -439,10 +281,9 @@ def stale_reason(case: Case, args: argparse.Namespace) -> Optional[str]:
 
 
 def _read_truth(case: Case):
-    from .app import _pick_series
     from ..io import read_segmentation, read_volume
 
-    follow, follow_src = read_volume(case.followup, _pick_series(case.followup, case.series_uids or None))
+    follow, follow_src = read_volume(case.followup, pick_series(case.followup, case.series_uids or None))
     try:
         return follow, follow_src, read_segmentation(case.truth, follow, follow_src)
     except InputError as exc:
@@ -543,9 +384,9 @@ def run_cohort(manifest: str, *, workers: Optional[int] = None, scheduler: Optio
     csv_path, json_path = summary_paths(manifest, summary)
     for p in (csv_path, json_path):
         check_writable_file(p, overwrite=True, source=f"summary {p}")
-        key = _path_key(p)
+        key = path_key(p)
         for c in cases:
-            if key in {_path_key(x) for x in (c.prior_image, c.prior_segmentation, c.followup, c.output, c.report,
+            if key in {path_key(x) for x in (c.prior_image, c.prior_segmentation, c.followup, c.output, c.report,
                                               c.truth or "") if x}:
                 raise InputError(f"summary {p}", f"is also a file of line {c.line} of the manifest")
     Client, LocalCluster, as_completed = _import_dask()
@@ -670,8 +511,6 @@ def summary_table(report: dict) -> str:
 
 def add_parser(sub) -> argparse.ArgumentParser:
     """Add ``propagate-many`` to the ``p2sam`` sub-commands (argparse only: Dask loads when it runs)."""
-    from .app import _add_model_options
-
     p = sub.add_parser("propagate-many", help="run `propagate` on every case of a CSV manifest, in parallel on Dask",
                        description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("manifest", metavar="MANIFEST", help="CSV file: one case per row (see above)")
@@ -688,7 +527,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
                      help="run every case again, replacing outputs (default: skip cases whose output and report exist)")
     io_.add_argument("--summary", default=None, metavar="PATH.csv",
                      help="summary CSV (and PATH.json); default <manifest stem>.summary.csv beside the manifest")
-    _add_model_options(p)
+    add_model_options(p)
     p.add_argument("--propagate-options", default="", metavar='"OPTIONS"',
                    help="more `p2sam propagate` options for every case, one quoted string "
                         "(write --propagate-options=\"--max-parts 3\" when it starts with --)")

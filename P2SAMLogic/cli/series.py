@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Dict
 
 from ..errors import InputError
+from .options import pick_series, propagation_config
 
 #: the file each output kind is written to, in the output folder
 EXTENSIONS: Dict[str, str] = {"seg.nrrd": ".seg.nrrd", "nifti": ".nii.gz", "dicom-seg": ".seg.dcm",
@@ -39,7 +40,6 @@ def propagate_many_followups(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from ..io.checksums import input_checksums
-    from .app import _pick_series, _propagation_config
     from ..io.images2d import write_png_atomic
     from ..io import check_output_path, check_writable_file, read_segmentation, read_volume, write_segmentation
     from ..io.outputs import dumps_json, write_all, write_text_atomic
@@ -52,7 +52,7 @@ def propagate_many_followups(args: argparse.Namespace) -> int:
         raise InputError("--followup", f"{len(args.followup)} follow-ups need --output-dir D (one output each)")
     if args.overlay:
         raise InputError("--overlay", "with --output-dir the overlays are written as D/<name>.overlay.png")
-    config, names, window = _propagation_config(args)
+    config, names, window = propagation_config(args)
     kind = args.output_format or "seg.nrrd"
     out_dir = Path(args.output_dir)
     stems = [followup_name(f) for f in args.followup]
@@ -70,10 +70,10 @@ def propagate_many_followups(args: argparse.Namespace) -> int:
     parent = out_dir if out_dir.exists() else out_dir.parent
     if not parent.is_dir() or not os.access(parent, os.W_OK):
         raise InputError(out_dir, f"cannot be created: {parent} is not a writable folder")
-    prior, prior_src = read_volume(args.prior_image, _pick_series(args.prior_image, args.series_uid))
+    prior, prior_src = read_volume(args.prior_image, pick_series(args.prior_image, args.series_uid))
     follows, sources = [], []
     for f in args.followup:
-        image, source = read_volume(f, _pick_series(f, args.series_uid))
+        image, source = read_volume(f, pick_series(f, args.series_uid))
         follows.append(image)
         sources.append(source)
     segments = read_segmentation(args.prior_segmentation, prior, prior_src, names)
