@@ -1,16 +1,20 @@
 """The 2D method, P²SAM on one image: a reference image and mask in, a mask on a target image out.
 
-In the order a target is segmented:
+:class:`~.segmenter.P2SAMSegmenter` (:mod:`.segmenter`) composes the method's steps, one module each:
 
-* :mod:`.parts` -- the reference's masked features clustered into parts (k-means++), the
-  background's into negative parts;
-* :mod:`.matching` -- part prototypes matched on the target: similarity maps and their peaks;
-* :mod:`.retrieval` -- the exact (or Sinkhorn) Wasserstein distance between feature sets that
-  ranks the candidates;
-* :mod:`.segmenter` -- :class:`~.segmenter.P2SAMSegmenter`, which composes the steps (reference
-  preparation, prompt generation, candidate decoding, scoring, selection);
-* :mod:`.roi` -- search windows around a structure;
-* :mod:`.interactive` -- corrections of one slice with clicks (the Segment Editor effect's engine).
+1. :mod:`.reference` -- the reference encoded once, its masked features pooled and clustered into
+   parts (:mod:`.parts`: k-means++), the background's into negative parts;
+2. :mod:`.prompts` -- the parts matched on the target (:mod:`.matching`): positive points, box
+   centres, negative points;
+3. :mod:`.decoding` -- the decoder on each candidate's prompts (boxes on grid regions,
+   :mod:`.boxes`; the point cascade), refinements, the crop pass;
+4. :mod:`.scoring` -- each candidate's Wasserstein distances to the reference's features
+   (:mod:`.retrieval`: exact EMD or batched Sinkhorn);
+5. :mod:`.selection` -- the winner.
+
+:mod:`.search` runs steps 2-5 for point-prompt and box-prompt models; :mod:`.config` holds the
+parameters, :mod:`.results` what is kept and returned, :mod:`.roi` the search windows.
+:mod:`.interactive` corrects one slice with clicks (the Segment Editor effect's engine).
 
 Frames: images ``H x W x 3`` uint8 RGB, masks ``H x W`` bool; points ``(x, y)`` and boxes
 ``(x0, y0, x1, y1)`` in image pixels. This layer uses :mod:`P2SAMLogic.models` (and the intensity

@@ -344,7 +344,7 @@ PART_STAGES = ("cluster", "match", "retrieval")
 
 def _record_reference_sets(name: str, store: list) -> None:
     """Record every foreground feature set that gets clustered into several parts (for the ``parts`` section)."""
-    import P2SAMLogic.method.segmenter as segmod
+    import P2SAMLogic.method.reference as segmod  # where the reference is clustered
 
     plain = segmod.part_prototype_sets
 
