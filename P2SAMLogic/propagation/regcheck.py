@@ -145,7 +145,8 @@ class _Sampler:
     """The prior around a structure on a ~2 mm grid, and the follow-up sampled there through a transform."""
 
     def __init__(self, prior: sitk.Image, prior_mask: sitk.Image, followup: sitk.Image) -> None:
-        from .registration import _as_float, _crop_around, _mask_corners, _shrink_to, structure_region
+        from .geometry import _as_float, _crop_around, _mask_corners, _shrink_to
+        from .registration import structure_region
 
         region = structure_region([prior_mask], REGION_MARGIN_MM)
         corners = _mask_corners(region)
@@ -247,7 +248,7 @@ def _to_points(image: sitk.Image, ijk: np.ndarray) -> np.ndarray:
 
 def _into_followup(transform: sitk.Transform, followup: sitk.Image, pts: np.ndarray) -> np.ndarray:
     """Prior points carried into the follow-up's continuous ``(i, j, k)`` indices (``transform``: follow-up -> prior)."""
-    from .registration import _invert_points
+    from .geometry import _invert_points
 
     return _to_index(followup, _invert_points(transform, followup, pts))
 
