@@ -25,8 +25,8 @@ __version__ = _version_for(_source_digest())
 
 #: public name -> the module that defines it (imported on first access)
 _EXPORTS = {
-    "propagate": "propagation.pipeline", "PropagationConfig": "propagation.pipeline",
-    "PropagationResult": "propagation.pipeline", "needs_model": "propagation.pipeline",
+    "propagate": "propagation.pipeline", "PropagationConfig": "propagation.config",
+    "PropagationResult": "propagation.results", "needs_model": "propagation.config",
     "propagate_series": "propagation.series", "SeriesResult": "propagation.series",
     "P2SAMSegmenter": "method.segmenter", "P2SAMConfig": "method.segmenter",
     "SliceCorrector": "method.interactive",

@@ -54,7 +54,7 @@ def test_a_code_change_changes_the_version_and_line_ends_do_not(tmp_path):
     same = copy_package(tmp_path / "crlf", crlf=True)
     assert source_digest(str(same)) == source_digest()  # a Windows checkout runs the same version
     changed = copy_package(tmp_path / "changed")
-    propagate = changed / "propagation" / "pipeline.py"
+    propagate = changed / "propagation" / "config.py"
     text = propagate.read_text(encoding="utf-8")
     assert "    qa_flag_below: float = 0.6\n" in text
     propagate.write_text(text.replace("    qa_flag_below: float = 0.6\n", "    qa_flag_below: float = 0.7\n"),
@@ -72,7 +72,7 @@ def test_outputs_record_the_version_of_the_code_that_ran(tmp_path):
             "--prior-segmentation", str(LUNG / "prior.seg.nrrd"), "--followup", str(tmp_path / "followup.nrrd")]
     assert main(args + ["--output", str(tmp_path / "a.seg.nrrd"), "--report", str(tmp_path / "a.json")]) == 0
     changed = copy_package(tmp_path / "changed")
-    propagate = changed / "propagation" / "pipeline.py"
+    propagate = changed / "propagation" / "config.py"
     propagate.write_text(propagate.read_text(encoding="utf-8").replace("    qa_flag_below: float = 0.6\n",
                                                                           "    qa_flag_below: float = 0.7\n"),
                          encoding="utf-8")
