@@ -159,7 +159,7 @@ def modelArguments(parameterNode) -> dict:
 
 
 def propagationParameters(parameterNode) -> dict:
-    """:class:`P2SAMLogic.propagate.PropagationConfig` fields from the settings."""
+    """:class:`P2SAMLogic.propagation.pipeline.PropagationConfig` fields from the settings."""
     return {"max_parts": int(parameterNode.maxParts), "negative_parts": int(parameterNode.negativeParts),
             "roi_margin_mm": float(parameterNode.roiMarginMm), "slice_margin_mm": float(parameterNode.sliceMarginMm)}
 
@@ -949,7 +949,7 @@ class P2SAMSlicerTest(ScriptedLoadableModuleTest):
         import SimpleITK as sitk
 
         _ensureEngineImportable()
-        from P2SAMLogic.volume import Segment
+        from P2SAMLogic.io.volume import Segment
         from P2SAMSlicerLib import mrml_bridge
 
         dataDir = self._dataDir()

@@ -27,7 +27,7 @@ mkdir -p "$out"
 "$venv/bin/python" - "$out" <<'PY'
 import sys, json
 import numpy as np, SimpleITK as sitk
-from P2SAMLogic.io3d import read_segmentation, read_volume
+from P2SAMLogic.io import read_segmentation, read_volume
 out = sys.argv[1]
 fu, src = read_volume(f"{out}/simulated_followup/followup_ct.nrrd")
 truth = sitk.GetArrayFromImage(sitk.ReadImage(f"{out}/simulated_followup/followup_labels.nrrd"))

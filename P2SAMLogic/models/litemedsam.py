@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._vendored_imports import medsam_lite_asset_path, medsam_lite_modules
+from ._vendored_imports import medsam_lite_asset_path, medsam_lite_modules
 from .base import EmbeddingCache, PromptableModel
 from .checkpoint import cached_network, load_strict, no_weight_init, read_state_dict
 from .frames import ImageFrame

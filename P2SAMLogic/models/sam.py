@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .._vendored_imports import segment_anything_modeling
+from ._vendored_imports import segment_anything_modeling
 from ..errors import CheckpointError, InputError
 from .base import EmbeddingCache, PromptableModel
 from .checkpoint import cached_network, load_strict, no_weight_init, read_state_dict

@@ -1,7 +1,7 @@
 """Helpers of the P2SAMSlicer module that run without Slicer's GUI.
 
 * :mod:`.mrml_bridge` -- MRML volume and segmentation nodes <-> SimpleITK images and
-  :class:`P2SAMLogic.volume.Segment` (imports ``slicer`` and ``vtk``, never ``qt``).
+  :class:`P2SAMLogic.io.volume.Segment` (imports ``slicer`` and ``vtk``, never ``qt``).
 * :mod:`.logic` -- :class:`~.logic.PropagationLogic`, the module's blocking ``process()`` and
   ``processSeries()`` (several follow-ups), and the rows of the panel's tables.
 * :mod:`.followups` -- which follow-ups a run propagates onto (volumes, a Sequence node).

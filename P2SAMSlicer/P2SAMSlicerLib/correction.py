@@ -1,7 +1,7 @@
 """Click correction of propagated segments: the Segment Editor effect's logic, without Qt.
 
 :class:`CorrectionSession` holds one source volume (the follow-up, in the segmentation's
-geometry) and, per ``(segment, slice)``, one :class:`P2SAMLogic.interactive.SliceCorrector`
+geometry) and, per ``(segment, slice)``, one :class:`P2SAMLogic.method.interactive.SliceCorrector`
 seeded with P²SAM's ROI window and box for that slice from the propagation report that
 :mod:`.mrml_bridge` keeps on the output node. The effect converts a click to ``(k, x, y)``,
 calls :meth:`CorrectionSession.click`, and writes the returned slice mask with the Segment
@@ -23,7 +23,7 @@ from vtk.util import numpy_support
 import slicer
 
 if TYPE_CHECKING:  # annotations only: the engine is imported on the first click
-    from P2SAMLogic.interactive import SliceCorrector
+    from P2SAMLogic.method.interactive import SliceCorrector
 
 from . import mrml_bridge
 
@@ -152,7 +152,7 @@ class CorrectionSession:
             return float(w["low"]), float(w["high"])
         except (TypeError, KeyError, ValueError):
             pass
-        from P2SAMLogic.intensity import CT_WINDOW, MR_PERCENTILES
+        from P2SAMLogic.io.intensity import CT_WINDOW, MR_PERCENTILES
 
         n = self.volume.shape[0]
         sample = np.stack([self.volume[k] for k in range(0, n, max(1, n // 16))])
@@ -169,7 +169,7 @@ class CorrectionSession:
 
     def corrector(self, segment_name: str, k: int, current: Optional[np.ndarray] = None) -> "SliceCorrector":
         """The :class:`SliceCorrector` of ``(segment, k)``, created on first use from the report's prompts."""
-        from P2SAMLogic.interactive import SliceCorrector
+        from P2SAMLogic.method.interactive import SliceCorrector
 
         key = (segment_name, int(k))
         if key not in self._slices:
@@ -281,7 +281,7 @@ class CorrectionSession:
     def repropagate(self, k: int, reference_mask: np.ndarray, neighbours: int = 2, spacing_xy=(1.0, 1.0),
                     progress=None, cancel=None) -> Dict[int, np.ndarray]:
         """Re-segment the ``neighbours`` slices on each side of ``k`` with slice ``k`` as the reference."""
-        from P2SAMLogic.interactive import repropagate_neighbours
+        from P2SAMLogic.method.interactive import repropagate_neighbours
 
         params = {}
         try:

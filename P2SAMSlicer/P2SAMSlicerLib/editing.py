@@ -30,7 +30,7 @@ import SimpleITK as sitk
 
 import slicer
 
-from P2SAMLogic.volume import PROPOSAL_STATUS
+from P2SAMLogic.io.volume import PROPOSAL_STATUS
 
 from . import mrml_bridge
 
@@ -146,7 +146,7 @@ def write_proposal(segmentation_node: slicer.vtkMRMLSegmentationNode, segments: 
 
     Args:
         segmentation_node: the user's ``vtkMRMLSegmentationNode`` (binary labelmap source).
-        segments: :class:`P2SAMLogic.volume.Segment` proposals, masks on ``reference``'s grid.
+        segments: :class:`P2SAMLogic.io.volume.Segment` proposals, masks on ``reference``'s grid.
         reference: the follow-up image the masks lie on (LPS geometry).
         masking: the Segment Editor's settings (default: allow overlap, edit everywhere).
         source_image: the source volume as ``vtkOrientedImageData`` on ``reference``'s grid

@@ -1,7 +1,7 @@
 """The P2SAMSlicer module's computation, usable without the GUI (scripts, tests, slicer-core).
 
 :class:`PropagationLogic` turns MRML nodes into the engine's inputs (through
-:mod:`.mrml_bridge`), checks them, runs :func:`P2SAMLogic.propagate.propagate` (through
+:mod:`.mrml_bridge`), checks them, runs :func:`P2SAMLogic.propagation.pipeline.propagate` (through
 :func:`.runner.run_propagation`, the same code the background process runs) and writes the
 result into a new segmentation node next to the follow-up. It never imports Qt; the module's
 ``P2SAMSlicerLogic`` adds Slicer's ``ScriptedLoadableModuleLogic`` on top of it.
@@ -143,7 +143,7 @@ class PropagationLogic:
             model: ``"litemedsam"`` (embedded), a SAM checkpoint path, or a loaded model.
             modelType: ``vit_b``/``vit_l``/``vit_h`` for a checkpoint (None or ``"auto"``: inferred).
             device: ``auto``, ``cpu``, ``cuda`` or ``mps``.
-            parameters: :class:`P2SAMLogic.propagate.PropagationConfig` fields (defaults otherwise).
+            parameters: :class:`P2SAMLogic.propagation.pipeline.PropagationConfig` fields (defaults otherwise).
             progress: ``(fraction 0-1, message)`` callback; cancel: polled, True stops the run.
             outputName: name of the output node (default: ``"<follow-up> P2SAM"`` for a new node; a
                 given ``outputSegmentation`` keeps its name).
@@ -323,7 +323,7 @@ class PropagationLogic:
 
 def _identical(a: sitk.Image, b: sitk.Image) -> bool:
     """Same grid and the same voxel values."""
-    from P2SAMLogic.volume import same_geometry
+    from P2SAMLogic.io.volume import same_geometry
 
     if not same_geometry(a, b):
         return False

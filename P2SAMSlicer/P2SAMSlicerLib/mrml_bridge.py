@@ -1,4 +1,4 @@
-"""MRML nodes <-> SimpleITK images and :class:`P2SAMLogic.volume.Segment`.
+"""MRML nodes <-> SimpleITK images and :class:`P2SAMLogic.io.volume.Segment`.
 
 Uses only MRML / VTK / vtkSegmentationCore classes that exist both in Slicer (5.8) and in
 the PyPI package ``slicer-core`` (``vtkMRMLScalarVolumeNode``, ``vtkMRMLSegmentationNode``,
@@ -28,7 +28,7 @@ from vtk.util import numpy_support
 
 import slicer
 
-from P2SAMLogic.volume import PROPOSAL_STATUS, Segment
+from P2SAMLogic.io.volume import PROPOSAL_STATUS, Segment
 
 from .runner import json_default
 

@@ -43,8 +43,8 @@ from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tupl
 import SimpleITK as sitk
 
 if TYPE_CHECKING:  # annotations only: the engine is imported when a run starts
-    from P2SAMLogic.propagate import PropagationResult
-    from P2SAMLogic.series import SeriesResult
+    from P2SAMLogic.propagation.pipeline import PropagationResult
+    from P2SAMLogic.propagation.series import SeriesResult
 
 EXIT_OK, EXIT_FAILED, EXIT_INPUT, EXIT_CANCELLED = 0, 1, 2, 3
 
@@ -75,7 +75,7 @@ def load_model_cached(model: Union[str, object] = "litemedsam", model_type: Opti
 def make_config(values: Optional[dict] = None):
     """A :class:`PropagationConfig` from a dict of its fields (unknown keys are an error)."""
     from P2SAMLogic.errors import InputError
-    from P2SAMLogic.propagate import PropagationConfig
+    from P2SAMLogic.propagation.pipeline import PropagationConfig
 
     values = dict(values or {})
     if values.get("intensity_window") is not None:
@@ -92,7 +92,7 @@ def run_propagation(prior_image: sitk.Image, prior_segments: Sequence, followup:
                     device: str = "auto", config: Optional[dict] = None,
                     progress: Optional[Callable[[float, str], None]] = None,
                     cancel: Optional[Callable[[], bool]] = None) -> "PropagationResult":
-    """Load (or reuse) the model and call :func:`P2SAMLogic.propagate.propagate`.
+    """Load (or reuse) the model and call :func:`P2SAMLogic.propagation.pipeline.propagate`.
 
     Args:
         prior_image, followup: 3D images (LPS); prior_segments: :class:`Segment` on the prior's grid.
@@ -101,7 +101,7 @@ def run_propagation(prior_image: sitk.Image, prior_segments: Sequence, followup:
     Returns:
         The engine's :class:`PropagationResult`.
     """
-    from P2SAMLogic.propagate import needs_model, propagate
+    from P2SAMLogic.propagation.pipeline import needs_model, propagate
 
     cfg = make_config(config)
     if progress is not None:
@@ -117,13 +117,13 @@ def run_series(prior_image: sitk.Image, prior_segments: Sequence, followups: Seq
                device: str = "auto", config: Optional[dict] = None,
                progress: Optional[Callable[[float, str], None]] = None,
                cancel: Optional[Callable[[], bool]] = None) -> "SeriesResult":
-    """:func:`P2SAMLogic.series.propagate_series` with the model loaded (or reused) by :func:`load_model_cached`.
+    """:func:`P2SAMLogic.propagation.series.propagate_series` with the model loaded (or reused) by :func:`load_model_cached`.
 
     Returns:
-        The engine's :class:`~P2SAMLogic.series.SeriesResult` (one result per follow-up).
+        The engine's :class:`~P2SAMLogic.propagation.series.SeriesResult` (one result per follow-up).
     """
-    from P2SAMLogic.propagate import needs_model
-    from P2SAMLogic.series import propagate_series
+    from P2SAMLogic.propagation.pipeline import needs_model
+    from P2SAMLogic.propagation.series import propagate_series
 
     cfg = make_config(config)
     if progress is not None:
@@ -138,15 +138,15 @@ def run_series(prior_image: sitk.Image, prior_segments: Sequence, followups: Seq
 
 
 def write_json_atomic(path: str, data) -> None:
-    """Write ``data`` as JSON, atomically (:mod:`P2SAMLogic.outputs`: one helper for every output)."""
-    from P2SAMLogic.outputs import dumps_json, write_text_atomic
+    """Write ``data`` as JSON, atomically (:mod:`P2SAMLogic.io.outputs`: one helper for every output)."""
+    from P2SAMLogic.io.outputs import dumps_json, write_text_atomic
 
     write_text_atomic(path, dumps_json(data))
 
 
 def json_default(o):
-    """``json`` fallback for numpy values: :func:`P2SAMLogic.outputs.json_default`."""
-    from P2SAMLogic.outputs import json_default as default
+    """``json`` fallback for numpy values: :func:`P2SAMLogic.io.outputs.json_default`."""
+    from P2SAMLogic.io.outputs import json_default as default
 
     return default(o)
 
@@ -184,7 +184,7 @@ def write_job(folder: str, prior_image: sitk.Image, prior_segments: Sequence, fo
 
 
 def _read_segments(folder: str, entries: Sequence[dict]) -> List:
-    from P2SAMLogic.volume import Segment
+    from P2SAMLogic.io.volume import Segment
 
     out = []
     for s in entries:

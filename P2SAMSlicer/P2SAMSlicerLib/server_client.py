@@ -414,7 +414,7 @@ class ServerPropagation(BackgroundPropagation):
                  work_dir: Optional[str] = None) -> None:
         import SimpleITK as sitk
 
-        from P2SAMLogic.io3d import write_segmentation
+        from P2SAMLogic.io import write_segmentation
 
         P2SAMServerClient(url)  # the URL's form is checked here, before any file is written
         self.python = python or default_python()
@@ -468,7 +468,7 @@ class ServerPropagation(BackgroundPropagation):
         """``(segments, report)``: the proposal's ``Segment`` list on the follow-up's grid, and the QA report."""
         if self.returncode != 0:
             raise RuntimeError("the server propagation has not finished successfully")
-        from P2SAMLogic.io3d import read_segmentation
+        from P2SAMLogic.io import read_segmentation
 
         with open(os.path.join(self.folder, "result.json"), encoding="utf-8") as handle:
             answer = json.load(handle)["answer"]

@@ -112,7 +112,7 @@ class SegmentEditorP2SAMTest(ScriptedLoadableModuleTest):
         self.assertIsNotNone(dataDir, "P2SAMSlicer test data not found")
         self.delayDisplay("Click correction on slice 12 of the bundled CT")
 
-        from P2SAMLogic.volume import Segment
+        from P2SAMLogic.io.volume import Segment
 
         ct = sitk.ReadImage(os.path.join(dataDir, "prior_ct.nrrd"), sitk.sitkFloat32)
         truth = sitk.GetArrayFromImage(sitk.ReadImage(os.path.join(dataDir, "prior_labels.nrrd"))) == 1

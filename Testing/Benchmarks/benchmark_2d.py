@@ -27,9 +27,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from P2SAMLogic.io2d import read_image, read_mask  # noqa: E402
+from P2SAMLogic.io.images2d import read_image, read_mask  # noqa: E402
 from P2SAMLogic.models import load_model  # noqa: E402
-from P2SAMLogic.segmenter import P2SAMConfig, P2SAMSegmenter, mask_box  # noqa: E402
+from P2SAMLogic.method.segmenter import P2SAMConfig, P2SAMSegmenter, mask_box  # noqa: E402
 
 DEFAULT = P2SAMConfig()
 

@@ -6,7 +6,7 @@ read from the development data folder, never copied here), ``lung-sim`` (simulat
 the bundled lung CT crop: contraction, motion, new grid, noise) and ``lung-response`` (simulated
 tumour regression by tissue replacement and growth into lung, two of them CBCT-like).
 
-Methods (per structure, all through ``P2SAMLogic.propagate.propagate`` unless noted):
+Methods (per structure, all through ``P2SAMLogic.propagation.pipeline.propagate`` unless noted):
 
   rigid               rigid registration only (the prior contour carried over)
   bspline, demons     rigid + that deformable stage, registration only (``method="deformable"``)
@@ -47,11 +47,11 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from accuracy_cases import Case, dice, hd95, load_set  # noqa: E402
-from P2SAMLogic.propagate import PropagationConfig, _make_segmenter, propagate  # noqa: E402
-from P2SAMLogic.intensity import choose_window  # noqa: E402
-from P2SAMLogic.segmenter import mask_box  # noqa: E402
-from P2SAMLogic.structures import cavity_slices, fill_slices  # noqa: E402
-from P2SAMLogic.volume import Segment  # noqa: E402
+from P2SAMLogic.propagation.pipeline import PropagationConfig, _make_segmenter, propagate  # noqa: E402
+from P2SAMLogic.io.intensity import choose_window  # noqa: E402
+from P2SAMLogic.method.segmenter import mask_box  # noqa: E402
+from P2SAMLogic.propagation.structures import cavity_slices, fill_slices  # noqa: E402
+from P2SAMLogic.io.volume import Segment  # noqa: E402
 
 DEFAULT_METHODS = ["rigid", "bspline", "demons", "registered-box", "p2sam rigid-prior", "p2sam", "p2sam no-fallback",
                    "oracle box", "oracle box whole"]

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""The registration plausibility check (P2SAMLogic/regcheck.py) on legit and broken pairs.
+"""The registration plausibility check (P2SAMLogic/propagation/regcheck.py) on legit and broken pairs.
 
 Legit (the check must pass, and no field-of-view cut may be reported):
 
@@ -20,7 +20,7 @@ A header mirrored left-right is listed apart: a structure on the mid-line (the v
 lands in its right place after a mirror and a rigid registration, so its check may pass; an
 off-mid-line one (the GTV) fails, which stops the run.
 
-Runs the real stages ``check_inputs`` and ``register`` of ``P2SAMLogic.propagate`` (rigid only;
+Runs the real stages ``check_inputs`` and ``register`` of ``P2SAMLogic.propagation.pipeline`` (rigid only;
 ``allow_poor_registration`` so that failures are measured instead of raised) and prints one row
 per structure plus the margins. About 10 minutes on 2 CPU cores.
 
@@ -43,9 +43,9 @@ sys.path.insert(0, str(HERE))
 from accuracy_cases import ROOT, acdc_cases, lung_response_cases, lung_sim_cases, _lung_crop  # noqa: E402
 
 sys.path.insert(0, str(ROOT))
-from P2SAMLogic.propagate import PropagationConfig, _Progress, check_inputs, register  # noqa: E402
-from P2SAMLogic.regcheck import SCORE_BOUND  # noqa: E402
-from P2SAMLogic.volume import Segment  # noqa: E402
+from P2SAMLogic.propagation.pipeline import PropagationConfig, _Progress, check_inputs, register  # noqa: E402
+from P2SAMLogic.propagation.regcheck import SCORE_BOUND  # noqa: E402
+from P2SAMLogic.io.volume import Segment  # noqa: E402
 
 
 def rotated_header(image: sitk.Image, axis: str, degrees: float = 90.0) -> sitk.Image:

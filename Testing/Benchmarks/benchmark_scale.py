@@ -4,8 +4,8 @@
 For every development set, LiteMedSAM is prompted with one box per slice (per image in 2D) and the
 image it sees is one *encoding window* of the slice:
 
-  auto         the pipeline's default (P2SAMLogic/scale.py): the whole slice for MR and other non-CT
-               images, ctx 4 on CT
+  auto         the pipeline's default (P2SAMLogic/propagation/scale.py): the whole slice for MR and other
+               non-CT images, ctx 4 on CT
   whole        the whole slice, resized to the model's input (as LiteMedSAM was trained)
   ctx C        a square of C x the prompt box's larger side, centred on the box, kept inside the slice
   ... zoom Z   the same with the zoom capped: the window is at least input_size / Z pixels, so the
@@ -48,10 +48,10 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from accuracy_cases import Case, dice, load_set  # noqa: E402
-from P2SAMLogic.intensity import choose_window  # noqa: E402
-from P2SAMLogic.scale import EncodingScale  # noqa: E402
-from P2SAMLogic.segmenter import P2SAMConfig, P2SAMSegmenter, mask_box  # noqa: E402
-from P2SAMLogic.structures import cavity_slices, fill_slices  # noqa: E402
+from P2SAMLogic.io.intensity import choose_window  # noqa: E402
+from P2SAMLogic.propagation.scale import EncodingScale  # noqa: E402
+from P2SAMLogic.method.segmenter import P2SAMConfig, P2SAMSegmenter, mask_box  # noqa: E402
+from P2SAMLogic.propagation.structures import cavity_slices, fill_slices  # noqa: E402
 
 SETS_3D = ("acdc", "lung-sim", "lung-response", "lung-fov")
 SETS_2D = ("4dlung", "cvc", "perseg")
@@ -135,9 +135,9 @@ def box_on_window(seg: P2SAMSegmenter, image_rgb: np.ndarray, box: np.ndarray, r
 
 def registered_parts(case: Case) -> Dict[str, np.ndarray]:
     """The pipeline's registered prior (rigid + deformable stage) of every structure, ``bool [k, j, i]``."""
-    from P2SAMLogic.propagate import PropagationConfig, _Progress, check_inputs, register
-    from P2SAMLogic.registration import warp_mask
-    from P2SAMLogic.volume import Segment
+    from P2SAMLogic.propagation.pipeline import PropagationConfig, _Progress, check_inputs, register
+    from P2SAMLogic.propagation.registration import warp_mask
+    from P2SAMLogic.io.volume import Segment
 
     cfg = PropagationConfig(method="deformable")
     segs = [Segment(n, (1.0, 0.0, 0.0), m) for n, m in case.prior_masks.items()]
@@ -214,7 +214,7 @@ def pairs_2d(name: str, data: Path):
 
 
 def run_2d(name: str, data: Path, seg: P2SAMSegmenter, rules: List[EncodingScale], prompts: List[str]) -> List[dict]:
-    from P2SAMLogic.io2d import read_image, read_mask
+    from P2SAMLogic.io.images2d import read_image, read_mask
     rows = []
     for ref_img, ref_mask, targets in pairs_2d(name, data):
         ref = read_mask(ref_mask)

@@ -36,13 +36,13 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from accuracy_cases import dice, load_set  # noqa: E402
-from P2SAMLogic.propagate import PropagationConfig, propagate  # noqa: E402
-from P2SAMLogic.structures import fill_slices  # noqa: E402
-from P2SAMLogic.volume import Segment  # noqa: E402
+from P2SAMLogic.propagation.pipeline import PropagationConfig, propagate  # noqa: E402
+from P2SAMLogic.propagation.structures import fill_slices  # noqa: E402
+from P2SAMLogic.io.volume import Segment  # noqa: E402
 
 
 def part_truth(name: str, truth: np.ndarray) -> np.ndarray:
-    """The true part (``bool [k, j, i]``) for a part name of :mod:`P2SAMLogic.structures`."""
+    """The true part (``bool [k, j, i]``) for a part name of :mod:`P2SAMLogic.propagation.structures`."""
     if name.endswith(" outer"):
         return fill_slices(truth)
     if name.endswith(" cavity"):

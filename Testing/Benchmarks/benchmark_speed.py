@@ -134,10 +134,10 @@ def pipeline_child(folder: Path, device: str) -> None:
     tuned = tune_process()  # as the CLI does
     import SimpleITK as sitk
 
-    from P2SAMLogic.io3d import read_segmentation, read_volume, write_segmentation
+    from P2SAMLogic.io import read_segmentation, read_volume, write_segmentation
     from P2SAMLogic.models import EmbeddingCache, load_model
-    from P2SAMLogic.propagate import propagate
-    from P2SAMLogic.report import write_report
+    from P2SAMLogic.propagation.pipeline import propagate
+    from P2SAMLogic.propagation.report import write_report
 
     sim = folder / "sim"
     t = time.perf_counter()
@@ -196,7 +196,7 @@ def correction_latency(net, follow, result, clicks: int = 20) -> dict:
     """Milliseconds per correction click on one GTV slice (decoder only: the ROI embedding is cached)."""
     import SimpleITK as sitk
 
-    from P2SAMLogic.interactive import SliceCorrector
+    from P2SAMLogic.method.interactive import SliceCorrector
 
     rep = next(r for r in result.reports if r.name == "GTV")
     sl = max((s for s in rep.slices if s.status == "accepted" and s.box), key=lambda s: s.area_mm2)
@@ -229,7 +229,7 @@ def correction_latency(net, follow, result, clicks: int = 20) -> dict:
 
 def _cvc_sequence():
     """Frames 1-20 of the CVC-612 sequence: names, ``H x W x 3`` uint8 images, ``H x W`` bool masks."""
-    from P2SAMLogic.io2d import read_image, read_mask
+    from P2SAMLogic.io.images2d import read_image, read_mask
 
     names = [f"fine_3_{i}" for i in range(1, 21)]
     images = [read_image(str(CVC / "images" / f"{n}_fram.jpg")) for n in names]
@@ -244,7 +244,7 @@ def reference_child(folder: Path, device: str, style: str, prompts: str) -> None
         from P2SAMLogic.runtime import tune_process
         tune_process()
     from P2SAMLogic.models import EmbeddingCache, load_model
-    from P2SAMLogic.segmenter import P2SAMConfig, P2SAMSegmenter
+    from P2SAMLogic.method.segmenter import P2SAMConfig, P2SAMSegmenter
 
     names, images, masks = _cvc_sequence()
     ref_image, ref_mask = images[0], masks[0]
@@ -311,8 +311,8 @@ def large_child(folder: Path, device: str, lung1: Path) -> None:
 
     from simulate_followup import simulate_followup
     from P2SAMLogic.models import load_model
-    from P2SAMLogic.propagate import propagate
-    from P2SAMLogic.volume import Segment
+    from P2SAMLogic.propagation.pipeline import propagate
+    from P2SAMLogic.io.volume import Segment
 
     prior = sitk.ReadImage(str(lung1 / "lung1_image.nrrd"), sitk.sitkFloat32)
     gtv = sitk.Cast(sitk.ReadImage(str(lung1 / "lung1_label.nrrd")) > 0, sitk.sitkUInt8)
@@ -344,7 +344,7 @@ PART_STAGES = ("cluster", "match", "retrieval")
 
 def _record_reference_sets(name: str, store: list) -> None:
     """Record every foreground feature set that gets clustered into several parts (for the ``parts`` section)."""
-    import P2SAMLogic.segmenter as segmod
+    import P2SAMLogic.method.reference as segmod  # where the reference is clustered
 
     plain = segmod.part_prototype_sets
 
@@ -365,10 +365,10 @@ def cardiac_child(folder: Path, device: str, patients: List[str], cluster_cap) -
     import SimpleITK as sitk
     import torch
 
-    import P2SAMLogic.parts as parts
+    import P2SAMLogic.method.parts as parts
     from P2SAMLogic.models import load_model
-    from P2SAMLogic.propagate import propagate
-    from P2SAMLogic.volume import Segment
+    from P2SAMLogic.propagation.pipeline import propagate
+    from P2SAMLogic.io.volume import Segment
 
     parts.MAX_CLUSTER_POINTS = cluster_cap
     recorded: list = []
@@ -431,8 +431,8 @@ def _print_cardiac(c: dict) -> None:
 
 def _reference_sets_2d(net) -> list:
     """Foreground feature sets of the 2D benchmark's references (LiteMedSAM, the default config)."""
-    from P2SAMLogic.io2d import read_image, read_mask
-    from P2SAMLogic.segmenter import P2SAMConfig, P2SAMSegmenter
+    from P2SAMLogic.io.images2d import read_image, read_mask
+    from P2SAMLogic.method.segmenter import P2SAMConfig, P2SAMSegmenter
 
     from benchmark_2d import dev_sets
 
@@ -453,7 +453,7 @@ def parts_child(folder: Path, device: str) -> None:
     from threadpoolctl import threadpool_limits
 
     from P2SAMLogic.models import load_model
-    from P2SAMLogic.parts import MAX_CLUSTER_POINTS, kmeans_batched, kmeans_sklearn
+    from P2SAMLogic.method.parts import MAX_CLUSTER_POINTS, kmeans_batched, kmeans_sklearn
 
     dev = torch.device(device)
     sets = []
@@ -539,8 +539,8 @@ def _shadow_scoring(seg, other: str, decisions: list, spent: list) -> None:
 
     import torch
 
-    from P2SAMLogic.parts import foreground_cells
-    from P2SAMLogic.retrieval import gather_sets, wasserstein_scores
+    from P2SAMLogic.method.parts import foreground_cells
+    from P2SAMLogic.method.retrieval import gather_sets, wasserstein_scores
 
     alt: Dict[int, tuple] = {}
     plain_score, plain_select = seg._score, seg._select
@@ -577,8 +577,8 @@ def _shadow_scoring(seg, other: str, decisions: list, spent: list) -> None:
 
 def _run_2d(net, config, transport: Optional[str] = None, shadow: Optional[str] = None, record=None) -> dict:
     """The 2D benchmark's sets with one configuration: per set mean Dice, chosen candidates, decisions."""
-    from P2SAMLogic.io2d import read_image, read_mask
-    from P2SAMLogic.segmenter import P2SAMSegmenter
+    from P2SAMLogic.io.images2d import read_image, read_mask
+    from P2SAMLogic.method.segmenter import P2SAMSegmenter
 
     from benchmark_2d import dev_sets
 
@@ -619,7 +619,7 @@ def retrieval_child(folder: Path, device: str) -> None:
 
     from P2SAMLogic.models import load_model
     from P2SAMLogic.runtime import tune_process
-    from P2SAMLogic.segmenter import P2SAMConfig
+    from P2SAMLogic.method.segmenter import P2SAMConfig
 
     tune_process()
     net = load_model("litemedsam", device=device)
@@ -660,7 +660,7 @@ def gpu_child(folder: Path, device: str) -> None:
 
     from P2SAMLogic.models import EmbeddingCache, SegmentAnything, build_sam_network, load_model
     from P2SAMLogic.models.sam import SAM_ARCHITECTURES
-    from P2SAMLogic.segmenter import P2SAMConfig
+    from P2SAMLogic.method.segmenter import P2SAMConfig
 
     dev = torch.device(device if device.startswith("cuda") else "cuda")
     torch.zeros(1, device=dev)  # CUDA initialised before the model load is timed
@@ -726,8 +726,8 @@ def gpu_child(folder: Path, device: str) -> None:
     except ImportError as exc:
         out["demo pipeline"] = f"skipped: {exc}"
     else:  # (the demo case was made by the parent, which had SimpleITK too)
-        from P2SAMLogic.io3d import read_segmentation, read_volume
-        from P2SAMLogic.propagate import propagate
+        from P2SAMLogic.io import read_segmentation, read_volume
+        from P2SAMLogic.propagation.pipeline import propagate
 
         sim = folder / "sim"
         prior, prior_src = read_volume(str(CROP / "prior_ct.nrrd"))
@@ -799,11 +799,11 @@ def main() -> int:
                          "or 'all'; default 008)")
     ap.add_argument("--cluster-cap", default="default",
                     help="k-means subsample bound for the pipeline and cardiac sections: a number of feature cells, "
-                         "'none' (every cell) or 'default' (P2SAMLogic.parts.MAX_CLUSTER_POINTS)")
+                         "'none' (every cell) or 'default' (P2SAMLogic.method.parts.MAX_CLUSTER_POINTS)")
     ap.add_argument("--_child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--_folder", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
-    import P2SAMLogic.parts as parts
+    import P2SAMLogic.method.parts as parts
 
     cap = {"default": parts.MAX_CLUSTER_POINTS, "none": None}.get(args.cluster_cap.lower(), None)
     if args.cluster_cap.lower() not in ("default", "none"):

@@ -113,9 +113,9 @@ def _mask_agreement(model, fn, ctx) -> float:
     import numpy as np
     import torch
 
-    from P2SAMLogic.io2d import read_image, read_mask
+    from P2SAMLogic.io.images2d import read_image, read_mask
     from P2SAMLogic.models.base import Embedding
-    from P2SAMLogic.segmenter import mask_box
+    from P2SAMLogic.method.segmenter import mask_box
 
     dices = []
     for i in range(1, 21, 3):  # 7 frames

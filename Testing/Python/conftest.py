@@ -135,7 +135,7 @@ def small_cohort_cli(small_cohort, tmp_path_factory):
 
     from make_small_cohort import FAST_OPTIONS
     from P2SAMLogic.cli import main
-    from P2SAMLogic.io3d import read_segmentation, read_volume
+    from P2SAMLogic.io import read_segmentation, read_volume
 
     out = tmp_path_factory.mktemp("small_cohort_cli")
     dice = {}

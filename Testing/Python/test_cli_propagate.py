@@ -13,8 +13,8 @@ import pytest
 import SimpleITK as sitk
 
 from P2SAMLogic.cli import main
-from P2SAMLogic.io3d import read_segmentation, read_volume, write_segmentation
-from P2SAMLogic.volume import PROPOSAL_STATUS, Segment, same_geometry
+from P2SAMLogic.io import read_segmentation, read_volume, write_segmentation
+from P2SAMLogic.io.volume import PROPOSAL_STATUS, Segment, same_geometry
 
 from conftest import LUNG_CROP
 

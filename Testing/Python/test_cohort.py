@@ -69,8 +69,8 @@ def test_results_equal_plain_propagate(first_run, small_cohort_cli):
 
 
 def test_outputs_carry_the_provenance_of_propagate(first_run, small_cohort):
-    from P2SAMLogic.io3d import read_segmentation, read_volume
-    from P2SAMLogic.volume import PROPOSAL_STATUS
+    from P2SAMLogic.io import read_segmentation, read_volume
+    from P2SAMLogic.io.volume import PROPOSAL_STATUS
 
     fu, src = read_volume(str(small_cohort / "followup_1.nrrd"))
     (seg,) = read_segmentation(str(small_cohort / "out" / "sim1.seg.nrrd"), fu, src)
@@ -162,7 +162,7 @@ def test_resume_skips_only_outputs_made_from_the_same_inputs_version_and_paramet
 
 
 def test_a_case_whose_run_raised_is_never_done(tmp_path, small_cohort, monkeypatch):
-    from P2SAMLogic import cohort
+    from P2SAMLogic.cli import cohort
 
     case = cohort.Case(line=2, case_id="c", prior_image=str(small_cohort / "prior_ct.nrrd"),
                        prior_segmentation=str(small_cohort / "prior.seg.nrrd"),
@@ -235,7 +235,7 @@ def test_engine_never_imports_dask_or_the_server():
         if path.name != "cohort.py":
             assert not roots & {"dask", "distributed"}, path.name
         assert not set(imported_roots(tree, top_level_only=True)) & {"dask", "distributed"}, path.name
-    code = ("import sys, P2SAMLogic.cli, P2SAMLogic.propagate, P2SAMLogic.io3d; P2SAMLogic.cli.build_parser(); "
+    code = ("import sys, P2SAMLogic.cli, P2SAMLogic.propagation.pipeline, P2SAMLogic.io; P2SAMLogic.cli.build_parser(); "
             "print(sorted(m for m in ('dask', 'distributed', 'monailabel', 'monai', 'fastapi') if m in sys.modules))")
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)

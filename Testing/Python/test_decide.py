@@ -1,12 +1,12 @@
-"""The per-slice decision between the model's proposal and the registered prior (P2SAMLogic.decide)."""
+"""The per-slice decision between the model's proposal and the registered prior (P2SAMLogic.propagation.decide)."""
 from __future__ import annotations
 
 import math
 
 import numpy as np
 
-from P2SAMLogic.decide import DecisionRule, decide_part, fuse_contours
-from P2SAMLogic.slices import SliceProposal
+from P2SAMLogic.propagation.decide import DecisionRule, decide_part, fuse_contours
+from P2SAMLogic.propagation.slices import SliceProposal
 
 SHAPE = (7, 48, 48)
 SPACING = (3.0, 1.0, 1.0)
@@ -99,7 +99,7 @@ def test_a_ring_outer_region_does_not_take_the_cavity_inside_it():
     """The outer region of a ring is the filled structure; a proposal of the bright cavity inside it
     lies inside the registered contour (overlap 1) at a fraction of its area: kept registered for an
     outer region, trusted for a whole structure (which may really have shrunk)."""
-    from P2SAMLogic.propagate import PropagationConfig
+    from P2SAMLogic.propagation.pipeline import PropagationConfig
 
     reg = registered_volume()
     props = {3: proposal(3, disc(24, 24, 6))}

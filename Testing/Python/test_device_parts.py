@@ -17,9 +17,9 @@ import torch
 from P2SAMLogic.errors import CheckpointError
 from P2SAMLogic.models import load_model
 from P2SAMLogic.models.checkpoint import MAX_CACHED_NETWORKS, clear_network_cache, no_weight_init
-from P2SAMLogic.parts import (PooledFeatures, foreground_cells, foreground_features, kmeans_batched,
+from P2SAMLogic.method.parts import (PooledFeatures, foreground_cells, foreground_features, kmeans_batched,
                               kmeans_sklearn, part_prototype_sets, part_prototypes, weighted_subsample)
-from P2SAMLogic.retrieval import (gather_sets, prepare_set, resolve_solver, sinkhorn_divergences, wasserstein_prepared,
+from P2SAMLogic.method.retrieval import (gather_sets, prepare_set, resolve_solver, sinkhorn_divergences, wasserstein_prepared,
                                   wasserstein_scores)
 
 
@@ -252,7 +252,7 @@ def test_transport_solver_choice():
 
 
 def test_segmenter_selects_the_same_candidate_with_sinkhorn(litemedsam, make_disc):
-    from P2SAMLogic.segmenter import P2SAMConfig, P2SAMSegmenter
+    from P2SAMLogic.method.segmenter import P2SAMConfig, P2SAMSegmenter
 
     ref_img, ref_mask = make_disc(90, 60, r=22, shape=(120, 200))
     tgt_img, tgt_mask = make_disc(100, 66, r=26, shape=(120, 200))

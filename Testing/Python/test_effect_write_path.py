@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT / "P2SAMSlicer"))
 import slicer_standins as standins  # noqa: E402
 from segment_editor_on_logic import AbstractEffectEnums, EditorWidgetOnLogic, ScriptedEffectOnLogic  # noqa: E402
 
-from P2SAMLogic.volume import Segment  # noqa: E402
+from P2SAMLogic.io.volume import Segment  # noqa: E402
 from P2SAMSlicerLib import mrml_bridge  # noqa: E402
 
 EFFECT_FILE = ROOT / "P2SAMSlicer" / "SegmentEditorP2SAM" / "SegmentEditorP2SAMLib" / "SegmentEditorEffect.py"

@@ -1,4 +1,4 @@
-"""Click correction of one slice (P2SAMLogic.interactive) with the real LiteMedSAM.
+"""Click correction of one slice (P2SAMLogic.method.interactive) with the real LiteMedSAM.
 
 Data: the follow-up slice of the bundled 4D-Lung pair (512 x 512, its tumour ~43 px wide),
 ROI = the tumour box grown by twice its size per side, as P²SAM's search window; and, for
@@ -12,8 +12,8 @@ import SimpleITK as sitk
 from PIL import Image
 
 from P2SAMLogic.errors import InputError
-from P2SAMLogic.interactive import SliceCorrector, mask_box, repropagate_neighbours
-from P2SAMLogic.roi import roi_context
+from P2SAMLogic.method.interactive import SliceCorrector, mask_box, repropagate_neighbours
+from P2SAMLogic.method.roi import roi_context
 
 DATA = Path(__file__).resolve().parents[1] / "Data"
 PAIR = DATA / "4dlung_visit_pair"
@@ -164,7 +164,7 @@ def test_repropagate_from_a_corrected_slice(litemedsam):
 
 
 def test_intensity_window_from_a_provenance_record():
-    from P2SAMLogic.interactive import as_intensity_window
+    from P2SAMLogic.method.interactive import as_intensity_window
 
     w = as_intensity_window({"low": -910.0, "high": 590.0, "rule": "CT default"})
     assert (w.low, w.high, w.rule) == (-910.0, 590.0, "CT default")

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from P2SAMLogic.errors import InputError
-from P2SAMLogic.io2d import check_mask, image_to_rgb, read_image, read_mask, write_png_atomic, write_text_atomic
+from P2SAMLogic.io.images2d import check_mask, image_to_rgb, read_image, read_mask, write_png_atomic, write_text_atomic
 
 H, W = 30, 50
 

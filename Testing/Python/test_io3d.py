@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from P2SAMLogic import io3d
+from P2SAMLogic import io as io3d
 from P2SAMLogic.errors import InputError, OutputError
-from P2SAMLogic.volume import Segment, VolumeSource, mask_image_like, same_geometry
+from P2SAMLogic.io.volume import Segment, VolumeSource, mask_image_like, same_geometry
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "Tools"))
 import dicom_tools  # noqa: E402
@@ -595,7 +595,7 @@ def test_failed_write_leaves_no_file(tmp_path, monkeypatch):
 def test_import_is_light():
     import subprocess
 
-    code = ("import sys, P2SAMLogic.io3d; "
+    code = ("import sys, P2SAMLogic.io; "
             "print(sorted(m for m in ('pydicom', 'highdicom', 'nrrd', 'slicer', 'vtk') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=str(Path(__file__).resolve().parents[2]))

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from P2SAMLogic.io2d import read_image, read_mask
-from P2SAMLogic.segmenter import P2SAMConfig, P2SAMSegmenter, mask_box
+from P2SAMLogic.io.images2d import read_image, read_mask
+from P2SAMLogic.method.segmenter import P2SAMConfig, P2SAMSegmenter, mask_box
 
 LUNG = Path(__file__).resolve().parents[1] / "Data" / "4dlung_visit_pair"
 DICE_FLOOR = 0.45

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from P2SAMLogic.matching import peak_points, similarity_maps
+from P2SAMLogic.method.matching import peak_points, similarity_maps
 from P2SAMLogic.models.frames import ImageFrame
 
 C, G = 8, 16

@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "P2SAMSlicer"))
 
 from P2SAMLogic.errors import CancelledError  # noqa: E402
-from P2SAMLogic.volume import Segment, same_geometry  # noqa: E402
+from P2SAMLogic.io.volume import Segment, same_geometry  # noqa: E402
 from P2SAMSlicerLib import mrml_bridge  # noqa: E402
 from P2SAMSlicerLib.background import BackgroundPropagation  # noqa: E402
 from P2SAMSlicerLib.followups import NodeSelection, followup_list, sequence_followups  # noqa: E402
@@ -24,7 +24,7 @@ from P2SAMSlicerLib.logic import PropagationLogic, summary_rows  # noqa: E402
 from P2SAMSlicerLib.mrml_bridge import BridgeError  # noqa: E402
 
 # The toy block phantom below is too small and too uniform for the rigid registration (it lands
-# several millimetres off, and the plausibility check of P2SAMLogic/regcheck.py refuses it):
+# several millimetres off, and the plausibility check of P2SAMLogic/propagation/regcheck.py refuses it):
 # these tests are about nodes, so they let a poor registration through.
 RIGID = {"method": "rigid", "allow_poor_registration": True}
 

@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "P2SAMSlicer"))
 
 from P2SAMLogic.errors import CancelledError  # noqa: E402
-from P2SAMLogic.volume import PROPOSAL_STATUS, Segment, same_geometry  # noqa: E402
+from P2SAMLogic.io.volume import PROPOSAL_STATUS, Segment, same_geometry  # noqa: E402
 from P2SAMSlicerLib import correction, mrml_bridge, runner  # noqa: E402
 from P2SAMSlicerLib.background import BackgroundPropagation  # noqa: E402
 from P2SAMSlicerLib.logic import PropagationLogic  # noqa: E402
@@ -255,7 +255,7 @@ def test_output_node_names_colours_tags_status_and_seg_nrrd_round_trip(scene, lu
     slicerio = pytest.importorskip("slicerio")
     info = slicerio.read_segmentation(path, skip_voxels=True)
     assert [s["name"] for s in info["segments"]] == ["GTV", "Bone"]
-    from P2SAMLogic.io3d import read_segmentation
+    from P2SAMLogic.io import read_segmentation
 
     read = {s.name: s for s in read_segmentation(path, ct)}
     assert np.array_equal(read["Bone"].array(), arr(masks["Bone"]).astype(bool))
@@ -497,7 +497,7 @@ def _rigid_job(lung, followup_case, **kwargs):
 
 
 def test_background_process_reports_progress_and_returns_the_engines_result(lung, followup_case):
-    from P2SAMLogic.propagate import PropagationConfig, propagate
+    from P2SAMLogic.propagation.pipeline import PropagationConfig, propagate
 
     job = _rigid_job(lung, followup_case)
     try:

@@ -217,7 +217,7 @@ def test_background_python_is_never_the_slicer_application(tmp_path, monkeypatch
 
 def test_a_job_that_cannot_start_leaves_no_folder(tmp_path):
     import SimpleITK as sitk
-    from P2SAMLogic.volume import Segment
+    from P2SAMLogic.io.volume import Segment
 
     image = sitk.Image([8, 8, 4], sitk.sitkInt16)
     mask = sitk.Image([8, 8, 4], sitk.sitkUInt8)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from P2SAMLogic.models.frames import ImageFrame, coverage_on_grid
-from P2SAMLogic.parts import INSIDE_FRACTION, PooledFeatures, background_features, foreground_features, part_prototypes
+from P2SAMLogic.method.parts import INSIDE_FRACTION, PooledFeatures, background_features, foreground_features, part_prototypes
 
 
 def _clustered(n_per=(7, 5, 9), dim=8, seed=0):

@@ -1,4 +1,4 @@
-"""A prior segmentation on another voxel grid than the prior image (issue 10, bad input).
+"""A prior segmentation on another voxel grid than the prior image (bad input).
 
 Resampled with a warning naming the file when it overlaps the image in physical space (saying how
 much of the image it covers, and which segments touch its edge inside the image: possibly cut);

@@ -16,8 +16,8 @@ import pytest
 import SimpleITK as sitk
 
 from P2SAMLogic.errors import CancelledError, InputError
-from P2SAMLogic.propagate import PropagationConfig, fuse_contours, propagate
-from P2SAMLogic.volume import PROPOSAL_STATUS, Segment, same_geometry
+from P2SAMLogic.propagation.pipeline import PropagationConfig, fuse_contours, propagate
+from P2SAMLogic.io.volume import PROPOSAL_STATUS, Segment, same_geometry
 
 # measured on the default simulation (seed 0 = benchmark_accuracy.py lung-sim case sim0), docs/accuracy.md
 GTV_DICE_FLOOR = 0.93  # measured 0.990 (demons registration alone 0.990, rigid 0.854)

@@ -10,9 +10,9 @@ import pytest
 import SimpleITK as sitk
 
 from P2SAMLogic.models.base import DecodeOutput
-from P2SAMLogic.propagate import PropagationConfig, propagate
-from P2SAMLogic.registration import register_structures, warp_mask
-from P2SAMLogic.volume import Segment
+from P2SAMLogic.propagation.pipeline import PropagationConfig, propagate
+from P2SAMLogic.propagation.registration import register_structures, warp_mask
+from P2SAMLogic.io.volume import Segment
 from phantoms import components, ring_study, two_piece_study
 
 

@@ -16,7 +16,7 @@ slicer = pytest.importorskip("slicer")
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "P2SAMSlicer"))
 
-from P2SAMLogic.volume import PROPOSAL_STATUS, Segment  # noqa: E402
+from P2SAMLogic.io.volume import PROPOSAL_STATUS, Segment  # noqa: E402
 from P2SAMSlicerLib import editing, mrml_bridge  # noqa: E402
 from P2SAMSlicerLib.logic import PropagationLogic  # noqa: E402
 
@@ -145,8 +145,8 @@ def test_masking_settings_come_from_the_segment_editor_node(case):
 
 
 def test_module_output_into_an_existing_node_keeps_the_users_segments(case):
-    """PropagationLogic.createOutput with a chosen output node (what Apply does): before issue 11 every
-    segment of that node was removed first."""
+    """PropagationLogic.createOutput with a chosen output node (what Apply does) adds the proposal's segments
+    and keeps every segment the node already held."""
     scene, ref, volume, user, proposal = case
     before = arrays(user, ref)
     report = {"status": PROPOSAL_STATUS, "segments": []}

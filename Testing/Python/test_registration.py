@@ -15,11 +15,11 @@ import pytest
 import SimpleITK as sitk
 
 from P2SAMLogic.errors import CancelledError, InputError
-from P2SAMLogic.registration import (
+from P2SAMLogic.propagation.registration import (
     RegistrationResult, overlap_fraction, register_deformable, register_rigid, resample_to, structure_region,
     warp_mask,
 )
-from P2SAMLogic.volume import same_geometry
+from P2SAMLogic.io.volume import same_geometry
 
 ROOT = Path(__file__).resolve().parents[2]
 CROP = ROOT / "Testing" / "Data" / "lung1_crop"
@@ -141,7 +141,7 @@ def test_registration_on_simulated_followup_finds_the_gtv(prior, simulated):
 
 @pytest.mark.parametrize("method", ["demons", "bspline"])
 def test_deformable_baselines_refine_the_rigid_result(prior, simulated, method, monkeypatch):
-    import P2SAMLogic.registration as registration
+    import P2SAMLogic.propagation.registration as registration
 
     ct, masks = prior
     followup, true_masks, info = simulated

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from P2SAMLogic.retrieval import wasserstein_distance
+from P2SAMLogic.method.retrieval import wasserstein_distance
 
 
 def t(rows):

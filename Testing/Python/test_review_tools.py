@@ -22,7 +22,7 @@ sys.path.insert(0, str(ROOT / "P2SAMSlicer"))
 import slicer_standins as standins  # noqa: E402
 from segment_editor_on_logic import AbstractEffectEnums, ScriptedEffectOnLogic  # noqa: E402
 
-from P2SAMLogic.volume import Segment  # noqa: E402
+from P2SAMLogic.io.volume import Segment  # noqa: E402
 from P2SAMSlicerLib import background, mrml_bridge, review  # noqa: E402
 from P2SAMSlicerLib.followups import followup_list  # noqa: E402
 from P2SAMSlicerLib.logic import PropagationLogic  # noqa: E402

@@ -21,13 +21,13 @@ sys.path.insert(0, str(ROOT / "P2SAMSlicer"))
 
 import slicer_standins as standins  # noqa: E402
 
-from P2SAMLogic.volume import Segment  # noqa: E402
+from P2SAMLogic.io.volume import Segment  # noqa: E402
 from P2SAMSlicerLib import correction, editing, mrml_bridge  # noqa: E402
 from P2SAMSlicerLib.followups import followup_list, sequence_followups  # noqa: E402
 from P2SAMSlicerLib.logic import PropagationLogic, flagged_rows  # noqa: E402
 
 # The toy block phantom is too small and too uniform for the rigid registration, which the plausibility check
-# (P2SAMLogic/regcheck.py) refuses: these tests are about nodes and visits, so they let it through.
+# (P2SAMLogic/propagation/regcheck.py) refuses: these tests are about nodes and visits, so they let it through.
 RIGID = {"method": "rigid", "allow_poor_registration": True}
 
 

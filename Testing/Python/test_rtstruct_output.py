@@ -7,9 +7,9 @@ import pytest
 import SimpleITK as sitk
 
 from P2SAMLogic.cli import main
-from P2SAMLogic.io3d import read_segmentation, read_volume, write_segmentation
-from P2SAMLogic.io3d.dicom_objects import pixel_outlines
-from P2SAMLogic.volume import PROPOSAL_STATUS, Segment
+from P2SAMLogic.io import read_segmentation, read_volume, write_segmentation
+from P2SAMLogic.io.dicom_objects import pixel_outlines
+from P2SAMLogic.io.volume import PROPOSAL_STATUS, Segment
 
 pydicom = pytest.importorskip("pydicom")
 draw = pytest.importorskip("skimage.draw")
@@ -134,7 +134,7 @@ def test_rtstruct_keeps_names_colours_frame_of_reference_and_provenance(dicom_fo
 
 
 def test_pixel_outlines_of_random_masks_fill_back_exactly():
-    from P2SAMLogic.io3d.dicom_objects import _fill_even_odd
+    from P2SAMLogic.io.dicom_objects import _fill_even_odd
 
     rng = np.random.default_rng(0)
     for _ in range(50):

@@ -11,7 +11,7 @@ import torch
 from P2SAMLogic.errors import CheckpointError, InputError
 from P2SAMLogic.models import load_model
 from P2SAMLogic.models.sam import SAM_ARCHITECTURES, SegmentAnything, infer_model_type
-from P2SAMLogic.segmenter import P2SAMConfig, P2SAMSegmenter
+from P2SAMLogic.method.segmenter import P2SAMConfig, P2SAMSegmenter
 
 CPU = torch.device("cpu")
 

@@ -1,4 +1,4 @@
-"""The encoding scale: what the model sees of each slice (P2SAMLogic.scale), and one encoding per slice.
+"""The encoding scale: what the model sees of each slice (P2SAMLogic.propagation.scale), and one encoding per slice.
 
 The measured choice (Testing/Benchmarks/benchmark_scale.py, docs/ablation.md "Scale"): LiteMedSAM
 was trained on whole slices; on MR (10 cardiac patients, a brain tumour) the whole slice beats the
@@ -13,9 +13,9 @@ import pytest
 import SimpleITK as sitk
 
 from P2SAMLogic.errors import InputError
-from P2SAMLogic.intensity import choose_window
-from P2SAMLogic.scale import EncodingScale
-from P2SAMLogic.segmenter import P2SAMConfig, P2SAMSegmenter, mask_box
+from P2SAMLogic.io.intensity import choose_window
+from P2SAMLogic.propagation.scale import EncodingScale
+from P2SAMLogic.method.segmenter import P2SAMConfig, P2SAMSegmenter, mask_box
 
 BRAIN = Path(__file__).resolve().parents[1] / "Data" / "brain1_slices"
 #: measured with this test's code on brain1 (LiteMedSAM, true box, no refinement): whole slice 0.888,
@@ -51,9 +51,9 @@ def test_auto_is_the_whole_slice_for_mr_and_a_context_window_for_ct():
 def test_the_default_trust_ratio_follows_the_encoding():
     """The per-slice distance-ratio threshold is 1.2 on whole-slice encodings (MR) and 1.05 on windows
     around the structure (CT), unless set; the part gate is more lenient on the whole slice too."""
-    from P2SAMLogic.propagate import PropagationConfig
+    from P2SAMLogic.propagation.config import PropagationConfig
 
-    from P2SAMLogic.propagate import GATE_SCORE_RATIO
+    from P2SAMLogic.propagation.config import GATE_SCORE_RATIO
 
     cfg = PropagationConfig()
     mr = cfg.rule("whole", EncodingScale.parse("auto").resolve("MR"))
@@ -105,8 +105,8 @@ def test_every_structure_on_a_slice_reuses_one_embedding(lung_crop, simulated_fo
     propagated together, the encoder runs exactly the number of distinct slices, fewer than the sum of
     each structure propagated alone (the plain registered-box method: no reference encodings)."""
     from P2SAMLogic.models import EmbeddingCache
-    from P2SAMLogic.propagate import PropagationConfig, propagate
-    from P2SAMLogic.volume import Segment
+    from P2SAMLogic.propagation.pipeline import PropagationConfig, propagate
+    from P2SAMLogic.io.volume import Segment
 
     ct, masks = lung_crop
     fu, _, _ = simulated_followup

@@ -1,4 +1,4 @@
-"""One prior onto several follow-ups: P2SAMLogic.series and ``p2sam propagate --followup A B --output-dir D``.
+"""One prior onto several follow-ups: P2SAMLogic.propagation.series and ``p2sam propagate --followup A B --output-dir D``.
 
 Small cases: the GTV of the bundled lung CT crop onto SIMULATED follow-ups (Testing/Tools/
 simulate_followup.py) on a coarse 1 x 1 x 5 mm grid; the model-backed test runs the real
@@ -14,13 +14,13 @@ import pytest
 import SimpleITK as sitk
 
 import P2SAMLogic.models
-from P2SAMLogic import series as series_module
+from P2SAMLogic.propagation import series as series_module
 from P2SAMLogic.cli import main
 from P2SAMLogic.errors import InputError
-from P2SAMLogic.io3d import read_segmentation, read_volume
-from P2SAMLogic.propagate import PropagationConfig
-from P2SAMLogic.series import propagate_series
-from P2SAMLogic.volume import Segment, same_geometry
+from P2SAMLogic.io import read_segmentation, read_volume
+from P2SAMLogic.propagation.pipeline import PropagationConfig
+from P2SAMLogic.propagation.series import propagate_series
+from P2SAMLogic.io.volume import Segment, same_geometry
 
 from conftest import LUNG_CROP
 

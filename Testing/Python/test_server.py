@@ -218,8 +218,8 @@ def test_request_sizes_and_parameters_are_bounded(server):
 
 def test_round_trip_gives_the_dice_of_the_cli(server, small_cohort, small_cohort_cli, tmp_path):
     """The Slicer client's worker process (below Qt): handshake, job, progress, result, clean-up."""
-    from P2SAMLogic.io3d import read_segmentation, read_volume
-    from P2SAMLogic.volume import PROPOSAL_STATUS, same_geometry
+    from P2SAMLogic.io import read_segmentation, read_volume
+    from P2SAMLogic.io.volume import PROPOSAL_STATUS, same_geometry
 
     prior, prior_src = read_volume(str(small_cohort / "prior_ct.nrrd"))
     follow, follow_src = read_volume(str(small_cohort / "followup_1.nrrd"))
@@ -253,7 +253,7 @@ def test_round_trip_gives_the_dice_of_the_cli(server, small_cohort, small_cohort
 
 def test_cancel_stops_the_job_on_the_server(server, lung_crop, simulated_followup, tmp_path):
     """Cancel in the client -> DELETE -> the engine stops at its next step; meanwhile the server answers."""
-    from P2SAMLogic.volume import Segment
+    from P2SAMLogic.io.volume import Segment
 
     ct, masks = lung_crop
     follow = simulated_followup[0]
@@ -317,7 +317,7 @@ def test_the_widget_job_reports_a_model_mismatch(server, tmp_path, lung_crop):
     other = tmp_path / "other_model.pth"
     other.write_bytes(b"not the server's weights")
     ct, masks = lung_crop
-    from P2SAMLogic.volume import Segment
+    from P2SAMLogic.io.volume import Segment
 
     job = ServerPropagation(ct, [Segment("GTV", (1.0, 0.0, 0.0), masks["GTV"])], ct, url=server.url, model=str(other),
                             python=sys.executable, work_dir=str(tmp_path))
@@ -334,7 +334,7 @@ def test_the_panel_runs_on_the_server_and_adds_the_result(server, small_cohort, 
     as a new segmentation node on the follow-up, with the CLI's Dice."""
     slicer = pytest.importorskip("slicer")
     import slicer_standins as standins
-    from P2SAMLogic.io3d import read_segmentation, read_volume
+    from P2SAMLogic.io import read_segmentation, read_volume
     from P2SAMSlicerLib import mrml_bridge
 
     scene = slicer.vtkMRMLScene()

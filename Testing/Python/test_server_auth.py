@@ -133,7 +133,7 @@ def test_the_client_signs_in_like_monai_labels_slicer_client(server):
 def test_the_worker_round_trip_signed_in(server, small_cohort, tmp_path):
     """The Slicer client's worker process gets the credentials through a pipe (never a file): refused without
     them, with a wrong password; with them, the proposal comes back and nothing stays on the server."""
-    from P2SAMLogic.io3d import read_segmentation, read_volume
+    from P2SAMLogic.io import read_segmentation, read_volume
 
     prior, prior_src = read_volume(str(small_cohort / "prior_ct.nrrd"))
     follow, _ = read_volume(str(small_cohort / "followup_2.nrrd"))
@@ -169,7 +169,7 @@ def test_the_panel_asks_for_a_login_and_runs_signed_in(server, small_cohort, mon
 
     slicer = pytest.importorskip("slicer")
     import slicer_standins as standins
-    from P2SAMLogic.io3d import read_segmentation, read_volume
+    from P2SAMLogic.io import read_segmentation, read_volume
     from P2SAMSlicerLib import mrml_bridge
 
     scene = slicer.vtkMRMLScene()

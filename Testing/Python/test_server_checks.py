@@ -68,7 +68,7 @@ def test_request_params_accept_only_known_keys_and_small_json():
 
 def test_every_propagation_parameter_has_a_bound():
     """A new PropagationConfig field must get a rule (type and bounds) before the server accepts it."""
-    from P2SAMLogic.propagate import PropagationConfig
+    from P2SAMLogic.propagation.pipeline import PropagationConfig
 
     fields = {f.name for f in dataclasses.fields(PropagationConfig)} - {"segments"}
     assert fields == set(PARAMETER_RULES), (sorted(fields - set(PARAMETER_RULES)), sorted(set(PARAMETER_RULES) - fields))

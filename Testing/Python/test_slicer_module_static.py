@@ -429,7 +429,7 @@ def module_with_standins(monkeypatch):
 def test_module_logic_runs_on_slicer_core(module_with_standins):
     """``P2SAMSlicerLogic().process`` (registration-only method: no model) creates the output node."""
     import SimpleITK as sitk
-    from P2SAMLogic.volume import Segment
+    from P2SAMLogic.io.volume import Segment
     from P2SAMSlicerLib import mrml_bridge
 
     module, scene = module_with_standins

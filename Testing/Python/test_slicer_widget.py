@@ -29,7 +29,7 @@ EFFECT_MODULE_FILE = ROOT / "P2SAMSlicer" / "SegmentEditorP2SAM" / "SegmentEdito
 EFFECT_FILE = ROOT / "P2SAMSlicer" / "SegmentEditorP2SAM" / "SegmentEditorP2SAMLib" / "SegmentEditorEffect.py"
 sys.path.insert(0, str(ROOT / "P2SAMSlicer"))
 
-from P2SAMLogic.volume import Segment  # noqa: E402
+from P2SAMLogic.io.volume import Segment  # noqa: E402
 from P2SAMSlicerLib import mrml_bridge  # noqa: E402
 
 

@@ -16,8 +16,8 @@ import torch
 
 from P2SAMLogic import runtime
 from P2SAMLogic.models.sam import SegmentAnything
-from P2SAMLogic.retrieval import prepare_set, wasserstein_distance, wasserstein_prepared
-from P2SAMLogic.segmenter import P2SAMConfig, P2SAMSegmenter, box_region
+from P2SAMLogic.method.retrieval import prepare_set, wasserstein_distance, wasserstein_prepared
+from P2SAMLogic.method.segmenter import P2SAMConfig, P2SAMSegmenter, box_region
 
 ROOT = Path(__file__).resolve().parents[2]
 

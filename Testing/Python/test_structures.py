@@ -1,11 +1,11 @@
-"""Decomposition of rings and several-piece structures (P2SAMLogic.structures), and the ROI core."""
+"""Decomposition of rings and several-piece structures (P2SAMLogic.propagation.structures), and the ROI core."""
 from __future__ import annotations
 
 import numpy as np
 import SimpleITK as sitk
 
-from P2SAMLogic.roi import place_square, roi_context, roi_mm
-from P2SAMLogic.structures import cavity_slices, fill_slices, plan_structure, recompose
+from P2SAMLogic.method.roi import place_square, roi_context, roi_mm
+from P2SAMLogic.propagation.structures import cavity_slices, fill_slices, plan_structure, recompose
 
 
 def image(arr: np.ndarray, spacing=(1.0, 1.0, 3.0)) -> sitk.Image:

@@ -1,13 +1,13 @@
 """Inputs that used to give a normal-looking wrong result: each now gives exit status 2 with a message
 naming the input, or a result whose report says what is wrong.
 
-* corrupt inputs (P2SAMLogic/sanity.py): truncated NIfTI and gzip files, NaN / infinite voxels,
+* corrupt inputs (P2SAMLogic/io/sanity.py): truncated NIfTI and gzip files, NaN / infinite voxels,
   sheared voxel axes;
-* a failed registration (P2SAMLogic/regcheck.py): a follow-up whose header claims a 90-degree rotation;
+* a failed registration (P2SAMLogic/propagation/regcheck.py): a follow-up whose header claims a 90-degree rotation;
 * a structure cut by a field of view: change not measurable, the cut slices flagged, in every
   prior segmentation format;
 * a .seg.nrrd segment partly outside the prior image: a warning;
-* outputs (P2SAMLogic/outputs.py): a write that fails on the third file leaves the old files intact.
+* outputs (P2SAMLogic/io/outputs.py): a write that fails on the third file leaves the old files intact.
 
 The CLI runs use ``--method rigid`` (registration only, no model): a few seconds each.
 """
@@ -29,8 +29,8 @@ import SimpleITK as sitk
 
 from P2SAMLogic.cli import main
 from P2SAMLogic.errors import InputError, OutputError
-from P2SAMLogic.io3d import read_segmentation, read_volume, write_segmentation
-from P2SAMLogic.volume import Segment
+from P2SAMLogic.io import read_segmentation, read_volume, write_segmentation
+from P2SAMLogic.io.volume import Segment
 
 from conftest import LUNG_CROP
 
@@ -139,7 +139,7 @@ def test_non_finite_voxels_are_refused(tmp_path, fu_image, capsys, value, name, 
 
 
 def test_non_finite_prior_given_to_the_engine_is_refused(lung_crop, fu_image):
-    from P2SAMLogic.propagate import PropagationConfig, check_inputs
+    from P2SAMLogic.propagation.pipeline import PropagationConfig, check_inputs
 
     ct, masks = lung_crop
     with pytest.raises(InputError, match=r"^prior image: holds 200 voxel\(s\) that are not finite numbers \(NaN"):
@@ -300,7 +300,7 @@ def test_structure_inside_both_fields_of_view_reports_its_change(tmp_path, input
 
 
 def test_in_plane_cut_names_the_edge_and_the_slices(lung_crop):
-    from P2SAMLogic.regcheck import followup_cut
+    from P2SAMLogic.propagation.regcheck import followup_cut
 
     ct, masks = lung_crop
     gtv = sitk.GetArrayFromImage(masks["GTV"])
@@ -317,7 +317,7 @@ def test_in_plane_cut_names_the_edge_and_the_slices(lung_crop):
 
 def test_structure_cut_by_the_prior_images_field_of_view(lung_crop):
     """The prior ends inside the GTV, the follow-up (here: the full crop) goes on beyond it."""
-    from P2SAMLogic.regcheck import prior_cut
+    from P2SAMLogic.propagation.regcheck import prior_cut
 
     ct, masks = lung_crop
     gtv = sitk.GetArrayFromImage(masks["GTV"])
@@ -336,8 +336,8 @@ def test_structure_cut_by_the_prior_images_field_of_view(lung_crop):
 
 def _fail_on_third_file(monkeypatch):
     """Make every writer's atomic file fail with ENOSPC on the third file of the run (after writing into it)."""
-    from P2SAMLogic import io2d, outputs
-    from P2SAMLogic.io3d import segmentations
+    from P2SAMLogic.io import images2d as io2d, outputs
+    from P2SAMLogic.io import segmentations
 
     real = outputs.atomic_path
     calls = []
@@ -391,7 +391,7 @@ def test_several_followups_failing_on_the_third_file_leave_the_old_outputs(tmp_p
 
 
 def test_write_all_puts_every_old_file_back_when_a_replacement_fails(tmp_path, monkeypatch):
-    from P2SAMLogic import outputs
+    from P2SAMLogic.io import outputs
 
     names = ["a.txt", "b.txt", "c.txt"]
     for n in names:
@@ -419,7 +419,7 @@ def test_write_all_puts_every_old_file_back_when_a_replacement_fails(tmp_path, m
 
 
 def test_an_unexpected_error_is_one_line_and_debug_shows_the_traceback(tmp_path, inputs, capsys, monkeypatch):
-    import P2SAMLogic.io3d as io3d
+    import P2SAMLogic.io as io3d
 
     def broken(*args, **kwargs):
         raise RuntimeError("reader\nexploded")

@@ -54,7 +54,7 @@ def test_a_code_change_changes_the_version_and_line_ends_do_not(tmp_path):
     same = copy_package(tmp_path / "crlf", crlf=True)
     assert source_digest(str(same)) == source_digest()  # a Windows checkout runs the same version
     changed = copy_package(tmp_path / "changed")
-    propagate = changed / "propagate.py"
+    propagate = changed / "propagation" / "config.py"
     text = propagate.read_text(encoding="utf-8")
     assert "    qa_flag_below: float = 0.6\n" in text
     propagate.write_text(text.replace("    qa_flag_below: float = 0.6\n", "    qa_flag_below: float = 0.7\n"),
@@ -72,7 +72,7 @@ def test_outputs_record_the_version_of_the_code_that_ran(tmp_path):
             "--prior-segmentation", str(LUNG / "prior.seg.nrrd"), "--followup", str(tmp_path / "followup.nrrd")]
     assert main(args + ["--output", str(tmp_path / "a.seg.nrrd"), "--report", str(tmp_path / "a.json")]) == 0
     changed = copy_package(tmp_path / "changed")
-    propagate = changed / "propagate.py"
+    propagate = changed / "propagation" / "config.py"
     propagate.write_text(propagate.read_text(encoding="utf-8").replace("    qa_flag_below: float = 0.6\n",
                                                                           "    qa_flag_below: float = 0.7\n"),
                          encoding="utf-8")
@@ -85,7 +85,7 @@ def test_outputs_record_the_version_of_the_code_that_ran(tmp_path):
     b = json.loads((tmp_path / "b.json").read_text())
     assert a["provenance"]["version"] == P2SAMLogic.__version__
     assert b["provenance"]["version"] == version_for(source_digest(str(changed))) != a["provenance"]["version"]
-    from P2SAMLogic.io3d import read_segmentation, read_volume
+    from P2SAMLogic.io import read_segmentation, read_volume
 
     image, source = read_volume(str(tmp_path / "followup.nrrd"))
     (seg,) = read_segmentation(str(tmp_path / "a.seg.nrrd"), image, source)
@@ -95,7 +95,7 @@ def test_outputs_record_the_version_of_the_code_that_ran(tmp_path):
 def test_dicom_outputs_record_the_version(tmp_path):
     pydicom = pytest.importorskip("pydicom")
     from dicom_tools import write_ct_series
-    from P2SAMLogic.io3d import read_segmentation, read_volume, write_segmentation
+    from P2SAMLogic.io import read_segmentation, read_volume, write_segmentation
 
     ct = sitk.ReadImage(str(LUNG / "prior_ct.nrrd"))
     write_ct_series(ct, tmp_path / "ct")

@@ -40,8 +40,8 @@ CROP = 128
 
 
 def _write_seg(path: Path, name: str, mask: sitk.Image, note: str) -> None:
-    from P2SAMLogic.io3d import write_segmentation
-    from P2SAMLogic.volume import Segment
+    from P2SAMLogic.io import write_segmentation
+    from P2SAMLogic.io.volume import Segment
 
     seg = Segment(name, GTV_COLOR, sitk.Cast(mask, sitk.sitkUInt8), "GTV", {})
     write_segmentation(str(path), [seg], mask, {"note": note}, overwrite=True)
@@ -66,7 +66,7 @@ def make_small_prior(folder: Path) -> Dict[str, str]:
 def make_small_followup(folder: Path, seed: int) -> Dict[str, str]:
     """Write ``followup_<seed>.nrrd`` and ``truth_<seed>.seg.nrrd`` (needs :func:`make_small_prior` first)."""
     prior = sitk.ReadImage(str(folder / "prior_ct.nrrd"), sitk.sitkFloat32)
-    from P2SAMLogic.io3d import read_segmentation
+    from P2SAMLogic.io import read_segmentation
 
     gtv = read_segmentation(str(folder / "prior.seg.nrrd"), prior)[0].mask
     fu, truth, _ = simulate_followup(prior, {"GTV": gtv}, seed=seed, spacing=(0.8, 0.8, 5.0),

@@ -5,7 +5,7 @@ server's choosing) and, once done, ``result.seg.nrrd``. The inputs are deleted a
 ends, whatever its outcome; the result when the client deletes the job, or ``keep_seconds``
 after the run ended (a sweeper thread), whichever comes first. Jobs run in worker threads, never
 in the server's event loop, so the server answers status requests while it computes. Cancel sets
-the job's flag, which the engine polls at every step (:func:`P2SAMLogic.propagate.propagate`'s
+the job's flag, which the engine polls at every step (:func:`P2SAMLogic.propagation.pipeline.propagate`'s
 ``cancel``); a queued job is dropped before it starts.
 
 A job is visible to the user who created it (and to admins) only.

@@ -32,9 +32,9 @@ def run_job(job: Job, model, device: str = "auto", max_voxels: int = MAX_VOXELS)
     ``segments``, ``warnings``, ``seconds``.
     """
     from P2SAMLogic import __version__
-    from P2SAMLogic.io3d import read_segmentation, read_volume, write_segmentation
-    from P2SAMLogic.propagate import PropagationConfig, propagate
-    from P2SAMLogic.volume import PROPOSAL_STATUS
+    from P2SAMLogic.io import read_segmentation, read_volume, write_segmentation
+    from P2SAMLogic.propagation.pipeline import PropagationConfig, propagate
+    from P2SAMLogic.io.volume import PROPOSAL_STATUS
 
     started = time.perf_counter()
     job.progress(0.01, "reading the inputs")
