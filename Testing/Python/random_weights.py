@@ -42,12 +42,12 @@ def install() -> bool:
 
     def load_then_randomise(net, state, path, expected):
         real_load_strict(net, state, path, expected)  # the real file must still load strictly
-        devices = torch.random.get_rng_state()
+        saved = torch.random.get_rng_state()  # the tests' own random draws are not disturbed
         try:
             torch.manual_seed(seed)
             fresh = litemedsam.build_litemedsam_network(init=True)
         finally:
-            torch.random.set_rng_state(devices)
+            torch.random.set_rng_state(saved)
         net.load_state_dict(fresh.state_dict(), strict=True)
 
     litemedsam.load_strict = load_then_randomise
