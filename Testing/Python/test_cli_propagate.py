@@ -60,7 +60,10 @@ def test_p2sam_writes_segmentation_report_and_overlay(tmp_path, files, capsys):
     fu, src = read_volume(files["followup"])
     segs = read_segmentation(str(out), fu, src)
     assert [s.name for s in segs] == ["GTV"] and same_geometry(segs[0].mask, fu)
-    assert dice(segs[0].array(), sitk.GetArrayFromImage(files["truth"]["GTV"]).astype(bool)) >= 0.75
+    got = dice(segs[0].array(), sitk.GetArrayFromImage(files["truth"]["GTV"]).astype(bool))
+    # measured 0.990: on this case every slice keeps the registered contour (test_propagate.py), so this
+    # checks the command's pipeline and files, not the model
+    assert got >= 0.990 - 0.03, got
     assert segs[0].tags["P2SAM.Status"] == PROPOSAL_STATUS and len(segs[0].tags["P2SAM.ModelSHA256"]) == 64
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["status"] == PROPOSAL_STATUS

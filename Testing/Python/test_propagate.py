@@ -4,8 +4,16 @@ The simulated follow-ups (Testing/Tools/simulate_followup.py) are the prior CT m
 rigidly, deformed smoothly, with the GTV shrunk by 25 % in volume, resampled on another
 grid (0.7 x 0.7 x 3 mm instead of 0.57 x 0.57 x 5 mm, other field of view) with noise; the
 true follow-up masks come from the same warp (the demo's case). The Dice floors were measured
-with `Testing/Benchmarks/benchmark_accuracy.py --sets lung-sim` (case sim0 is this simulation)
-and are set a few points below the measured value.
+with this file's code (case sim0 of `Testing/Benchmarks/benchmark_accuracy.py --sets lung-sim`)
+and are set a stated tolerance below the measured value.
+
+On this case the registration alone (rigid + demons) reaches Dice 0.990 (GTV) and 0.985 (vertebral
+body), and the model's own proposals do not beat it (0.825 and 0.728 on the truth's slices), so the
+pipeline keeps the registered contour on every slice (model share 0). The output's Dice is therefore a
+test of the registration and the decision rule, not of the model; the model is tested by its own
+proposals (`keep_details`): they must reach their measured Dice (a model with random weights gets about a
+quarter of it) and stay close to the no-model baseline on the same slices, the registered contour's
+filled box or inscribed ellipse, which on this case they do not beat (docs/testing.md).
 """
 from __future__ import annotations
 
@@ -18,11 +26,21 @@ import SimpleITK as sitk
 from P2SAMLogic.errors import CancelledError, InputError
 from P2SAMLogic.propagation.pipeline import PropagationConfig, fuse_contours, propagate
 from P2SAMLogic.io.volume import PROPOSAL_STATUS, Segment, same_geometry
+from baselines import dice as np_dice
+from baselines import filled_box, inscribed_ellipse
 
-# measured on the default simulation (seed 0 = benchmark_accuracy.py lung-sim case sim0), docs/accuracy.md
-GTV_DICE_FLOOR = 0.93  # measured 0.990 (demons registration alone 0.990, rigid 0.854)
-VERTEBRA_DICE_FLOOR = 0.93  # on the label's own slices; measured 0.985 on the whole volume
+# measured on the default simulation (seed 0 = benchmark_accuracy.py lung-sim case sim0), docs/testing.md
+TOLERANCE = 0.03
+GTV_DICE_FLOOR = 0.990 - TOLERANCE  # the output; demons registration alone 0.990, rigid 0.854
+VERTEBRA_DICE_FLOOR = 0.985 - TOLERANCE  # the output on the label's own slices
 RIGID_DICE_FLOOR = 0.75
+#: the model's own proposals on the truth's slices (real LiteMedSAM; random weights: see docs/testing.md)
+MODEL_PROPOSAL_MEASURED = {"GTV": 0.825, "VertebralBody": 0.728}
+MODEL_TOLERANCE = 0.06
+#: the no-model baseline on the same slices: the better of the registered contour's filled box (0.795 GTV,
+#: 0.693 vertebral body) and its inscribed ellipse (0.838, 0.725). On this case LiteMedSAM's proposals are
+#: no better than that ellipse, so the test allows them this much under it (random weights: 0.217, 0.190).
+MODEL_UNDER_ELLIPSE_ALLOWED = 0.05
 
 
 def dice(a: sitk.Image, b: sitk.Image) -> float:
@@ -49,14 +67,39 @@ def p2sam_run(lung_crop, simulated_followup, litemedsam):
     litemedsam.cache = EmbeddingCache()
     before = litemedsam.encode_calls
     try:
-        result = propagate(ct, segments(masks), fu, model=litemedsam,
+        result = propagate(ct, segments(masks), fu, model=litemedsam, keep_details=True,
                            progress=lambda f, m: calls.append((f, m)))
     finally:
         litemedsam.cache = saved
     return result, calls, litemedsam.encode_calls - before
 
 
-def test_p2sam_reaches_the_dice_floor_on_both_segments(p2sam_run, simulated_followup):
+def test_the_models_own_proposals_reach_their_measured_dice(p2sam_run, simulated_followup):
+    """The model's raw proposals (before the decision rule), on the slices where the truth and the registered
+    contour both are: their Dice reaches the measured value and is at most ``MODEL_UNDER_ELLIPSE_ALLOWED``
+    under the registered contour's filled box / inscribed ellipse on the same slices (what a box prompt
+    gives without a model). The case where the model beats its no-model baseline is the ring and the two
+    pieces of test_propagate_shapes.py."""
+    result, _, _ = p2sam_run
+    _, truth, _ = simulated_followup
+    for name, measured in MODEL_PROPOSAL_MEASURED.items():
+        detail = result.details[name]
+        (part,) = detail["parts"].values()
+        model, registered = part["model"], detail["registered"]
+        true = sitk.GetArrayFromImage(truth[name]).astype(bool)
+        ks = np.flatnonzero(true.any(axis=(1, 2)) & registered.any(axis=(1, 2)))
+        box, ellipse = filled_box(registered[ks]), inscribed_ellipse(registered[ks])
+        got = np_dice(model[ks], true[ks])
+        baseline = max(np_dice(box, true[ks]), np_dice(ellipse, true[ks]))
+        print(f"{name}: model proposals {got:.3f}, registered box/ellipse {baseline:.3f}, "
+              f"registered {np_dice(registered[ks], true[ks]):.3f}")
+        assert got >= measured - MODEL_TOLERANCE, (name, got)
+        assert got >= baseline - MODEL_UNDER_ELLIPSE_ALLOWED, (name, got, baseline)
+
+
+def test_p2sam_output_reaches_the_dice_floor_on_both_segments(p2sam_run, simulated_followup):
+    """The output (registration + decision rule): on this case every slice keeps the registered contour,
+    so this tests that the model's weaker proposals do not spoil it, not the model's accuracy."""
     result, _, _ = p2sam_run
     fu, truth, _ = simulated_followup
     by_name = {s.name: s for s in result.segments}

@@ -63,7 +63,12 @@ def test_a_two_piece_structure_keeps_both_pieces(litemedsam):
     for piece in pieces:  # each true piece is found, and separately
         assert dice(out & piece, piece) >= 0.7
     assert len(components(out)) == 2
-    assert dice(out, t) >= 0.75
+    # the model improves on the registered prior it started from (the no-model baseline): measured 0.925
+    # against 0.869, model share 1.0; with random weights the decision rule keeps the registration (0.869)
+    registered = result.registered_prior[0].array()
+    print(f"two pieces Dice {dice(out, t):.3f} (registered prior {dice(registered, t):.3f})")
+    assert dice(out, t) >= dice(registered, t) + 0.03
+    assert dice(out, t) >= 0.925 - 0.03
 
 
 class _GarbageDecoder:

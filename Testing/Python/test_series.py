@@ -72,7 +72,9 @@ def test_the_model_is_loaded_once_for_every_followup(course, monkeypatch):
     assert len(out.results) == 2
     for result, visit, truth in zip(out.results, visits, truths):
         assert same_geometry(result.segments[0].mask, visit)
-        assert dice(result.segments[0].array(), truth) >= 0.5
+        # measured 0.820 and 0.831 (model share 1.0; the registered prior alone: 0.984, 0.981): a check that
+        # the shared model ran, not of its accuracy
+        assert dice(result.segments[0].array(), truth) >= 0.82 - 0.05
         assert result.provenance["model"]["name"] == "LiteMedSAM"
     report = out.report_dict()
     assert [f["name"] for f in report["followups"]] == ["week1", "week2"]
