@@ -2,7 +2,7 @@
 
 The montage shows follow-up slices (ROI crops, intensity-windowed) with the proposed
 contour in the segment's colour and the registered prior contour in white (dotted): the
-flagged slices first (of every segment), then the others evenly spread, each tile captioned
+flagged slices first (of every segment), then the others (those with a contour first), each tile captioned
 with the segment, the slice and where its contour came from (:func:`slice_origin`).
 """
 from __future__ import annotations
@@ -71,7 +71,7 @@ def montage_slices(reports: Sequence, max_tiles: int = 16) -> List[Tuple[int, ob
     """The slices the montage shows, in its order: ``[(segment position in reports, SliceReport)]``.
 
     Each segment gets ``max(1, max_tiles // len(reports))`` tiles: its flagged slices first, the rest
-    filled with its other slices evenly spread. The montage then lists the flagged tiles of every
+    filled with its other slices that have a contour, evenly spread, then (if room is left) empty ones. The montage then lists the flagged tiles of every
     segment first, then the others (each group by segment, then slice index).
     """
     per_seg = max(1, max_tiles // max(1, len(reports)))
@@ -80,11 +80,13 @@ def montage_slices(reports: Sequence, max_tiles: int = 16) -> List[Tuple[int, ob
     for n, rep in enumerate(reports):
         slices = list(rep.slices)
         flagged = [s for s in slices if s.flagged]
-        rest = [s for s in slices if not s.flagged]
         pick = flagged[:per_seg]
-        if len(pick) < per_seg and rest:
-            idx = np.linspace(0, len(rest) - 1, min(len(rest), per_seg - len(pick))).round().astype(int)
-            pick += [rest[i] for i in sorted(set(idx))]
+        # then the unflagged slices with a contour, evenly spread; empty ones only if room is left
+        for rest in ([s for s in slices if not s.flagged and s.status == "accepted"],
+                     [s for s in slices if not s.flagged and s.status != "accepted"]):
+            if len(pick) < per_seg and rest:
+                idx = np.linspace(0, len(rest) - 1, min(len(rest), per_seg - len(pick))).round().astype(int)
+                pick += [rest[i] for i in sorted(set(idx))]
         pick.sort(key=lambda s: s.index)
         flagged_tiles += [(n, s) for s in pick if s.flagged]
         other_tiles += [(n, s) for s in pick if not s.flagged]

@@ -59,7 +59,8 @@ def test_registration_only_slices_say_registration():
 
 def test_flagged_slices_of_every_segment_come_first():
     gtv = _report("GTV", [_decision(k, "model", 0.9) for k in range(1, 7) if k != 5]
-                  + [_decision(5, "registered", 0.2, "predicted IoU 0.30 < 0.60")],
+                  + [_decision(5, "registered", 0.2, "predicted IoU 0.30 < 0.60")]
+                  + [_decision(k, "absent", math.nan, "no structure") for k in (0, 7)],  # empty, not flagged
                   output_slices=range(1, 7), registered_slices=range(1, 7))
     body = _report("VertebralBody", [_decision(k, "registered", 0.9, "predicted IoU 0.5 < 0.6") for k in (2, 3, 4)]
                    + [_decision(6, "registered", 0.1, "predicted IoU 0.2 < 0.6")],
@@ -68,5 +69,6 @@ def test_flagged_slices_of_every_segment_come_first():
     assert order[:2] == [(0, 5, True), (1, 6, True)]
     assert not any(flag for _, _, flag in order[2:])
     # then the others, per segment in slice order: 4 tiles a segment, the GTV's 3 others spread over its 5
+    # slices with a contour (its empty slices 0 and 7 only if room were left)
     assert [k for n, k, _ in order[2:] if n == 0] == [1, 3, 6]
     assert [k for n, k, _ in order[2:] if n == 1] == [2, 3, 4]
