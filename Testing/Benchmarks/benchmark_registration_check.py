@@ -3,8 +3,7 @@
 
 Legit (the check must pass, and no field-of-view cut may be reported):
 
-* ``demo`` -- the bundled demo's simulated follow-up (``simulate_followup`` seed 0, as
-  ``scripts/run_demo.sh``);
+* ``demo`` -- the lung crop's simulated follow-up with ``simulate_followup``'s defaults (seed 0);
 * ``lung-sim`` -- the accuracy benchmark's 3 simulated follow-ups; ``lung-response`` -- its 4
   tumour-response simulations (Testing/Benchmarks/accuracy_cases.py);
 * ``acdc`` -- the 10 ACDC development patients, ED image + labels as the prior, ES image as the

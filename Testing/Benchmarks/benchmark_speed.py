@@ -4,8 +4,8 @@
 Sections (each can be skipped):
 
 pipeline    `p2sam propagate`'s work on the bundled demo case (the real CT crop in
-            Testing/Data/lung1_crop and the SIMULATED follow-up that scripts/run_demo.sh
-            makes), in a child process so that its peak RSS is the pipeline's alone: wall
+            Testing/Data/lung1_crop and the SIMULATED follow-up simulate_followup.py makes
+            with its defaults), in a child process so that its peak RSS is the pipeline's alone: wall
             seconds per stage (load, register, model load, references, encode, cluster,
             match, decode, retrieve, decide, clean-up, report, write, other), then the encoder alone
             on exactly the images the run encoded (fresh cache, same process, warm), the
@@ -120,7 +120,7 @@ def _child(section: str, folder: Path, args: argparse.Namespace) -> dict:
 
 
 def make_demo_case(folder: Path) -> Path:
-    """The demo's simulated follow-up (same defaults as scripts/run_demo.sh) in ``folder/sim``."""
+    """The "demo case": simulate_followup.py's follow-up of the lung crop (its defaults, seed 0) in ``folder/sim``."""
     subprocess.run([sys.executable, str(ROOT / "Testing" / "Tools" / "simulate_followup.py"),
                     "--prior", str(CROP / "prior_ct.nrrd"), "--labels", str(CROP / "prior_labels.nrrd"),
                     "--output", str(folder / "sim")], check=True, stdout=subprocess.DEVNULL)

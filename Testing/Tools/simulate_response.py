@@ -256,6 +256,7 @@ def main(argv=None) -> int:
     ap.add_argument("--cbct", action="store_true", help="make the follow-up CBCT-like")
     ap.add_argument("--no-residue", action="store_true", help="regression without the faint residue")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--spacing", nargs=3, type=float, default=(0.7, 0.7, 2.0), help="follow-up voxel spacing (mm)")
     ap.add_argument("--output", required=True, type=Path)
     args = ap.parse_args(argv)
     prior = sitk.ReadImage(str(args.prior))
@@ -267,7 +268,8 @@ def main(argv=None) -> int:
     masks = {names.get(int(v), f"label{int(v)}"): sitk.Cast(labels == int(v), sitk.sitkUInt8)
              for v in np.unique(sitk.GetArrayViewFromImage(labels)) if v != 0}
     fu, truth, info = simulate_response(prior, masks, args.target, kind=args.kind, volume_change=args.change,
-                                        cbct=args.cbct, seed=args.seed, residue=not args.no_residue)
+                                        cbct=args.cbct, seed=args.seed, residue=not args.no_residue,
+                                        spacing=args.spacing)
     args.output.mkdir(parents=True, exist_ok=True)
     sitk.WriteImage(sitk.Cast(sitk.Round(fu), sitk.sitkInt16), str(args.output / "followup_ct.nrrd"), useCompression=True)
     lab = sitk.Image(fu.GetSize(), sitk.sitkUInt8)
