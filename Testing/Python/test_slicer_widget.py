@@ -5,7 +5,7 @@ that emits ``itemChanged`` like ``QListWidget``, labels and buttons that accept 
 and a settings object on a REAL ``vtkMRMLScriptedModuleNode`` whose ModifiedEvent fires
 synchronously, as in Slicer. Scenes, volumes, segmentations, slice and editor nodes are
 slicer-core's real classes. Each test reproduces one defect found by reading the module
-against Slicer's source (issue 11); each failed on the code before its fix.
+against Slicer's source; each failed on the code before its fix.
 """
 from __future__ import annotations
 
