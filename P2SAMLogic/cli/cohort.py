@@ -75,7 +75,8 @@ Each case writes its output and its QA report <output stem>.report.json, with
 the same provenance and atomic writing as `p2sam propagate`. A case whose
 output and report both exist is skipped (resume after an interruption) when
 its report records the same engine version, the same input checksums
-(SHA-256 of each input file or DICOM folder) and the same parameters; if any
+(SHA-256 of each input file or DICOM folder), the same model (its SHA-256)
+and the same parameters; if any
 differs the case fails, naming what changed (pass --overwrite to compute it
 again). One case failing never stops the others: its error goes to the
 summary.
@@ -244,13 +245,33 @@ def run_case(case: Case, options: Sequence[str], overwrite: bool = False, thread
     return out
 
 
+_MODEL_SHA256: Dict[str, str] = {}
+
+
+def _model_sha256(model: str) -> str:
+    """SHA-256 of the weights file ``--model`` names (``litemedsam``: the embedded asset), once per process."""
+    if model not in _MODEL_SHA256:
+        from ..models.base import file_sha256
+
+        if model.lower() == "litemedsam":
+            from ..models._vendored_imports import medsam_lite_asset_path
+
+            path = str(medsam_lite_asset_path())
+        else:
+            path = model
+        _MODEL_SHA256[model] = file_sha256(path)
+    return _MODEL_SHA256[model]
+
+
 def stale_reason(case: Case, args: argparse.Namespace) -> Optional[str]:
     """Why the existing output of ``case`` does not belong to this run (None: it does, resume may skip it).
 
     Compared with what the case's report recorded in its provenance: the engine version, the
-    SHA-256 of each input (:mod:`P2SAMLogic.io.checksums`) and the parameters the options give.
+    SHA-256 of each input (:mod:`P2SAMLogic.io.checksums`), the model's SHA-256 (None for the
+    registration-only methods) and the parameters the options give.
     """
     from ..io.checksums import input_checksums
+    from ..propagation.pipeline import needs_model
 
     try:
         with open(case.report, encoding="utf-8") as handle:
@@ -273,6 +294,14 @@ def stale_reason(case: Case, args: argparse.Namespace) -> Optional[str]:
     if changed:
         return f"it was made from other inputs: the {', the '.join(changed)} differ(s) from what its report records"
     config = json.loads(json.dumps(propagation_config(args)[0].as_dict()))
+    recorded_model = (provenance.get("model") or {}).get("sha256")
+    try:
+        model_now = _model_sha256(args.model) if needs_model(config["method"]) else None
+    except OSError as exc:
+        return f"the model {args.model} cannot be read to compare it ({exc})"
+    if recorded_model != model_now:
+        return (f"it was made with another model (SHA-256 {recorded_model or 'none'}, this run's "
+                f"{model_now or 'none'})")
     then = provenance.get("parameters") or {}
     differ = sorted(k for k in config if k in then and then[k] != config[k])
     if differ:

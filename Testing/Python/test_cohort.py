@@ -152,6 +152,15 @@ def test_resume_skips_only_outputs_made_from_the_same_inputs_version_and_paramet
     manifest.write_text(HEADER + "\n" + row.format(small_cohort / "followup_1.nrrd"))
     code, case = rerun("--method rigid --slice-margin 3")  # other parameters
     assert code == 1 and "it was made with other parameters (slice_margin_mm)" in case["error"]
+    data = json.loads(report.read_text())  # a report made with a model, where this run needs none
+    data["provenance"]["model"] = {"name": "LiteMedSAM", "sha256": "0" * 64}
+    report.write_text(json.dumps(data))
+    code, case = rerun()
+    assert code == 1 and f"it was made with another model (SHA-256 {'0' * 64}, this run's none)" in case["error"]
+    data["provenance"]["model"] = None
+    report.write_text(json.dumps(data))
+    code, case = rerun()
+    assert code == 0 and case["status"] == "skipped"
     data = json.loads(report.read_text())  # a report of an older engine: no version match, no checksums
     data["provenance"]["version"] = "0.0.1"
     report.write_text(json.dumps(data))
