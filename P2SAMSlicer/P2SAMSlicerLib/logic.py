@@ -345,14 +345,19 @@ def summary_rows(outputs: Sequence[Output]) -> List[List[str]]:
     Args:
         outputs: ``[(output node, report dict, follow-up volume node or None)]``.
     Returns:
-        Rows of text: follow-up, segment, prior mL, follow-up mL, change %, slices processed, slices flagged.
+        Rows of text: follow-up, segment, prior mL, follow-up mL, change % (``n/a (cut by FOV)`` or
+        ``n/a (registration failed)`` when the report says why it cannot be measured), slices processed,
+        slices flagged.
     """
+    from P2SAMLogic.propagation.regcheck import change_cell
+
     rows = []
     for output in outputs:
         for s in output[1].get("segments", []):
             change = s.get("change_percent")
+            cell = change_cell(float("nan") if change is None else float(change), s.get("change_not_measurable") or "")
             rows.append([_followup_label(output), str(s.get("name", "")), _fmt(s.get("prior_volume_ml")),
-                         _fmt(s.get("followup_volume_ml")), "n/a" if change is None else f"{change:+.1f}",
+                         _fmt(s.get("followup_volume_ml")), cell,
                          str(s.get("slices_processed", "")), str(s.get("slices_flagged", ""))])
     return rows
 

@@ -166,3 +166,18 @@ def test_panel_propagates_onto_the_ticked_followups(monkeypatch, scene_case):
     (outputs, report), = shown
     assert [o[0].GetName() for o in outputs] == ["CBCT week 0 P2SAM", "CBCT week 1 P2SAM", "CBCT week 2 P2SAM"]
     assert [o[2] for o in outputs] == [third, *weeks] and len(report["followups"]) == 3
+
+
+def test_the_report_table_says_why_a_change_is_not_measurable():
+    """A structure cut by a field of view: the panel's change cell names the reason, not a bare n/a."""
+    scene = slicer.vtkMRMLScene()
+    node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "week3")
+    report = {"segments": [
+        {"name": "GTV", "prior_volume_ml": 4.0, "followup_volume_ml": 2.0, "change_percent": None,
+         "change_not_measurable": "cut by the follow-up's field of view (slices 0-2 hold it at the edge)",
+         "slices_processed": 5, "slices_flagged": 1},
+        {"name": "Cord", "prior_volume_ml": 4.0, "followup_volume_ml": 5.0, "change_percent": 25.0,
+         "change_not_measurable": None, "slices_processed": 5, "slices_flagged": 0}]}
+    rows = summary_rows([(node, report, None)])
+    assert [r[4] for r in rows] == ["n/a (cut by FOV)", "+25.0"]
+    assert rows[0][:2] == ["week3", "GTV"]
