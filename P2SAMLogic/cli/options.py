@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from typing import List, Optional
 
 
@@ -61,3 +62,22 @@ def propagation_config(args: argparse.Namespace):
                                allow_poor_registration=getattr(args, "allow_poor_registration", False),
                                **({} if args.prior_weight is None else {"prior_weight": args.prior_weight})).validate()
     return config, names, window
+
+
+def progress_bar(quiet: bool):
+    """A "propagating" progress bar on stderr (per mille) and the ``progress(fraction, message)``
+    callback that advances it: ``(bar, callback)``; the caller closes the bar."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=1000, desc="propagating", unit="‰", disable=quiet, file=sys.stderr,
+               bar_format="{l_bar}{bar}| {elapsed}<{remaining} {postfix}")
+    state = {"last": 0}
+
+    def progress(fraction: float, message: str) -> None:
+        n = int(fraction * 1000)
+        if n > state["last"]:
+            bar.update(n - state["last"])
+            state["last"] = n
+        bar.set_postfix_str(message[:60], refresh=False)
+
+    return bar, progress

@@ -9,7 +9,7 @@ import argparse
 import os
 import sys
 
-from .options import add_debug_option, add_model_options, pick_series, propagation_config
+from .options import add_debug_option, add_model_options, pick_series, progress_bar, propagation_config
 
 
 PROPAGATE_HELP = """\
@@ -183,7 +183,6 @@ def propagate_parser() -> argparse.ArgumentParser:
 def run_propagate(args: argparse.Namespace, model=None) -> int:
     """``p2sam propagate``; ``model``: an already loaded model to use instead of loading ``args.model``
     (``propagate-many`` workers load theirs once)."""
-    from tqdm import tqdm
 
     from ..errors import InputError
     from ..io import check_output_path, check_writable_file, read_segmentation, read_volume, write_segmentation
@@ -223,16 +222,7 @@ def run_propagate(args: argparse.Namespace, model=None) -> int:
     checksums = input_checksums((("prior_image", args.prior_image), ("prior_segmentation", args.prior_segmentation),
                                  ("followup", args.followup)))
 
-    bar = tqdm(total=1000, desc="propagating", unit="‰", disable=args.quiet, file=sys.stderr,
-               bar_format="{l_bar}{bar}| {elapsed}<{remaining} {postfix}")
-    state = {"last": 0}
-
-    def progress(fraction: float, message: str) -> None:
-        n = int(fraction * 1000)
-        if n > state["last"]:
-            bar.update(n - state["last"])
-            state["last"] = n
-        bar.set_postfix_str(message[:60], refresh=False)
+    bar, progress = progress_bar(args.quiet)
 
     net = model
     if net is None and needs_model(config.method):

@@ -152,23 +152,13 @@ def run_segment_image(args: argparse.Namespace) -> int:
         "targets": results,
     }
     # every mask and results.json: all replaced, or none (outputs.write_all)
-    from ..io.outputs import write_all
+    from ..io.outputs import write_all_into
 
     writers = [(out_dir / entry["mask"], lambda entry=entry, mask=mask: write_png_atomic(
         out_dir / entry["mask"], (mask.astype(np.uint8) * 255))) for entry, mask in zip(results, masks)]
     writers.append((out_dir / "results.json",
                     lambda: write_text_atomic(out_dir / "results.json", json.dumps(report, indent=2))))
-    created = not out_dir.exists()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        write_all(writers)
-    except BaseException:
-        if created:
-            try:
-                out_dir.rmdir()
-            except OSError:
-                pass
-        raise
+    write_all_into(out_dir, writers)
     if not args.quiet:
         for entry in results:
             ch = entry["chosen"]

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Dict
 
 from ..errors import InputError
-from .options import pick_series, propagation_config
+from .options import pick_series, progress_bar, propagation_config
 
 #: the file each output kind is written to, in the output folder
 EXTENSIONS: Dict[str, str] = {"seg.nrrd": ".seg.nrrd", "nifti": ".nii.gz", "dicom-seg": ".seg.dcm",
@@ -37,12 +37,11 @@ def followup_name(path: str) -> str:
 
 def propagate_many_followups(args: argparse.Namespace) -> int:
     """Run ``p2sam propagate`` with ``args.followup`` a list (see the module docstring)."""
-    from tqdm import tqdm
 
     from ..io.checksums import input_checksums
     from ..io.images2d import write_png_atomic
     from ..io import check_output_path, check_writable_file, read_segmentation, read_volume, write_segmentation
-    from ..io.outputs import dumps_json, write_all, write_text_atomic
+    from ..io.outputs import dumps_json, write_all_into, write_text_atomic
     from ..propagation.report import overlay_montage
     from ..propagation.series import propagate_series
 
@@ -98,16 +97,7 @@ def propagate_many_followups(args: argparse.Namespace) -> int:
                 raise InputError(seg_path, f"{kind} output needs every follow-up as a DICOM series of single-frame "
                                            "slices; use --output-format seg.nrrd or nifti")
 
-    bar = tqdm(total=1000, desc="propagating", unit="‰", disable=args.quiet, file=sys.stderr,
-               bar_format="{l_bar}{bar}| {elapsed}<{remaining} {postfix}")
-    state = {"last": 0}
-
-    def progress(fraction: float, message: str) -> None:
-        n = int(fraction * 1000)
-        if n > state["last"]:
-            bar.update(n - state["last"])
-            state["last"] = n
-        bar.set_postfix_str(message[:60], refresh=False)
+    bar, progress = progress_bar(args.quiet)
 
     try:
         series = propagate_series(prior, segments, follows, model=args.model, model_type=args.model_type,
@@ -133,17 +123,7 @@ def propagate_many_followups(args: argparse.Namespace) -> int:
         writers.append((overlay_path, lambda overlay_path=overlay_path, overlay=overlay:
                         write_png_atomic(overlay_path, overlay)))
     writers.append((report_path, lambda: write_text_atomic(report_path, dumps_json(report, indent=2))))
-    created = not out_dir.exists()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        write_all(writers)
-    except BaseException:
-        if created:
-            try:
-                out_dir.rmdir()  # the folder this run made, empty again
-            except OSError:
-                pass
-        raise
+    write_all_into(out_dir, writers)
     if not args.quiet:
         print(series.report_table())
         for w in series.warnings:

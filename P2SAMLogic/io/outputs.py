@@ -213,3 +213,20 @@ def write_all(writers: "List[Tuple[PathLike, Any]]") -> List[str]:
         raise OutputError(current, f"could not be written ({what}); nothing was written, the old output files "
                                    "are intact") from None
     return done
+
+
+def write_all_into(folder: PathLike, writers: "List[Tuple[PathLike, Any]]") -> List[str]:
+    """:func:`write_all` into ``folder``, creating it when missing; when the writers fail, a folder this
+    call created is removed again (it is empty: :func:`write_all` leaves nothing behind)."""
+    folder = Path(folder)
+    created = not folder.exists()
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        return write_all(writers)
+    except BaseException:
+        if created:
+            try:
+                folder.rmdir()
+            except OSError:
+                pass
+        raise
