@@ -76,24 +76,22 @@ class ReferencePreparation:
         return ref
 
     def _prototypes(self, ref: ReferenceState, n: int) -> torch.Tensor:
-        if n not in ref.prototypes:
-            t = time.perf_counter()
-            ref.prototypes[n] = part_prototype_sets(ref.foreground, [n], self.config.seed, self.config.kmeans_init,
-                                                    backend=getattr(self.config, "kmeans_backend", "torch"))[n]
-            ref.clusterings += 1
-            ref.timings["cluster"] = ref.timings.get("cluster", 0.0) + time.perf_counter() - t
-        return ref.prototypes[n]
+        return self._clustered(ref, ref.prototypes, ref.foreground, n)
 
     def _negatives(self, ref: ReferenceState, m: int) -> Optional[torch.Tensor]:
         if m <= 0 or ref.background is None:
             return None
-        if m not in ref.negatives:
+        return self._clustered(ref, ref.negatives, ref.background, m)
+
+    def _clustered(self, ref: ReferenceState, cache: dict, features: torch.Tensor, n: int) -> torch.Tensor:
+        """``n`` part prototypes of ``features`` (k-means), computed once per reference and count into ``cache``."""
+        if n not in cache:
             t = time.perf_counter()
-            ref.negatives[m] = part_prototype_sets(ref.background, [m], self.config.seed, self.config.kmeans_init,
-                                                   backend=getattr(self.config, "kmeans_backend", "torch"))[m]
+            cache[n] = part_prototype_sets(features, [n], self.config.seed, self.config.kmeans_init,
+                                           backend=getattr(self.config, "kmeans_backend", "torch"))[n]
             ref.clusterings += 1
             ref.timings["cluster"] = ref.timings.get("cluster", 0.0) + time.perf_counter() - t
-        return ref.negatives[m]
+        return cache[n]
 
     @property
     def prompt_modality(self) -> str:

@@ -6,7 +6,7 @@ Box-prompt models (LiteMedSAM): part peaks place boxes; two-stage retrieval over
 from __future__ import annotations
 
 import time
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -65,14 +65,20 @@ class CandidateSearch:
                              negative_points=negatives, box=_box_around(centre, wh, shape).tolist())
 
         decode_t = score_t = 0.0
+
+        def score(cs: List[Candidate], lg: torch.Tensor, io: torch.Tensor) -> None:
+            """Retrieval scores and agreement with the prior of ``cs``, timed into ``score_t``."""
+            nonlocal score_t
+            t = time.perf_counter()
+            self._score(ref, emb, cs, lg, io)
+            self._agree(cs, lg, prior_low)
+            score_t += time.perf_counter() - t
+
         t = time.perf_counter()
         cands = [make(*cen, 1.0, False) for cen in centres]
         logits, iou = self._decode_boxes(emb, cands)
         decode_t += time.perf_counter() - t
-        t = time.perf_counter()
-        self._score(ref, emb, cands, logits, iou)
-        self._agree(cands, logits, prior_low)
-        score_t += time.perf_counter() - t
+        score(cands, logits, iou)
         if c.method == "p2sam":
             variants = [(s, False) for s in c.box_scales if s != 1.0]
             if c.transposed_boxes and abs(size[0] - size[1]) > 0.1 * max(size):
@@ -84,10 +90,7 @@ class CandidateSearch:
                 t = time.perf_counter()
                 more_logits, more_iou = self._decode_boxes(emb, more)
                 decode_t += time.perf_counter() - t
-                t = time.perf_counter()
-                self._score(ref, emb, more, more_logits, more_iou)
-                self._agree(more, more_logits, prior_low)
-                score_t += time.perf_counter() - t
+                score(more, more_logits, more_iou)
                 cands += more
                 logits = torch.cat([logits, more_logits])
                 iou = torch.cat([iou, more_iou])
@@ -96,10 +99,7 @@ class CandidateSearch:
             reg, reg_logits, reg_iou = self._registered_candidates(emb, prior, size, prior_low, negatives)
             decode_t += time.perf_counter() - t
             if reg:
-                t = time.perf_counter()
-                self._score(ref, emb, reg, reg_logits, reg_iou)
-                self._agree(reg, reg_logits, prior_low)
-                score_t += time.perf_counter() - t
+                score(reg, reg_logits, reg_iou)
                 cands = reg + cands
                 logits = torch.cat([reg_logits, logits])
         best = self._select(cands, expected_area)
